@@ -1,0 +1,270 @@
+//! The hessian-lab command line: train, evaluate, and (later) reproduce the paper.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use hessian_lab::data::{self, DatasetKind, Split, SplitKind};
+use hessian_lab::models::{Model, ModelConfig, ModelKind};
+use hessian_lab::train::{self, LrSchedule, TrainConfig};
+use hessian_lab::Runtime;
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "hessian-lab", version, about = "Second-order analysis of neural networks (Yao et al., NeurIPS 2018) on candle")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Data root: data sets are read from <DATA_DIR>/<dataset>/
+    #[arg(long, default_value = "data", global = true)]
+    data_dir: PathBuf,
+    /// Read the data set from exactly this folder (overrides --data-dir)
+    #[arg(long, global = true)]
+    dataset_path: Option<PathBuf>,
+    /// cpu or cuda (cuda needs the `cuda` feature; falls back to cpu with a message)
+    #[arg(long, default_value = "cpu", global = true)]
+    device: String,
+    /// f32 or f64
+    #[arg(long, default_value = "f32", global = true)]
+    dtype: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a model with SGD (momentum, weight decay, step schedule, optional LR scaling)
+    Train(TrainArgs),
+    /// Evaluate a model's loss and accuracy on (the first N samples of) a split
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    /// Base learning rate
+    #[arg(long, default_value_t = 0.01)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Epochs at which the LR is multiplied by --lr-gamma, e.g. 10,20
+    #[arg(long, value_delimiter = ',')]
+    lr_steps: Vec<usize>,
+    #[arg(long, default_value_t = 0.1)]
+    lr_gamma: f64,
+    /// Goyal et al.: scale the LR linearly by batch/<BASE> (with warm-up)
+    #[arg(long)]
+    lr_scale_base: Option<usize>,
+    /// Warm-up epochs for the linear scaling rule
+    #[arg(long, default_value_t = 5.0)]
+    warmup_epochs: f64,
+    /// Largest micro-batch computed at once (gradient accumulation above it)
+    #[arg(long, default_value_t = 1024)]
+    micro_batch: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Train on the first N training samples only
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Evaluate train loss/accuracy each epoch on the first N train samples (0 = skip)
+    #[arg(long, default_value_t = 10_000)]
+    eval_train_samples: usize,
+    /// Start from these weights instead of a fresh initialisation
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Where to save the weights (safetensors)
+    #[arg(long)]
+    out: PathBuf,
+    /// Per-epoch JSON log (default: <out>.log.json)
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Print one JSON object on stdout
+    #[arg(long)]
+    json: bool,
+    /// No progress bar
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    weights: PathBuf,
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// The first N samples of the split (default: all)
+    #[arg(long)]
+    samples: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn runtime(c: &Common) -> Result<Runtime> {
+    let dtype = Runtime::parse_dtype(&c.dtype)?;
+    match c.device.as_str() {
+        "cpu" => Ok(Runtime { device: candle_core::Device::Cpu, dtype }),
+        "cuda" | "gpu" => Ok(Runtime::best_available(dtype)),
+        d => anyhow::bail!("unknown device `{d}` (expected cpu or cuda)"),
+    }
+}
+
+fn load_split(c: &Common, d: DatasetKind, s: SplitKind, samples: Option<usize>) -> Result<Split> {
+    let split = match &c.dataset_path {
+        Some(p) => data::load_from_dir(d, s, p)?,
+        None => data::load(d, s, &c.data_dir)?,
+    };
+    Ok(match samples {
+        Some(n) => split.first(n)?,
+        None => split,
+    })
+}
+
+fn dataset_for(model: ModelKind, name: &Option<String>) -> Result<DatasetKind> {
+    Ok(match name {
+        Some(n) => n.parse()?,
+        None => model.default_dataset(),
+    })
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let rt = runtime(&a.common)?;
+    let kind: ModelKind = a.model.parse()?;
+    let ds = dataset_for(kind, &a.dataset)?;
+    let train_split = load_split(&a.common, ds, SplitKind::Train, a.samples)?;
+    let test_split = load_split(&a.common, ds, SplitKind::Test, None).ok();
+    let model = match &a.init {
+        Some(p) => Model::load(kind, p, &rt)?,
+        None => Model::from_config(ModelConfig::for_dataset(kind, ds), &rt, a.seed)?,
+    };
+    let mut cfg = TrainConfig::new(a.epochs, a.batch_size, a.lr);
+    cfg.schedule = LrSchedule {
+        lr: a.lr,
+        milestones: a.lr_steps.clone(),
+        gamma: a.lr_gamma,
+        scale_from_batch: a.lr_scale_base,
+        warmup_epochs: if a.lr_scale_base.is_some() { a.warmup_epochs } else { 0.0 },
+    };
+    cfg.momentum = a.momentum;
+    cfg.weight_decay = a.weight_decay;
+    cfg.micro_batch = a.micro_batch;
+    cfg.seed = a.seed;
+    cfg.eval_train_samples = a.eval_train_samples;
+    cfg.progress = !a.quiet;
+    cfg.checkpoint = Some(a.out.clone());
+    let log = a.log.clone().unwrap_or_else(|| {
+        let mut p = a.out.clone().into_os_string();
+        p.push(".log.json");
+        PathBuf::from(p)
+    });
+    cfg.log_path = Some(log.clone());
+    eprintln!(
+        "training {} on {} ({} samples), batch {}, {} epochs, lr {} (peak {}), {:?} on {:?}",
+        kind.name(),
+        ds.name(),
+        train_split.len(),
+        a.batch_size,
+        a.epochs,
+        a.lr,
+        cfg.schedule.peak(a.batch_size),
+        rt.dtype,
+        rt.device
+    );
+    let report = train::train(&model, &train_split, test_split.as_ref(), &cfg, None, None)?;
+    model.save(&a.out).with_context(|| format!("saving {}", a.out.display()))?;
+    let last = report.epochs.last().context("no epoch ran")?;
+    let out = json!({
+        "model": kind.name(),
+        "dataset": ds.name(),
+        "samples": train_split.len(),
+        "batch_size": a.batch_size,
+        "epochs": a.epochs,
+        "lr": a.lr,
+        "peak_lr": cfg.schedule.peak(a.batch_size),
+        "seed": a.seed,
+        "train_loss": last.train_loss,
+        "train_accuracy": last.train_eval_accuracy,
+        "test_loss": last.test_loss,
+        "test_accuracy": last.test_accuracy,
+        "seconds": report.seconds,
+        "seconds_per_epoch": report.seconds / a.epochs as f64,
+        "weights": a.out,
+        "log": log,
+        "history": report.epochs,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "{}: test accuracy {:.4}, train loss {:.4}, {:.1}s; weights → {}",
+            kind.name(),
+            last.test_accuracy.unwrap_or(f64::NAN),
+            last.train_loss,
+            report.seconds,
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let rt = runtime(&a.common)?;
+    let kind: ModelKind = a.model.parse()?;
+    let ds = dataset_for(kind, &a.dataset)?;
+    let split: SplitKind = a.split.parse()?;
+    let s = load_split(&a.common, ds, split, a.samples)?;
+    let model = Model::load(kind, &a.weights, &rt)?;
+    let t = std::time::Instant::now();
+    let (loss, acc) = model.evaluate(&s, 1000)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&json!({
+                "model": kind.name(), "dataset": ds.name(), "split": split.name(),
+                "samples": s.len(), "loss": loss, "accuracy": acc,
+                "seconds": t.elapsed().as_secs_f64(),
+            }))?
+        );
+    } else {
+        println!(
+            "{} on {} {} ({} samples): loss {:.4}, accuracy {:.4}",
+            kind.name(),
+            ds.name(),
+            split.name(),
+            s.len(),
+            loss,
+            acc
+        );
+    }
+    Ok(())
+}
+
+fn main() {
+    hessian_lab::init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Train(a) => cmd_train(a),
+        Cmd::Eval(a) => cmd_eval(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

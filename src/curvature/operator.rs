@@ -1,0 +1,344 @@
+//! Curvature operators: v ↦ Hv (Hessian) or v ↦ Gv (Gauss–Newton) over a data source, and a
+//! dense matrix operator for tests and small problems. Eigen solvers, trace and density
+//! estimators take any [`CurvatureOperator`].
+
+use super::hvp::{gradient_with_graph, hvp_from_graph, ParamSelection};
+use super::vector::ParamVec;
+use crate::data::{Batch, Split};
+use crate::models::{layers, Model};
+use crate::{ensure_double_backward, Error, Result, Runtime};
+use candle_core::{DType, Device, Tensor, Var};
+use std::cell::{Cell, RefCell};
+
+/// A symmetric linear operator on parameter space.
+pub trait CurvatureOperator {
+    /// y = A v. One call = one "HVP" in cost accounting.
+    fn apply(&self, v: &ParamVec) -> Result<ParamVec>;
+    /// Tensors with the shapes, dtype and device of the operator's vectors.
+    fn like(&self) -> &[Tensor];
+    /// Names of the blocks of a vector (parameter names).
+    fn names(&self) -> Vec<String> {
+        (0..self.like().len()).map(|i| format!("block{i}")).collect()
+    }
+    /// Dimension n of the operator.
+    fn dim(&self) -> usize {
+        self.like().iter().map(|t| t.elem_count()).sum()
+    }
+    /// How many times [`CurvatureOperator::apply`] has run.
+    fn matvecs(&self) -> usize;
+
+    /// curvlinops-style determinism check: applies the operator twice to the same random v and
+    /// fails with [`Error::NonDeterministic`] if the results differ by more than `rtol`
+    /// (relative). Cost: 2 matvecs.
+    fn check_deterministic(&self, seed: u64, rtol: f64) -> Result<()> {
+        let v = ParamVec::randn_like(self.like(), seed)?;
+        let a = self.apply(&v)?;
+        let b = self.apply(&v)?;
+        let d = a.axpy(-1.0, &b)?.norm()?;
+        let rel = d / a.norm()?.max(1e-300);
+        if rel > rtol {
+            return Err(Error::NonDeterministic { rel_diff: rel });
+        }
+        Ok(())
+    }
+}
+
+/// Where the loss is evaluated.
+#[derive(Clone, Debug)]
+pub enum DataSource {
+    /// One batch (its gradient graph is computed once and reused by every HVP, as PyHessian
+    /// does; memory: one backward graph).
+    Batch(Batch),
+    /// Several batches: H = Σ_b |b|·H_b / N.
+    Batches(Vec<Batch>),
+    /// A whole split streamed in chunks of `chunk` samples: H = Σ_b |b|·H_b / N in bounded
+    /// memory (one chunk's graph at a time).
+    Split { split: Split, chunk: usize },
+}
+
+impl DataSource {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        match self {
+            DataSource::Batch(b) => b.len(),
+            DataSource::Batches(bs) => bs.iter().map(|b| b.len()).sum(),
+            DataSource::Split { split, .. } => split.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn validate(&self) -> Result<()> {
+        match self {
+            DataSource::Split { chunk: 0, .. } => Err(Error::invalid("chunk", "must be ≥ 1")),
+            DataSource::Batches(bs) if bs.is_empty() => Err(Error::Empty("no batches".into())),
+            _ if self.is_empty() => Err(Error::Empty("data source has no samples".into())),
+            _ => Ok(()),
+        }
+    }
+    /// Calls `f(batch, weight = |b|/N)` for each chunk.
+    pub fn for_each(&self, rt: &Runtime, mut f: impl FnMut(&Batch, f64) -> Result<()>) -> Result<()> {
+        let n = self.len() as f64;
+        match self {
+            DataSource::Batch(b) => f(b, 1.0),
+            DataSource::Batches(bs) => bs.iter().try_for_each(|b| f(b, b.len() as f64 / n)),
+            DataSource::Split { split, chunk } => {
+                for r in split.chunks(*chunk)? {
+                    let b = split.range_batch(r.start, r.len(), rt)?;
+                    f(&b, r.len() as f64 / n)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The Hessian of the mean cross-entropy w.r.t. (selected) parameters, model in eval mode.
+pub struct HessianOperator {
+    model: Model,
+    source: DataSource,
+    sel: ParamSelection,
+    like: Vec<Tensor>,
+    cached: RefCell<Option<Vec<Tensor>>>,
+    count: Cell<usize>,
+}
+
+impl HessianOperator {
+    /// Over all parameters. Checks that double backward is on.
+    pub fn new(model: &Model, source: DataSource) -> Result<Self> {
+        Self::with_selection(model, source, ParamSelection::all(model))
+    }
+    /// Over the parameters whose names start with one of `prefixes` (per-layer curvature).
+    pub fn with_filter(model: &Model, source: DataSource, prefixes: &[&str]) -> Result<Self> {
+        let sel = ParamSelection::with_prefixes(model, prefixes)?;
+        Self::with_selection(model, source, sel)
+    }
+    pub fn with_selection(model: &Model, source: DataSource, sel: ParamSelection) -> Result<Self> {
+        ensure_double_backward()?;
+        source.validate()?;
+        let like = sel.tensors(model).iter().map(|t| t.detach()).collect();
+        Ok(HessianOperator {
+            model: model.clone(),
+            source,
+            sel,
+            like,
+            cached: RefCell::new(None),
+            count: Cell::new(0),
+        })
+    }
+    pub fn selection(&self) -> &ParamSelection {
+        &self.sel
+    }
+    pub fn source(&self) -> &DataSource {
+        &self.source
+    }
+    /// Forgets the cached gradient graph (call after changing the parameters).
+    pub fn invalidate(&self) {
+        *self.cached.borrow_mut() = None;
+    }
+    /// Mean loss and gradient over the data source (detached). Cost: 1 fwd + 1 bwd per chunk.
+    pub fn loss_and_gradient(&self) -> Result<(f64, ParamVec)> {
+        let mut loss = 0.0;
+        let mut acc: Option<ParamVec> = None;
+        self.source.for_each(self.model.runtime(), |b, w| {
+            let (l, g) = gradient_with_graph(&self.model, b, &self.sel)?;
+            let g = ParamVec(g).detach();
+            loss += w * l;
+            acc = Some(match acc.take() {
+                None => g.scale(w)?,
+                Some(a) => a.axpy(w, &g)?,
+            });
+            Ok(())
+        })?;
+        Ok((loss, acc.ok_or_else(|| Error::Empty("no data".into()))?))
+    }
+}
+
+impl CurvatureOperator for HessianOperator {
+    /// Hv = Σ_b |b|/N · H_b v. Cost: 1 backward (single batch, graph reused) or
+    /// 1 forward + 2 backward per chunk.
+    fn apply(&self, v: &ParamVec) -> Result<ParamVec> {
+        self.count.set(self.count.get() + 1);
+        if let DataSource::Batch(b) = &self.source {
+            if self.cached.borrow().is_none() {
+                let (_, g) = gradient_with_graph(&self.model, b, &self.sel)?;
+                *self.cached.borrow_mut() = Some(g);
+            }
+            let cache = self.cached.borrow();
+            let g = cache.as_ref().ok_or_else(|| Error::Empty("gradient cache".into()))?;
+            return hvp_from_graph(&self.model, g, &self.sel, v);
+        }
+        let mut acc: Option<ParamVec> = None;
+        self.source.for_each(self.model.runtime(), |b, w| {
+            let (_, g) = gradient_with_graph(&self.model, b, &self.sel)?;
+            let hv = hvp_from_graph(&self.model, &g, &self.sel, v)?;
+            acc = Some(match acc.take() {
+                None => hv.scale(w)?,
+                Some(a) => a.axpy(w, &hv)?,
+            });
+            Ok(())
+        })?;
+        acc.ok_or_else(|| Error::Empty("no data".into()))
+    }
+    fn like(&self) -> &[Tensor] {
+        &self.like
+    }
+    fn names(&self) -> Vec<String> {
+        self.sel.names.clone()
+    }
+    fn matvecs(&self) -> usize {
+        self.count.get()
+    }
+}
+
+/// The generalised Gauss–Newton matrix G = (1/N) Σᵢ Jᵢᵀ (diag pᵢ − pᵢpᵢᵀ) Jᵢ of the mean
+/// cross-entropy (Jᵢ = ∂logitsᵢ/∂θ), model in eval mode. PSD; equal to H for linear models.
+pub struct GgnOperator {
+    model: Model,
+    source: DataSource,
+    sel: ParamSelection,
+    like: Vec<Tensor>,
+    count: Cell<usize>,
+}
+
+impl GgnOperator {
+    pub fn new(model: &Model, source: DataSource) -> Result<Self> {
+        ensure_double_backward()?;
+        source.validate()?;
+        let sel = ParamSelection::all(model);
+        let like = sel.tensors(model).iter().map(|t| t.detach()).collect();
+        Ok(GgnOperator {
+            model: model.clone(),
+            source,
+            sel,
+            like,
+            count: Cell::new(0),
+        })
+    }
+
+    /// G_b v for one batch: Jv by the double-backward trick (Jv = ∇ᵤ⟨∇θ⟨z,u⟩, v⟩), then
+    /// r = (p⊙Jv − p(pᵀJv))/|b|, then Jᵀr. Cost: 1 forward + 3 backward passes.
+    fn apply_batch(&self, b: &Batch, v: &ParamVec) -> Result<ParamVec> {
+        let z = self.model.forward(&b.x)?;
+        let u = Var::from_tensor(&z.zeros_like()?.detach())?;
+        let s = (&z * u.as_tensor())?.sum_all()?;
+        let st = s.backward()?;
+        let ts = self.sel.tensors(&self.model);
+        let mut t: Option<Tensor> = None;
+        for (p, vi) in ts.iter().zip(&v.0) {
+            if let Some(g) = st.get(p) {
+                let d = (g * vi)?.sum_all()?;
+                t = Some(match t {
+                    None => d,
+                    Some(a) => (a + d)?,
+                });
+            }
+        }
+        let t = t.ok_or_else(|| Error::Empty("no parameter reaches the logits".into()))?;
+        let jv = t
+            .backward()?
+            .get(u.as_tensor())
+            .ok_or_else(|| Error::Unsupported("Jv: no gradient".into()))?
+            .detach();
+        let p = layers::softmax(&z.detach())?;
+        let pjv = (&p * &jv)?;
+        let r = ((&pjv - p.broadcast_mul(&pjv.sum_keepdim(1)?)?)? / b.len() as f64)?;
+        let st2 = (&z * r.detach())?.sum_all()?.backward()?;
+        Ok(ParamVec(
+            ts.iter()
+                .map(|p| match st2.get(p) {
+                    Some(g) => Ok(g.detach()),
+                    None => Ok(p.zeros_like()?),
+                })
+                .collect::<Result<_>>()?,
+        ))
+    }
+}
+
+impl CurvatureOperator for GgnOperator {
+    /// Gv = Σ_b |b|/N · G_b v. Cost: 1 forward + 3 backward passes per chunk.
+    fn apply(&self, v: &ParamVec) -> Result<ParamVec> {
+        self.count.set(self.count.get() + 1);
+        let mut acc: Option<ParamVec> = None;
+        self.source.for_each(self.model.runtime(), |b, w| {
+            let gv = self.apply_batch(b, v)?;
+            acc = Some(match acc.take() {
+                None => gv.scale(w)?,
+                Some(a) => a.axpy(w, &gv)?,
+            });
+            Ok(())
+        })?;
+        acc.ok_or_else(|| Error::Empty("no data".into()))
+    }
+    fn like(&self) -> &[Tensor] {
+        &self.like
+    }
+    fn names(&self) -> Vec<String> {
+        self.sel.names.clone()
+    }
+    fn matvecs(&self) -> usize {
+        self.count.get()
+    }
+}
+
+/// A dense symmetric matrix as an operator (f64, CPU): for tests with known spectra and for
+/// small problems.
+pub struct DenseOperator {
+    matrix: Tensor,
+    like: Vec<Tensor>,
+    count: Cell<usize>,
+}
+
+impl DenseOperator {
+    /// From a row-major n×n matrix. Errors if it is not square or not symmetric (to 1e-12
+    /// relative) or not finite.
+    pub fn new(n: usize, data: Vec<f64>) -> Result<Self> {
+        if data.len() != n * n || n == 0 {
+            return Err(Error::Shape(format!("{} entries for a {n}x{n} matrix", data.len())));
+        }
+        if data.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite("matrix".into()));
+        }
+        let scale = data.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+        for i in 0..n {
+            for j in 0..i {
+                if (data[i * n + j] - data[j * n + i]).abs() > 1e-12 * scale {
+                    return Err(Error::invalid("matrix", format!("not symmetric at ({i},{j})")));
+                }
+            }
+        }
+        let matrix = Tensor::from_vec(data, (n, n), &Device::Cpu)?;
+        let like = vec![Tensor::zeros(n, DType::F64, &Device::Cpu)?];
+        Ok(DenseOperator {
+            matrix,
+            like,
+            count: Cell::new(0),
+        })
+    }
+    /// From an nalgebra matrix.
+    pub fn from_nalgebra(m: &nalgebra::DMatrix<f64>) -> Result<Self> {
+        let n = m.nrows();
+        let mut v = Vec::with_capacity(n * n);
+        for i in 0..n {
+            for j in 0..m.ncols() {
+                v.push(m[(i, j)]);
+            }
+        }
+        Self::new(n, v)
+    }
+}
+
+impl CurvatureOperator for DenseOperator {
+    fn apply(&self, v: &ParamVec) -> Result<ParamVec> {
+        self.count.set(self.count.get() + 1);
+        let x = v.0.first().ok_or_else(|| Error::Shape("empty vector".into()))?;
+        let y = self.matrix.matmul(&x.to_dtype(DType::F64)?.unsqueeze(1)?)?.squeeze(1)?;
+        Ok(ParamVec(vec![y]))
+    }
+    fn like(&self) -> &[Tensor] {
+        &self.like
+    }
+    fn matvecs(&self) -> usize {
+        self.count.get()
+    }
+}

@@ -1,0 +1,188 @@
+//! Differentiable building blocks, exact to second order under candle's autograd.
+//!
+//! Everything here is composed of candle primitives whose backward passes are themselves
+//! differentiable (conv2d, matmul, elementwise ops, reductions, narrow/reshape). candle 0.11's
+//! own `max_pool2d` backward is wrong (a unique maximum gets 1/k² of its gradient) and
+//! `softmax_last_dim` cuts the graph, so neither is used.
+
+use crate::{Error, Result};
+use candle_core::{DType, Tensor, Var, D};
+
+/// 2-D convolution y = w ⋆ x + b, PyTorch semantics (weight [out, in, k, k], zero padding).
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let y = x.conv2d(w, padding, stride, 1, 1)?;
+    match b {
+        Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?),
+        None => Ok(y),
+    }
+}
+
+/// Affine map y = x wᵀ + b, PyTorch semantics (weight [out, in]).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = x.matmul(&w.t()?)?;
+    match b {
+        Some(b) => Ok(y.broadcast_add(b)?),
+        None => Ok(y),
+    }
+}
+
+/// Max pooling with kernel `k`, stride `s` and implicit −∞ padding `p` (PyTorch's
+/// `MaxPool2d(k, s, p)`, floor mode).
+///
+/// Built from shifted narrows and elementwise maxima (or reshape + max when the windows tile
+/// the input exactly), so first and second derivatives are exact. Cost: k² strided copies.
+pub fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+    if k == 0 || s == 0 {
+        return Err(Error::invalid("max_pool2d", "kernel and stride must be ≥ 1"));
+    }
+    if 2 * p > k {
+        return Err(Error::invalid("max_pool2d", "padding must be at most half the kernel"));
+    }
+    let (n, c, h, w) = x.dims4()?;
+    if p == 0 && k == s && h % k == 0 && w % k == 0 {
+        return Ok(x.reshape((n, c, h / k, k, w / k, k))?.max(5)?.max(3)?);
+    }
+    if h + 2 * p < k || w + 2 * p < k {
+        return Err(Error::Shape(format!(
+            "max_pool2d: input {h}x{w} smaller than kernel {k}"
+        )));
+    }
+    let oh = (h + 2 * p - k) / s + 1;
+    let ow = (w + 2 * p - k) / s + 1;
+    // Pad so that every shifted window start di ∈ [0, k) has oh·s rows available.
+    let need_h = k - 1 + oh * s;
+    let need_w = k - 1 + ow * s;
+    let xp = pad_const(x, 2, p, need_h - h - p, f64::NEG_INFINITY)?;
+    let xp = pad_const(&xp, 3, p, need_w - w - p, f64::NEG_INFINITY)?;
+    let mut out: Option<Tensor> = None;
+    for di in 0..k {
+        for dj in 0..k {
+            let t = xp.narrow(2, di, oh * s)?.narrow(3, dj, ow * s)?;
+            let t = if s > 1 {
+                t.reshape((n, c, oh, s, ow, s))?
+                    .narrow(5, 0, 1)?
+                    .narrow(3, 0, 1)?
+                    .reshape((n, c, oh, ow))?
+            } else {
+                t
+            };
+            out = Some(match out {
+                None => t,
+                Some(o) => o.maximum(&t)?,
+            });
+        }
+    }
+    out.ok_or_else(|| Error::invalid("max_pool2d", "empty kernel"))
+}
+
+/// Pads dimension `dim` with `left`/`right` copies of a constant (no gradient flows to the pad).
+pub fn pad_const(x: &Tensor, dim: usize, left: usize, right: usize, value: f64) -> Result<Tensor> {
+    if left == 0 && right == 0 {
+        return Ok(x.clone());
+    }
+    let mut parts = Vec::with_capacity(3);
+    let mut shape = x.dims().to_vec();
+    if left > 0 {
+        shape[dim] = left;
+        parts.push(Tensor::full(value, shape.clone(), x.device())?.to_dtype(x.dtype())?);
+    }
+    parts.push(x.clone());
+    if right > 0 {
+        shape[dim] = right;
+        parts.push(Tensor::full(value, shape, x.device())?.to_dtype(x.dtype())?);
+    }
+    Ok(Tensor::cat(&parts, dim)?)
+}
+
+/// Running statistics of a BatchNorm layer (buffers, not parameters).
+pub struct BnBuffers<'a> {
+    pub running_mean: &'a Var,
+    pub running_var: &'a Var,
+}
+
+/// BatchNorm2d, PyTorch semantics (eps 1e-5, momentum 0.1, unbiased running variance).
+///
+/// Eval mode: y = γ (x − μ_run)/√(σ²_run + ε) + β with the running statistics as constants.
+/// Train mode: batch statistics (biased variance) in the graph; the running statistics are
+/// updated in place (outside the graph).
+pub fn batch_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    bufs: &BnBuffers<'_>,
+    train: bool,
+) -> Result<Tensor> {
+    const EPS: f64 = 1e-5;
+    const MOMENTUM: f64 = 0.1;
+    let c = x.dim(1)?;
+    let shape = (1, c, 1, 1);
+    let (xhat, _) = if train {
+        let (n, _, h, w) = x.dims4()?;
+        let m = (n * h * w) as f64;
+        if m < 2.0 {
+            return Err(Error::invalid(
+                "batch_norm",
+                "train mode needs more than one value per channel",
+            ));
+        }
+        let mean = (x.sum_keepdim((0, 2, 3))? / m)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = (xc.sqr()?.sum_keepdim((0, 2, 3))? / m)?;
+        let rm = bufs.running_mean.as_tensor();
+        let rv = bufs.running_var.as_tensor();
+        let new_rm = ((rm * (1.0 - MOMENTUM))? + (mean.detach().reshape(c)? * MOMENTUM)?)?;
+        let new_rv =
+            ((rv * (1.0 - MOMENTUM))? + (var.detach().reshape(c)? * (MOMENTUM * m / (m - 1.0)))?)?;
+        bufs.running_mean.set(&new_rm.detach())?;
+        bufs.running_var.set(&new_rv.detach())?;
+        (xc.broadcast_div(&(var + EPS)?.sqrt()?)?, ())
+    } else {
+        let rm = bufs.running_mean.as_detached_tensor().reshape(shape)?;
+        let rv = bufs.running_var.as_detached_tensor().reshape(shape)?;
+        (
+            x.broadcast_sub(&rm)?.broadcast_div(&(rv + EPS)?.sqrt()?)?,
+            (),
+        )
+    };
+    Ok(xhat
+        .broadcast_mul(&gamma.reshape(shape)?)?
+        .broadcast_add(&beta.reshape(shape)?)?)
+}
+
+/// log softmax over the last dimension: z − max(z) − log Σ exp(z − max(z)), with the max
+/// treated as a constant (the result does not depend on it), so it is exact to any order.
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    let m = logits.max_keepdim(D::Minus1)?.detach();
+    let z = logits.broadcast_sub(&m)?;
+    let lse = z.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(z.broadcast_sub(&lse)?)
+}
+
+/// softmax over the last dimension, exact to any order (see [`log_softmax`]).
+pub fn softmax(logits: &Tensor) -> Result<Tensor> {
+    Ok(log_softmax(logits)?.exp()?)
+}
+
+/// One-hot encoding of u32 labels as a (N, C) tensor of `dtype`.
+pub fn one_hot(y: &Tensor, num_classes: usize, dtype: DType) -> Result<Tensor> {
+    let classes = Tensor::arange(0u32, num_classes as u32, y.device())?.unsqueeze(0)?;
+    Ok(y.unsqueeze(1)?.broadcast_eq(&classes)?.to_dtype(dtype)?)
+}
+
+/// Per-sample cross-entropy −log softmax(z)_y, shape (N,).
+pub fn cross_entropy_per_sample(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let (_, c) = logits.dims2()?;
+    let oh = one_hot(y, c, logits.dtype())?;
+    Ok((log_softmax(logits)? * oh)?.sum(1)?.neg()?)
+}
+
+/// Mean cross-entropy (1/N) Σᵢ −log softmax(zᵢ)_{yᵢ} (PyTorch's default reduction).
+pub fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+    Ok(cross_entropy_per_sample(logits, y)?.mean_all()?)
+}

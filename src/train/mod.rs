@@ -1,0 +1,299 @@
+//! Training: SGD with momentum, step schedule, Goyal et al. linear LR scaling with warm-up,
+//! gradient accumulation, per-epoch evaluation, checkpoints and a JSON log.
+//!
+//! Training runs with exact double backward switched on (it is a process-wide choice, see
+//! [`crate::init`]); gradients are detached right after each backward pass so the graph is
+//! freed and memory does not grow.
+
+pub mod sgd;
+
+use crate::data::{Batch, Split};
+use crate::models::{layers, Model};
+use crate::{Error, Result};
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub use sgd::{LrSchedule, Sgd};
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub schedule: LrSchedule,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Largest micro-batch run at once; a batch larger than this is split and its gradients
+    /// accumulated with weights |micro|/|batch| (exactly the mean-loss gradient, except that
+    /// BatchNorm sees micro-batch statistics — "ghost batches").
+    pub micro_batch: usize,
+    pub seed: u64,
+    /// Evaluate the train loss/accuracy each epoch on the first N train samples (0 = skip;
+    /// `usize::MAX` = the whole split).
+    pub eval_train_samples: usize,
+    /// Evaluate on the test split each epoch.
+    pub eval_test: bool,
+    pub eval_chunk: usize,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Save weights here after every epoch.
+    pub checkpoint: Option<PathBuf>,
+    /// Write the per-epoch log as JSON here after every epoch.
+    pub log_path: Option<PathBuf>,
+}
+
+impl TrainConfig {
+    pub fn new(epochs: usize, batch_size: usize, lr: f64) -> Self {
+        TrainConfig {
+            epochs,
+            batch_size,
+            schedule: LrSchedule::constant(lr),
+            momentum: 0.9,
+            weight_decay: 0.0,
+            micro_batch: 1024,
+            seed: 0,
+            eval_train_samples: 10_000,
+            eval_test: true,
+            eval_chunk: 1000,
+            progress: true,
+            checkpoint: None,
+            log_path: None,
+        }
+    }
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::invalid("epochs", "must be ≥ 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch size", "must be ≥ 1"));
+        }
+        if self.micro_batch == 0 {
+            return Err(Error::invalid("micro batch", "must be ≥ 1"));
+        }
+        if self.eval_chunk == 0 {
+            return Err(Error::invalid("eval chunk", "must be ≥ 1"));
+        }
+        self.schedule.validate()
+    }
+}
+
+/// Metrics of one epoch.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    /// Mean of the mini-batch losses seen during the epoch (train mode).
+    pub train_loss: f64,
+    /// Loss/accuracy on the first `eval_train_samples` train samples after the epoch (eval mode).
+    pub train_eval_loss: Option<f64>,
+    pub train_eval_accuracy: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    pub seconds: f64,
+    /// Extra values recorded by an epoch hook (e.g. λ₁ and ‖g‖ for the paper's Fig. 17).
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainReport {
+    pub epochs: Vec<EpochRecord>,
+    pub seconds: f64,
+    pub iterations: usize,
+}
+
+/// Called after each epoch's evaluation; may add values to the record's `extra`.
+pub type EpochHook<'a> = dyn FnMut(&Model, &mut EpochRecord) -> Result<()> + 'a;
+
+/// Called on each (micro-)batch before the gradient step; may replace it (e.g. with a mix of
+/// clean and adversarial examples).
+pub type BatchHook<'a> = dyn FnMut(&Model, Batch) -> Result<Batch> + 'a;
+
+/// Mean-loss gradient of a batch in train mode (BN batch statistics, running stats updated),
+/// accumulated over micro-batches. Returns (loss, detached gradients in parameter order).
+/// Cost: one forward + one backward per micro-batch.
+pub fn batch_gradient(model: &Model, batch: &Batch, micro: usize, train: bool) -> Result<(f64, Vec<Tensor>)> {
+    let n = batch.len();
+    if n == 0 {
+        return Err(Error::Empty("batch with 0 samples".into()));
+    }
+    let mut grads: Option<Vec<Tensor>> = None;
+    let mut loss_sum = 0.0;
+    let mut start = 0;
+    while start < n {
+        let len = micro.min(n - start);
+        let mb = if len == n { batch.clone() } else { batch.narrow(start, len)? };
+        let logits = model.forward_t(&mb.x, train)?;
+        let loss = layers::cross_entropy(&logits, &mb.y)?;
+        let w = len as f64 / n as f64;
+        let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !lv.is_finite() {
+            return Err(Error::NonFinite("training loss (diverged? lower the learning rate)".into()));
+        }
+        loss_sum += lv * w;
+        let store = (loss * w)?.backward()?;
+        let g: Vec<Tensor> = model
+            .params()
+            .iter()
+            .map(|(_, v)| match store.get(v.as_tensor()) {
+                Some(g) => Ok(g.detach()),
+                None => Ok(v.as_tensor().zeros_like()?.detach()),
+            })
+            .collect::<Result<_>>()?;
+        drop(store);
+        grads = Some(match grads {
+            None => g,
+            Some(acc) => acc
+                .iter()
+                .zip(g.iter())
+                .map(|(a, b)| Ok((a + b)?.detach()))
+                .collect::<Result<_>>()?,
+        });
+        start += len;
+    }
+    Ok((loss_sum, grads.unwrap_or_default()))
+}
+
+/// Trains `model` in place with SGD on `train`, evaluating on `test` after each epoch.
+///
+/// Cost per epoch: ⌈N/B⌉ steps of one forward + backward per micro-batch, plus the
+/// evaluation forwards.
+pub fn train(
+    model: &Model,
+    train_split: &Split,
+    test_split: Option<&Split>,
+    cfg: &TrainConfig,
+    mut batch_hook: Option<&mut BatchHook<'_>>,
+    mut epoch_hook: Option<&mut EpochHook<'_>>,
+) -> Result<TrainReport> {
+    crate::init();
+    cfg.validate()?;
+    if train_split.is_empty() {
+        return Err(Error::Empty("training split has no samples".into()));
+    }
+    if train_split.input_shape() != model.config.input_shape {
+        return Err(Error::ModelDataMismatch {
+            model: model.kind().name().into(),
+            dataset: train_split.dataset.name().into(),
+            expected: model.config.input_shape,
+            classes: model.num_classes(),
+            got: train_split.input_shape(),
+            got_classes: train_split.dataset.num_classes(),
+        });
+    }
+    let vars: Vec<_> = model.params().iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = Sgd::new(vars, cfg.momentum, cfg.weight_decay)?;
+    let rt = model.runtime().clone();
+    let t0 = Instant::now();
+    let mut records = Vec::new();
+    let mut iterations = 0;
+    let steps_per_epoch = train_split.len().div_ceil(cfg.batch_size);
+    let bar = if cfg.progress {
+        let pb = indicatif::ProgressBar::new((steps_per_epoch * cfg.epochs) as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.set_prefix("train");
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut lr = cfg.schedule.lr;
+    for epoch in 0..cfg.epochs {
+        let te = Instant::now();
+        let batches = train_split.shuffled_batches(cfg.batch_size, cfg.seed.wrapping_add(epoch as u64), false)?;
+        let mut loss_acc = 0.0;
+        let mut seen = 0usize;
+        for (bi, idx) in batches.iter().enumerate() {
+            let t = epoch as f64 + bi as f64 / batches.len() as f64;
+            lr = cfg.schedule.at(t, cfg.batch_size);
+            let mut batch = train_split.batch(idx, &rt)?;
+            if let Some(h) = batch_hook.as_deref_mut() {
+                batch = h(model, batch)?;
+            }
+            let (loss, grads) = batch_gradient(model, &batch, cfg.micro_batch, true)?;
+            opt.step(&grads, lr)?;
+            loss_acc += loss * idx.len() as f64;
+            seen += idx.len();
+            iterations += 1;
+            bar.inc(1);
+            if bi % 10 == 0 {
+                bar.set_message(format!("epoch {} loss {:.4} lr {:.4}", epoch + 1, loss_acc / seen as f64, lr));
+            }
+        }
+        let mut rec = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: loss_acc / seen.max(1) as f64,
+            train_eval_loss: None,
+            train_eval_accuracy: None,
+            test_loss: None,
+            test_accuracy: None,
+            lr,
+            seconds: 0.0,
+            extra: Default::default(),
+        };
+        if cfg.eval_train_samples > 0 {
+            let n = cfg.eval_train_samples.min(train_split.len());
+            let (l, a) = model.evaluate(&train_split.first(n)?, cfg.eval_chunk)?;
+            rec.train_eval_loss = Some(l);
+            rec.train_eval_accuracy = Some(a);
+        }
+        if let (true, Some(ts)) = (cfg.eval_test, test_split) {
+            let (l, a) = model.evaluate(ts, cfg.eval_chunk)?;
+            rec.test_loss = Some(l);
+            rec.test_accuracy = Some(a);
+        }
+        rec.seconds = te.elapsed().as_secs_f64();
+        if let Some(h) = epoch_hook.as_deref_mut() {
+            h(model, &mut rec)?;
+        }
+        bar.println(format!(
+            "epoch {}: train_loss {:.4}{}{} lr {:.4} ({:.1}s)",
+            rec.epoch,
+            rec.train_loss,
+            rec.train_eval_accuracy
+                .map(|a| format!(" train_acc {:.4}", a))
+                .unwrap_or_default(),
+            rec.test_accuracy
+                .map(|a| format!(" test_acc {:.4}", a))
+                .unwrap_or_default(),
+            rec.lr,
+            rec.seconds
+        ));
+        records.push(rec);
+        if let Some(p) = &cfg.checkpoint {
+            model.save(p)?;
+        }
+        let report = TrainReport {
+            epochs: records.clone(),
+            seconds: t0.elapsed().as_secs_f64(),
+            iterations,
+        };
+        if let Some(p) = &cfg.log_path {
+            write_json(p, &report)?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(TrainReport {
+        epochs: records,
+        seconds: t0.elapsed().as_secs_f64(),
+        iterations,
+    })
+}
+
+/// Writes a value as pretty JSON, creating parent folders.
+pub fn write_json<T: Serialize>(path: &std::path::Path, v: &T) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let s = serde_json::to_string_pretty(v)?;
+    std::fs::write(path, s).map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,228 @@
+//! Model shapes, parameter counts, pools against brute force and finite differences,
+//! safetensors round trips and typed errors.
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use common::*;
+use hessian_lab::models::{layers, Model, ModelConfig, ModelKind};
+use hessian_lab::Error;
+
+#[test]
+fn output_shapes_and_parameter_counts() {
+    let rt = rt32();
+    let cases = [
+        (ModelKind::M1, 1_256_080usize, 10usize),
+        (ModelKind::C1, 282_122, 10),
+        (ModelKind::C2, 2_426_698, 10),
+        (ModelKind::C3, 2_425_930, 10),
+        (ModelKind::ResNet18, 11_220_132, 100),
+    ];
+    for (kind, count, classes) in cases {
+        let m = Model::new(kind, &rt, 0).unwrap();
+        assert_eq!(m.num_params(), count, "{kind:?}");
+        let shape = m.config.input_shape;
+        let b = random_batch(2, shape, classes, 1, &rt);
+        let z = m.forward(&b.x).unwrap();
+        assert_eq!(z.dims(), &[2, classes], "{kind:?}");
+        assert!(to_vec(&z).iter().all(|v| v.is_finite()));
+        // BN running statistics are buffers, never parameters.
+        assert!(m.params().iter().all(|(n, _)| !n.contains("running")));
+        let names: Vec<&str> = m.params().iter().map(|(n, _)| n.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "parameters are ordered by name");
+    }
+    let m1 = Model::new(ModelKind::M1, &rt, 0).unwrap();
+    let shapes: Vec<(String, Vec<usize>)> =
+        m1.params().iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+    assert_eq!(
+        shapes,
+        vec![
+            ("conv1.bias".into(), vec![20]),
+            ("conv1.weight".into(), vec![20, 1, 5, 5]),
+            ("conv2.bias".into(), vec![50]),
+            ("conv2.weight".into(), vec![50, 20, 5, 5]),
+            ("fc1.bias".into(), vec![500]),
+            ("fc1.weight".into(), vec![500, 2450]),
+            ("fc2.bias".into(), vec![10]),
+            ("fc2.weight".into(), vec![10, 500]),
+        ]
+    );
+    let r = Model::new(ModelKind::ResNet18, &rt, 0).unwrap();
+    for n in ["layer2.0.shortcut.0.weight", "layer2.0.shortcut.1.weight", "layer4.1.bn2.bias", "linear.weight"] {
+        assert!(r.param(n).is_ok(), "{n}");
+    }
+    assert!(r.buffers().iter().any(|(n, _)| n == "layer3.0.shortcut.1.running_var"));
+    assert!(r.param("layer1.0.shortcut.0.weight").is_err(), "no projection without a shape change");
+}
+
+#[test]
+fn seeded_init_is_deterministic_and_pytorch_scaled() {
+    let rt = rt32();
+    let a = Model::new(ModelKind::M1, &rt, 3).unwrap();
+    let b = Model::new(ModelKind::M1, &rt, 3).unwrap();
+    let c = Model::new(ModelKind::M1, &rt, 4).unwrap();
+    let va = to_vec(a.param("fc1.weight").unwrap().as_tensor());
+    assert_eq!(va, to_vec(b.param("fc1.weight").unwrap().as_tensor()));
+    assert_ne!(va, to_vec(c.param("fc1.weight").unwrap().as_tensor()));
+    // U(-1/sqrt(fan_in), 1/sqrt(fan_in)): max |w| close to the bound, variance bound²/3.
+    let bound = 1.0 / (2450f64).sqrt();
+    let mx = va.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(mx <= bound + 1e-7 && mx > 0.99 * bound);
+    let var = va.iter().map(|v| v * v).sum::<f64>() / va.len() as f64;
+    assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.01);
+}
+
+fn brute_max_pool(x: &[f64], (n, c, h, w): (usize, usize, usize, usize), k: usize, s: usize, p: usize) -> Vec<f64> {
+    let oh = (h + 2 * p - k) / s + 1;
+    let ow = (w + 2 * p - k) / s + 1;
+    let mut out = vec![];
+    for ni in 0..n {
+        for ci in 0..c {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut m = f64::NEG_INFINITY;
+                    for di in 0..k {
+                        for dj in 0..k {
+                            let (r, q) = ((i * s + di) as isize - p as isize, (j * s + dj) as isize - p as isize);
+                            if r >= 0 && q >= 0 && (r as usize) < h && (q as usize) < w {
+                                m = m.max(x[((ni * c + ci) * h + r as usize) * w + q as usize]);
+                            }
+                        }
+                    }
+                    out.push(m);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Pools: values equal the definition; gradient and Hessian-vector product of
+/// L(x) = Σ w ⊙ pool(x)² equal central finite differences (f64, distinct values so the
+/// maxima are unique).
+#[test]
+fn pools_match_definition_and_finite_differences() {
+    hessian_lab::init();
+    for &(k, s, p, h, w) in &[(2, 2, 0, 6, 8), (3, 2, 1, 8, 8), (3, 2, 1, 7, 5), (3, 1, 1, 5, 5), (2, 2, 0, 5, 7)] {
+        let shape = (2, 3, h, w);
+        let x0 = randn(&[2, 3, h, w], 10 + k as u64 + h as u64, DType::F64);
+        let xv = to_vec(&x0);
+        let y = layers::max_pool2d(&x0, k, s, p).unwrap();
+        assert_eq!(max_abs_diff(&to_vec(&y), &brute_max_pool(&xv, shape, k, s, p)), 0.0);
+        let wt = randn(y.dims(), 99, DType::F64);
+        let loss = |x: &Tensor| -> Tensor { (layers::max_pool2d(x, k, s, p).unwrap().sqr().unwrap() * &wt).unwrap().sum_all().unwrap() };
+        let lossv = |v: &[f64]| -> f64 {
+            let t = Tensor::from_vec(v.to_vec(), (2, 3, h, w), &Device::Cpu).unwrap();
+            loss(&t).to_scalar::<f64>().unwrap()
+        };
+        let xvar = Var::from_tensor(&x0).unwrap();
+        let g = loss(xvar.as_tensor()).backward().unwrap();
+        let grad = g.get(xvar.as_tensor()).unwrap().clone();
+        let gv = to_vec(&grad);
+        let eps = 1e-6;
+        let mut fd = vec![0.0; xv.len()];
+        for i in 0..xv.len() {
+            let (mut a, mut b) = (xv.clone(), xv.clone());
+            a[i] += eps;
+            b[i] -= eps;
+            fd[i] = (lossv(&a) - lossv(&b)) / (2.0 * eps);
+        }
+        assert!(rel_err(&gv, &fd) < 1e-8, "grad k{k} s{s} p{p}: {}", rel_err(&gv, &fd));
+        // Second order: Hv by double backward vs finite differences of the gradient.
+        let v = randn(&[2, 3, h, w], 5, DType::F64);
+        let hv = (grad * &v).unwrap().sum_all().unwrap().backward().unwrap();
+        let hv = to_vec(hv.get(xvar.as_tensor()).unwrap());
+        let vv = to_vec(&v);
+        let grad_at = |d: f64| -> Vec<f64> {
+            let xs: Vec<f64> = xv.iter().zip(&vv).map(|(a, b)| a + d * b).collect();
+            let t = Var::from_tensor(&Tensor::from_vec(xs, (2, 3, h, w), &Device::Cpu).unwrap()).unwrap();
+            to_vec(loss(t.as_tensor()).backward().unwrap().get(t.as_tensor()).unwrap())
+        };
+        let (gp, gm) = (grad_at(1e-6), grad_at(-1e-6));
+        let fdh: Vec<f64> = gp.iter().zip(&gm).map(|(a, b)| (a - b) / 2e-6).collect();
+        assert!(rel_err(&hv, &fdh) < 1e-7, "hvp k{k} s{s} p{p}: {}", rel_err(&hv, &fdh));
+    }
+}
+
+#[test]
+fn save_load_round_trip_including_bn_buffers() {
+    let rt = rt32();
+    let dir = std::env::temp_dir().join(format!("hl-models-{}", std::process::id()));
+    for kind in [ModelKind::M1, ModelKind::C1] {
+        let m = Model::new(kind, &rt, 5).unwrap();
+        // Make BN buffers non-trivial by one train-mode forward.
+        let b = random_batch(4, m.config.input_shape, 10, 2, &rt);
+        m.forward_t(&b.x, true).unwrap();
+        let path = dir.join(format!("{}.safetensors", kind.name()));
+        m.save(&path).unwrap();
+        let l = Model::load(kind, &path, &rt).unwrap();
+        assert_eq!(to_vec(&m.forward(&b.x).unwrap()), to_vec(&l.forward(&b.x).unwrap()));
+        for ((n1, a), (n2, c)) in m.buffers().iter().zip(l.buffers()) {
+            assert_eq!(n1, n2);
+            assert_eq!(to_vec(a.as_tensor()), to_vec(c.as_tensor()));
+        }
+        // Loads into f64 too.
+        let l64 = Model::load(kind, &path, &rt64()).unwrap();
+        assert_eq!(l64.dtype(), DType::F64);
+    }
+    // A custom config survives through the metadata.
+    let cfg = ModelConfig::tiny(ModelKind::Mlp, [1, 3, 3], 4, 7);
+    let m = Model::from_config(cfg, &rt, 1).unwrap();
+    let p = dir.join("mlp.safetensors");
+    m.save(&p).unwrap();
+    let l = Model::load(ModelKind::Mlp, &p, &rt).unwrap();
+    assert_eq!(l.config.hidden, 7);
+    assert_eq!(l.config.input_shape, [1, 3, 3]);
+}
+
+#[test]
+fn wrong_names_shapes_and_dtypes_are_listed() {
+    let rt = rt32();
+    let dir = std::env::temp_dir().join(format!("hl-models-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = Model::new(ModelKind::M1, &rt, 0).unwrap();
+    let mut t: std::collections::HashMap<String, Tensor> = m
+        .params()
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    t.remove("fc2.bias");
+    t.insert("fc3.weight".into(), Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap());
+    t.insert("conv1.weight".into(), Tensor::zeros((20, 1, 3, 3), DType::F32, &Device::Cpu).unwrap());
+    t.insert("conv1.bias".into(), Tensor::zeros(20, DType::U32, &Device::Cpu).unwrap());
+    let p = dir.join("bad.safetensors");
+    candle_core::safetensors::save(&t, &p).unwrap();
+    match Model::load(ModelKind::M1, &p, &rt) {
+        Err(Error::WeightsMismatch { problems, .. }) => {
+            let all = problems.join("\n");
+            assert!(all.contains("missing tensors: fc2.bias"), "{all}");
+            assert!(all.contains("unexpected tensors: fc3.weight"), "{all}");
+            assert!(all.contains("conv1.weight: shape [20, 1, 3, 3], expected [20, 1, 5, 5]"), "{all}");
+            assert!(all.contains("conv1.bias: dtype U32"), "{all}");
+        }
+        other => panic!("expected WeightsMismatch, got {other:?}"),
+    }
+    // Saved from another model.
+    let c1 = Model::new(ModelKind::C1, &rt, 0).unwrap();
+    let pc = dir.join("c1.safetensors");
+    c1.save(&pc).unwrap();
+    assert!(matches!(Model::load(ModelKind::M1, &pc, &rt), Err(Error::WeightsMismatch { .. })));
+    // Not a safetensors file / missing file.
+    std::fs::write(dir.join("junk"), b"hello").unwrap();
+    assert!(matches!(Model::load(ModelKind::M1, dir.join("junk"), &rt), Err(Error::DataFile { .. })));
+    assert!(matches!(Model::load(ModelKind::M1, dir.join("none"), &rt), Err(Error::Io { .. })));
+    assert!(matches!("lenet".parse::<ModelKind>(), Err(Error::UnknownModel(_))));
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let rt = rt32();
+    let m = Model::new(ModelKind::M1, &rt, 0).unwrap();
+    let x = Tensor::zeros((2, 3, 28, 28), DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(m.forward(&x), Err(Error::Shape(_))));
+    let x = Tensor::zeros((2, 1, 28, 28), DType::F64, &Device::Cpu).unwrap();
+    assert!(matches!(m.forward(&x), Err(Error::Shape(_))));
+    let x = Tensor::zeros((0, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
+    assert!(m.forward(&x).is_err());
+}
