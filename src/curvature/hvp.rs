@@ -201,3 +201,31 @@ pub fn input_hvp(model: &Model, batch: &Batch, v: &Tensor) -> Result<Tensor> {
         None => Ok(x.as_tensor().zeros_like()?),
     }
 }
+
+/// Exact H v for any scalar loss of any variables: H = ∇² loss() w.r.t. `vars`, by double
+/// backward (for custom models and losses, e.g. least squares). `v` has one tensor per var.
+/// Cost: 1 evaluation of `loss` + 2 backward passes.
+pub fn hvp_closure(vars: &[Var], loss: impl Fn() -> Result<Tensor>, v: &ParamVec) -> Result<ParamVec> {
+    ensure_double_backward()?;
+    if vars.len() != v.0.len() || vars.iter().zip(&v.0).any(|(a, b)| a.dims() != b.dims()) {
+        return Err(Error::Shape("v does not match the variables".into()));
+    }
+    let l = loss()?;
+    if l.elem_count() != 1 {
+        return Err(Error::Shape(format!("loss must be a scalar, got {:?}", l.dims())));
+    }
+    let store = l.sum_all()?.backward()?;
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let g = grads_of(&store, &ts)?;
+    let mut gv: Option<Tensor> = None;
+    for (gi, vi) in g.iter().zip(&v.0) {
+        let t = (gi * vi.detach())?.sum_all()?;
+        gv = Some(match gv {
+            None => t,
+            Some(a) => (a + t)?,
+        });
+    }
+    let gv = gv.ok_or_else(|| Error::Empty("no variables".into()))?;
+    let s2 = gv.backward()?;
+    Ok(ParamVec(grads_of(&s2, &ts)?).detach())
+}

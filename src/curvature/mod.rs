@@ -5,10 +5,18 @@
 //! Every entry point checks that exact double backward works in the calling thread (see
 //! [`crate::init`]) and returns [`crate::Error::DoubleBackwardOff`] otherwise.
 
+pub mod density;
+pub mod eigen;
 pub mod hvp;
+pub mod input;
 pub mod operator;
+pub mod trace;
 pub mod vector;
 
-pub use hvp::{gradient, hvp, hvp_fd, hvp_selected, input_gradient, input_hvp, ParamSelection};
+pub use density::{density, Density, SlqOpts};
+pub use eigen::{lanczos, top_eigen, EigenResult, LanczosOpts, PowerOpts};
+pub use hvp::{gradient, hvp, hvp_closure, hvp_fd, hvp_selected, input_gradient, input_hvp, ParamSelection};
+pub use input::{input_hessian, input_lambda1_power, InputHessian, InputHessianSample, InputHessianSummary};
 pub use operator::{CurvatureOperator, DataSource, DenseOperator, GgnOperator, HessianOperator};
+pub use trace::{trace, trace_exact, TraceExact, TraceMethod, TraceOpts, TraceResult};
 pub use vector::ParamVec;
