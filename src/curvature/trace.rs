@@ -196,23 +196,20 @@ pub fn trace_exact(model: &Model, source: &DataSource, sel: Option<&ParamSelecti
             let s = softmax_core_sqrt(&p);
             let st = Tensor::from_vec(s.as_slice().to_vec(), (c, c), z.device())?.to_dtype(z.dtype())?;
             let zs = z.matmul(&st)?; // column c = Σ_c' z_c' S[c', c] = (S z)_c (S symmetric)
-            let mut sq: Vec<Tensor> = vec![];
+            let mut sq: Vec<Tensor> = ts
+                .iter()
+                .map(|t| t.zeros_like().map(|z| z.detach()))
+                .collect::<candle_core::Result<_>>()?;
             for k in 0..c {
                 let store = zs.narrow(1, k, 1)?.sum_all()?.backward()?;
                 passes += 1;
                 for (j, t) in ts.iter().enumerate() {
                     if let Some(g) = store.get(t) {
-                        let g2 = g.detach().sqr()?;
-                        if sq.len() <= j {
-                            sq.resize(ts.len(), t.zeros_like()?.detach());
-                        }
-                        sq[j] = (&sq[j] + g2)?;
+                        sq[j] = (&sq[j] + g.detach().sqr()?)?;
                     }
                 }
             }
-            if !sq.is_empty() {
-                diag = diag.axpy(1.0 / n as f64, &ParamVec(sq))?;
-            }
+            diag = diag.axpy(1.0 / n as f64, &ParamVec(sq))?;
         }
         Ok(())
     })?;
