@@ -342,3 +342,50 @@ impl CurvatureOperator for DenseOperator {
         self.count.get()
     }
 }
+
+/// Wraps an operator and ticks a progress bar (stderr) on every application.
+pub struct WithProgress<'a> {
+    inner: &'a dyn CurvatureOperator,
+    bar: indicatif::ProgressBar,
+}
+
+impl<'a> WithProgress<'a> {
+    /// `expected`: the number of applications expected (the bar's length; may be exceeded).
+    pub fn new(inner: &'a dyn CurvatureOperator, expected: usize, label: &str) -> Self {
+        let bar = indicatif::ProgressBar::new(expected as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} HVPs ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_string());
+        WithProgress { inner, bar }
+    }
+    /// A hidden bar (no output).
+    pub fn hidden(inner: &'a dyn CurvatureOperator) -> Self {
+        WithProgress {
+            inner,
+            bar: indicatif::ProgressBar::hidden(),
+        }
+    }
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl CurvatureOperator for WithProgress<'_> {
+    fn apply(&self, v: &ParamVec) -> Result<ParamVec> {
+        let r = self.inner.apply(v);
+        self.bar.inc(1);
+        r
+    }
+    fn like(&self) -> &[Tensor] {
+        self.inner.like()
+    }
+    fn names(&self) -> Vec<String> {
+        self.inner.names()
+    }
+    fn matvecs(&self) -> usize {
+        self.inner.matvecs()
+    }
+}

@@ -1,11 +1,15 @@
 //! The hessian-lab command line: train, evaluate, and (later) reproduce the paper.
 
+mod bench;
+mod common;
+mod curv;
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use hessian_lab::data::{self, DatasetKind, Split, SplitKind};
+use common::{dataset_for, load_split, runtime, Common};
+use hessian_lab::data::SplitKind;
 use hessian_lab::models::{Model, ModelConfig, ModelKind};
 use hessian_lab::train::{self, LrSchedule, TrainConfig};
-use hessian_lab::Runtime;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -16,28 +20,18 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Args, Clone)]
-struct Common {
-    /// Data root: data sets are read from <DATA_DIR>/<dataset>/
-    #[arg(long, default_value = "data", global = true)]
-    data_dir: PathBuf,
-    /// Read the data set from exactly this folder (overrides --data-dir)
-    #[arg(long, global = true)]
-    dataset_path: Option<PathBuf>,
-    /// cpu or cuda (cuda needs the `cuda` feature; falls back to cpu with a message)
-    #[arg(long, default_value = "cpu", global = true)]
-    device: String,
-    /// f32 or f64
-    #[arg(long, default_value = "f32", global = true)]
-    dtype: String,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
     /// Train a model with SGD (momentum, weight decay, step schedule, optional LR scaling)
     Train(TrainArgs),
     /// Evaluate a model's loss and accuracy on (the first N samples of) a split
     Eval(EvalArgs),
+    /// Top Hessian eigenvalues (Lanczos or power iteration), trace and spectral density
+    Spectrum(curv::SpectrumArgs),
+    /// Per-sample input Hessians by Theorem 1: λ₁^x, ‖∇ₓJ‖, rank, PSD certificate
+    InputHessian(curv::InputHessianArgs),
+    /// Time forward, gradient, HVP and power iteration; peak memory
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -115,33 +109,6 @@ struct EvalArgs {
     samples: Option<usize>,
     #[arg(long)]
     json: bool,
-}
-
-fn runtime(c: &Common) -> Result<Runtime> {
-    let dtype = Runtime::parse_dtype(&c.dtype)?;
-    match c.device.as_str() {
-        "cpu" => Ok(Runtime { device: candle_core::Device::Cpu, dtype }),
-        "cuda" | "gpu" => Ok(Runtime::best_available(dtype)),
-        d => anyhow::bail!("unknown device `{d}` (expected cpu or cuda)"),
-    }
-}
-
-fn load_split(c: &Common, d: DatasetKind, s: SplitKind, samples: Option<usize>) -> Result<Split> {
-    let split = match &c.dataset_path {
-        Some(p) => data::load_from_dir(d, s, p)?,
-        None => data::load(d, s, &c.data_dir)?,
-    };
-    Ok(match samples {
-        Some(n) => split.first(n)?,
-        None => split,
-    })
-}
-
-fn dataset_for(model: ModelKind, name: &Option<String>) -> Result<DatasetKind> {
-    Ok(match name {
-        Some(n) => n.parse()?,
-        None => model.default_dataset(),
-    })
 }
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
@@ -257,11 +224,21 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
 }
 
 fn main() {
+    // Exact double backward must be on before this thread's first backward pass.
     hessian_lab::init();
     let cli = Cli::parse();
+    if let Cmd::Bench(b) = &cli.cmd {
+        if let Some(t) = b.threads {
+            // Read by candle/rayon when their thread pools start: before any tensor work.
+            std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        }
+    }
     let r = match cli.cmd {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Spectrum(a) => curv::spectrum(a),
+        Cmd::InputHessian(a) => curv::input_hessian(a),
+        Cmd::Bench(a) => bench::bench(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -1,0 +1,173 @@
+//! `bench`: forward, gradient, HVP and power-iteration timings and memory.
+
+use crate::common::{emit, runtime, Common};
+use anyhow::Result;
+use clap::Args;
+use hessian_lab::curvature::{self, eigen, CurvatureOperator, DataSource, HessianOperator, ParamSelection, ParamVec, PowerOpts};
+use hessian_lab::data::{DatasetKind, SplitKind};
+use hessian_lab::models::{Model, ModelConfig, ModelKind};
+use serde_json::json;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value = "m1")]
+    pub model: String,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// CPU threads (sets RAYON_NUM_THREADS before any work; default: all cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Timed repetitions per measurement (median reported)
+    #[arg(long, default_value_t = 10)]
+    pub repeats: usize,
+    /// Trained weights (optional; the eigen comparison is more meaningful on a trained model)
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
+    /// Also count the HVPs power iteration and Lanczos need to reach λ₁ to 1e-3
+    #[arg(long)]
+    pub eig_compare: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time_ms(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    let mut t = vec![];
+    for _ in 0..repeats {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(t))
+}
+
+/// Peak resident set size (VmHWM) in MiB, and a reset of it (Linux; no-ops elsewhere).
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+fn rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let rt = runtime(&a.common)?;
+    let kind: ModelKind = a.model.parse()?;
+    let ds = kind.default_dataset();
+    let model = match &a.weights {
+        Some(p) => Model::load(kind, p, &rt)?,
+        None => Model::from_config(ModelConfig::for_dataset(kind, ds), &rt, 0)?,
+    };
+    // Real MNIST for m1; for CIFAR models the shipped sample (or random data of that shape).
+    let split = match ds {
+        DatasetKind::Mnist => hessian_lab::data::load(ds, SplitKind::Test, &a.common.data_dir).ok(),
+        DatasetKind::Cifar10 => hessian_lab::data::load(DatasetKind::Cifar10Sample, SplitKind::Train, &a.common.data_dir).ok(),
+        _ => None,
+    };
+    let batch = match split.filter(|s| s.len() >= a.batch_size) {
+        Some(s) => s.first(a.batch_size)?.to_batch(&rt)?,
+        None => {
+            let [c, h, w] = model.config.input_shape;
+            let x = candle_core::Tensor::rand(0f32, 1f32, (a.batch_size, c, h, w), &rt.device)?.to_dtype(rt.dtype)?;
+            let y = candle_core::Tensor::zeros(a.batch_size, candle_core::DType::U32, &rt.device)?;
+            hessian_lab::data::Batch::new(x, y)?
+        }
+    };
+    let sel = ParamSelection::all(&model);
+    let v = ParamVec::randn_like(&sel.tensors(&model), 1)?;
+    let base_rss = rss_mb();
+    let r = a.repeats.max(1);
+    let forward_ms = time_ms(r, || {
+        model.forward(&batch.x)?;
+        Ok(())
+    })?;
+    let grad_ms = time_ms(r, || {
+        curvature::gradient(&model, &batch, &sel)?;
+        Ok(())
+    })?;
+    reset_peak();
+    let before_hvp = rss_mb();
+    let hvp_ms = time_ms(r, || {
+        curvature::hvp(&model, &batch, &v)?;
+        Ok(())
+    })?;
+    let hvp_peak = peak_rss_mb();
+    let op = HessianOperator::new(&model, DataSource::Batch(batch.clone()))?;
+    op.apply(&v)?;
+    let hvp_reuse_ms = time_ms(r, || {
+        op.apply(&v)?;
+        Ok(())
+    })?;
+    let t = Instant::now();
+    let op2 = HessianOperator::new(&model, DataSource::Batch(batch.clone()))?;
+    curvature::top_eigen(&op2, 1, &PowerOpts { max_iter: 20, tol: 1e-300, seed: 0 })?;
+    let power20_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut out = json!({
+        "model": kind.name(),
+        "batch_size": a.batch_size,
+        "dtype": format!("{:?}", rt.dtype).to_lowercase(),
+        "device": format!("{:?}", rt.device),
+        "threads": a.threads.unwrap_or_else(candle_core::utils::get_num_threads),
+        "parameters": model.num_params(),
+        "repeats": r,
+        "forward_ms": forward_ms,
+        "grad_ms": grad_ms,
+        "hvp_ms": hvp_ms,
+        "hvp_reuse_graph_ms": hvp_reuse_ms,
+        "hvp_grad_ratio": hvp_ms / grad_ms,
+        "power20_ms": power20_ms,
+        "power20_hvps": op2.matvecs(),
+        "peak_rss_mb": peak_rss_mb(),
+        "baseline_rss_mb": base_rss,
+        "hvp_peak_rss_above_baseline_mb": match (hvp_peak, before_hvp) { (Some(p), Some(b)) => Some(p - b), _ => None },
+    });
+    if a.eig_compare {
+        let opc = HessianOperator::new(&model, DataSource::Batch(batch.clone()))?;
+        let reference = curvature::lanczos(&opc, 1, &curvature::LanczosOpts { max_iter: 150, tol: 1e-9, seed: 7 })?;
+        let l1 = reference.eigenvalues[0];
+        let close = |x: f64| (x - l1).abs() <= 1e-3 * l1.abs();
+        // Power iteration (PyHessian's update), λ after each HVP.
+        let mut vv = ParamVec::randn_like(opc.like(), 0)?.normalized()?.0;
+        let mut power_hvps = None;
+        for i in 1..=1000 {
+            let hv = opc.apply(&vv)?;
+            if close(vv.dot(&hv)?) {
+                power_hvps = Some(i);
+                break;
+            }
+            vv = hv.normalized()?.0;
+        }
+        let mut lanczos_hvps = None;
+        let v0 = ParamVec::randn_like(opc.like(), 0)?;
+        eigen::lanczos_run(&opc, &v0, 300, |al, be, _| {
+            let (vals, _) = eigen::tridiag_eigen(al, be);
+            let top = *vals.last().unwrap_or(&f64::NAN);
+            if close(top) {
+                lanczos_hvps = Some(al.len());
+                true
+            } else {
+                false
+            }
+        })?;
+        out["lambda1_reference"] = json!(l1);
+        out["power_hvps_to_1e-3"] = json!(power_hvps);
+        out["lanczos_hvps_to_1e-3"] = json!(lanczos_hvps);
+    }
+    emit(a.json, &out, || serde_json::to_string_pretty(&out).unwrap_or_default())
+}

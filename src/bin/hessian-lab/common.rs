@@ -1,0 +1,111 @@
+//! Options and helpers shared by the subcommands.
+
+use anyhow::Result;
+use clap::Args;
+use hessian_lab::data::{self, DatasetKind, Split, SplitKind};
+use hessian_lab::models::{Model, ModelConfig, ModelKind};
+use hessian_lab::Runtime;
+use std::path::PathBuf;
+
+#[derive(Args, Clone)]
+pub struct Common {
+    /// Data root: data sets are read from <DATA_DIR>/<dataset>/
+    #[arg(long, default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+    /// Read the data set from exactly this folder (overrides --data-dir)
+    #[arg(long, global = true)]
+    pub dataset_path: Option<PathBuf>,
+    /// cpu or cuda (cuda needs the `cuda` feature; falls back to cpu with a message)
+    #[arg(long, default_value = "cpu", global = true)]
+    pub device: String,
+    /// f32 or f64
+    #[arg(long, default_value = "f32", global = true)]
+    pub dtype: String,
+}
+
+/// Model + data selection shared by the analysis commands.
+#[derive(Args, Clone)]
+pub struct ModelData {
+    #[arg(long)]
+    pub model: String,
+    /// Weights (safetensors); without them a freshly initialised model (seed --seed) is used
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    #[arg(long)]
+    pub dataset: Option<String>,
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Use the first N samples of the split (default: all)
+    #[arg(long)]
+    pub samples: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn runtime(c: &Common) -> Result<Runtime> {
+    let dtype = Runtime::parse_dtype(&c.dtype)?;
+    match c.device.as_str() {
+        "cpu" => Ok(Runtime {
+            device: candle_core::Device::Cpu,
+            dtype,
+        }),
+        "cuda" | "gpu" => Ok(Runtime::best_available(dtype)),
+        d => anyhow::bail!("unknown device `{d}` (expected cpu or cuda)"),
+    }
+}
+
+pub fn load_split(c: &Common, d: DatasetKind, s: SplitKind, samples: Option<usize>) -> Result<Split> {
+    let split = match &c.dataset_path {
+        Some(p) => data::load_from_dir(d, s, p)?,
+        None => data::load(d, s, &c.data_dir)?,
+    };
+    Ok(match samples {
+        Some(n) => split.first(n)?,
+        None => split,
+    })
+}
+
+pub fn dataset_for(model: ModelKind, name: &Option<String>) -> Result<DatasetKind> {
+    Ok(match name {
+        Some(n) => n.parse()?,
+        None => model.default_dataset(),
+    })
+}
+
+/// Loads (or initialises) the model and the requested split.
+pub fn model_and_data(c: &Common, md: &ModelData) -> Result<(Runtime, Model, Split, DatasetKind, SplitKind)> {
+    let rt = runtime(c)?;
+    let kind: ModelKind = md.model.parse()?;
+    let ds = dataset_for(kind, &md.dataset)?;
+    let sk: SplitKind = md.split.parse()?;
+    let split = load_split(c, ds, sk, md.samples)?;
+    let model = match &md.weights {
+        Some(p) => Model::load(kind, p, &rt)?,
+        None => {
+            eprintln!("note: no --weights given; using a freshly initialised {} (seed {})", kind.name(), md.seed);
+            Model::from_config(ModelConfig::for_dataset(kind, ds), &rt, md.seed)?
+        }
+    };
+    if model.config.input_shape != ds.input_shape() || model.num_classes() != ds.num_classes() {
+        return Err(hessian_lab::Error::ModelDataMismatch {
+            model: kind.name().into(),
+            dataset: ds.name().into(),
+            expected: model.config.input_shape,
+            classes: model.num_classes(),
+            got: ds.input_shape(),
+            got_classes: ds.num_classes(),
+        }
+        .into());
+    }
+    Ok((rt, model, split, ds, sk))
+}
+
+/// Prints JSON or a human line.
+pub fn emit(json: bool, value: &serde_json::Value, human: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        println!("{}", human());
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! `spectrum` and `input-hessian`.
+
+use crate::common::{emit, model_and_data, Common, ModelData};
+use anyhow::Result;
+use clap::Args;
+use hessian_lab::curvature::{
+    self, CurvatureOperator, DataSource, GgnOperator, HessianOperator, LanczosOpts, PowerOpts, SlqOpts, TraceMethod,
+    TraceOpts, WithProgress,
+};
+use serde_json::json;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct SpectrumArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub md: ModelData,
+    /// Number of top eigenvalues
+    #[arg(long, default_value_t = 1)]
+    pub top_k: usize,
+    /// lanczos or power
+    #[arg(long, default_value = "lanczos")]
+    pub method: String,
+    /// hessian or ggn (Gauss–Newton)
+    #[arg(long, default_value = "hessian")]
+    pub operator: String,
+    /// Power: max iterations per eigenpair; Lanczos: max Krylov dimension
+    #[arg(long, default_value_t = 100)]
+    pub max_iter: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub tol: f64,
+    /// Samples per chunk when streaming the split (bounded memory)
+    #[arg(long, default_value_t = 1000)]
+    pub chunk: usize,
+    /// Restrict to parameters whose names start with these prefixes, e.g. fc1.,fc2.
+    #[arg(long, value_delimiter = ',')]
+    pub filter: Vec<String>,
+    /// Also estimate the trace
+    #[arg(long)]
+    pub trace: bool,
+    /// hutchinson, hutch++ or exact
+    #[arg(long, default_value = "hutchinson")]
+    pub trace_method: String,
+    /// Max probes (Hutchinson) or matvecs (Hutch++)
+    #[arg(long, default_value_t = 100)]
+    pub trace_iter: usize,
+    /// Also compute the spectral density (SLQ)
+    #[arg(long)]
+    pub density: bool,
+    #[arg(long, default_value_t = 100)]
+    pub density_iter: usize,
+    #[arg(long, default_value_t = 1)]
+    pub density_runs: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub density_grid: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn spectrum(a: SpectrumArgs) -> Result<()> {
+    let (rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
+    let t0 = Instant::now();
+    let source = if split.len() <= a.chunk {
+        DataSource::Batch(split.to_batch(&rt)?)
+    } else {
+        DataSource::Split { split: split.clone(), chunk: a.chunk }
+    };
+    let prefixes: Vec<&str> = a.filter.iter().map(|s| s.as_str()).collect();
+    let op: Box<dyn CurvatureOperator> = match a.operator.as_str() {
+        "hessian" => Box::new(HessianOperator::with_filter(&model, source.clone(), &prefixes)?),
+        "ggn" => {
+            if !prefixes.is_empty() {
+                anyhow::bail!("--filter is supported with --operator hessian only");
+            }
+            Box::new(GgnOperator::new(&model, source.clone())?)
+        }
+        o => anyhow::bail!("unknown --operator `{o}` (hessian or ggn)"),
+    };
+    let expected = match a.method.as_str() {
+        "power" => a.top_k * a.max_iter,
+        _ => a.max_iter,
+    };
+    let prog = WithProgress::new(op.as_ref(), expected, &a.method);
+    let eig = match a.method.as_str() {
+        "power" => curvature::top_eigen(&prog, a.top_k, &PowerOpts { max_iter: a.max_iter, tol: a.tol, seed: a.md.seed })?,
+        "lanczos" => curvature::lanczos(&prog, a.top_k, &LanczosOpts { max_iter: a.max_iter, tol: a.tol, seed: a.md.seed })?,
+        m => anyhow::bail!("unknown --method `{m}` (lanczos or power)"),
+    };
+    prog.finish();
+    let eig_seconds = t0.elapsed().as_secs_f64();
+    let mut out = json!({
+        "model": model.kind().name(),
+        "dataset": ds.name(),
+        "split": sk.name(),
+        "samples": split.len(),
+        "operator": a.operator,
+        "method": a.method,
+        "dtype": format!("{:?}", rt.dtype).to_lowercase(),
+        "parameters": op.dim(),
+        "eigenvalues": eig.eigenvalues,
+        "residuals": eig.residuals,
+        "converged": eig.converged,
+        "iterations": eig.iterations,
+        "hvps": eig.hvps,
+        "eigen_seconds": eig_seconds,
+    });
+    if a.trace {
+        let t = Instant::now();
+        let tr = match a.trace_method.as_str() {
+            "exact" => {
+                let sel = curvature::ParamSelection::with_prefixes(&model, &prefixes)?;
+                let te = curvature::trace_exact(&model, &source, Some(&sel))?;
+                json!({"trace": te.trace, "std_error": 0.0, "method": "exact", "backward_passes": te.backward_passes,
+                       "per_parameter": te.per_parameter.iter().map(|(n, v)| json!({"name": n, "trace": v})).collect::<Vec<_>>()})
+            }
+            m => {
+                let method = match m {
+                    "hutchinson" => TraceMethod::Hutchinson,
+                    "hutch++" | "hutchpp" => TraceMethod::HutchPlusPlus,
+                    _ => anyhow::bail!("unknown --trace-method `{m}` (hutchinson, hutch++ or exact)"),
+                };
+                let p = WithProgress::new(op.as_ref(), a.trace_iter, "trace");
+                let r = curvature::trace(&p, &TraceOpts { method, max_iter: a.trace_iter, seed: a.md.seed, ..Default::default() })?;
+                p.finish();
+                serde_json::to_value(&r)?
+            }
+        };
+        out["trace"] = tr;
+        out["trace"]["seconds"] = json!(t.elapsed().as_secs_f64());
+    }
+    if a.density {
+        let t = Instant::now();
+        let p = WithProgress::new(op.as_ref(), a.density_iter * a.density_runs, "density");
+        let d = curvature::density(
+            &p,
+            &SlqOpts { iter: a.density_iter, runs: a.density_runs, grid: a.density_grid, seed: a.md.seed, ..Default::default() },
+        )?;
+        p.finish();
+        out["density"] = serde_json::to_value(&d)?;
+        out["density"]["seconds"] = json!(t.elapsed().as_secs_f64());
+    }
+    out["seconds"] = json!(t0.elapsed().as_secs_f64());
+    emit(a.json, &out, || {
+        let mut s = format!(
+            "{} on {} {} ({} samples, {} parameters), {} {}: eigenvalues {:?} (residuals {:?}) in {} HVPs",
+            model.kind().name(), ds.name(), sk.name(), split.len(), op.dim(), a.operator, a.method,
+            eig.eigenvalues, eig.residuals, eig.hvps
+        );
+        if let Some(t) = out.get("trace") {
+            s += &format!("; trace {} ± {}", t["trace"], t["std_error"]);
+        }
+        s
+    })
+}
+
+#[derive(Args)]
+pub struct InputHessianArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub md: ModelData,
+    /// Samples per chunk
+    #[arg(long, default_value_t = 100)]
+    pub chunk: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn input_hessian(a: InputHessianArgs) -> Result<()> {
+    let (rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
+    let t0 = Instant::now();
+    let chunks = split.chunks(a.chunk)?;
+    let bar = indicatif::ProgressBar::new(split.len() as u64);
+    let mut per = vec![];
+    for r in chunks {
+        let b = split.range_batch(r.start, r.len(), &rt)?;
+        let ih = curvature::input_hessian(&model, &b)?;
+        per.extend(ih.samples);
+        bar.inc(r.len() as u64);
+    }
+    bar.finish_and_clear();
+    let n = per.len() as f64;
+    let out = json!({
+        "model": model.kind().name(),
+        "dataset": ds.name(),
+        "split": sk.name(),
+        "samples": per.len(),
+        "lambda1_x_mean": per.iter().map(|s| s.lambda1).sum::<f64>() / n,
+        "lambda1_x_max": per.iter().map(|s| s.lambda1).fold(f64::NEG_INFINITY, f64::max),
+        "grad_norm_mean": per.iter().map(|s| s.grad_norm).sum::<f64>() / n,
+        "rank_max": per.iter().map(|s| s.rank).max().unwrap_or(0),
+        "min_eigenvalue_min": per.iter().map(|s| s.min_eigenvalue).fold(f64::INFINITY, f64::min),
+        "seconds": t0.elapsed().as_secs_f64(),
+        "per_sample": per,
+    });
+    emit(a.json, &out, || {
+        format!(
+            "{} on {} {} ({} samples): λ₁^x mean {:.4e} max {:.4e}, ‖∇ₓJ‖ mean {:.4e}, rank ≤ {}, min eigenvalue {:.2e}",
+            model.kind().name(), ds.name(), sk.name(), per.len(),
+            out["lambda1_x_mean"].as_f64().unwrap_or(f64::NAN),
+            out["lambda1_x_max"].as_f64().unwrap_or(f64::NAN),
+            out["grad_norm_mean"].as_f64().unwrap_or(f64::NAN),
+            out["rank_max"], out["min_eigenvalue_min"].as_f64().unwrap_or(f64::NAN)
+        )
+    })
+}
