@@ -21,6 +21,7 @@
 //! # Ok::<(), hessian_lab::Error>(())
 //! ```
 
+pub mod attack;
 pub mod curvature;
 pub mod data;
 pub mod error;

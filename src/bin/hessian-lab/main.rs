@@ -1,5 +1,6 @@
 //! The hessian-lab command line: train, evaluate, and (later) reproduce the paper.
 
+mod attack;
 mod bench;
 mod common;
 mod curv;
@@ -32,6 +33,8 @@ enum Cmd {
     InputHessian(curv::InputHessianArgs),
     /// Time forward, gradient, HVP and power iteration; peak memory
     Bench(bench::BenchArgs),
+    /// Adversarial accuracy under fgsm, ifgsm, l2grad, fhsm or l2hess at several ε
+    Attack(attack::AttackArgs),
 }
 
 #[derive(Args)]
@@ -84,6 +87,15 @@ struct TrainArgs {
     /// Per-epoch JSON log (default: <out>.log.json)
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Robust training: mix in adversarial examples from this attack (fgsm, ifgsm, l2grad, fhsm, l2hess)
+    #[arg(long)]
+    adversarial: Option<String>,
+    /// Budget ε of the adversarial examples
+    #[arg(long, default_value_t = 0.1)]
+    adv_eps: f64,
+    /// Fraction of each batch replaced by adversarial examples
+    #[arg(long, default_value_t = 0.5)]
+    adv_ratio: f64,
     /// Print one JSON object on stdout
     #[arg(long)]
     json: bool,
@@ -154,7 +166,26 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         rt.dtype,
         rt.device
     );
-    let report = train::train(&model, &train_split, test_split.as_ref(), &cfg, None, None)?;
+    let adv = match &a.adversarial {
+        Some(name) => Some(attack::parse_attack(name, 10, "exact", 20, 1e-3)?),
+        None => None,
+    };
+    if !(0.0..=1.0).contains(&a.adv_ratio) || !(a.adv_eps >= 0.0) {
+        anyhow::bail!("--adv-ratio must be in [0,1] and --adv-eps ≥ 0");
+    }
+    let (eps, ratio) = (a.adv_eps, a.adv_ratio);
+    let mut hook = |m: &Model, b: hessian_lab::data::Batch| match adv {
+        Some(k) => hessian_lab::attack::adversarial_batch(m, b, k, eps, ratio),
+        None => Ok(b),
+    };
+    let report = train::train(
+        &model,
+        &train_split,
+        test_split.as_ref(),
+        &cfg,
+        if adv.is_some() { Some(&mut hook) } else { None },
+        None,
+    )?;
     model.save(&a.out).with_context(|| format!("saving {}", a.out.display()))?;
     let last = report.epochs.last().context("no epoch ran")?;
     let out = json!({
@@ -166,6 +197,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         "lr": a.lr,
         "peak_lr": cfg.schedule.peak(a.batch_size),
         "seed": a.seed,
+        "adversarial": a.adversarial,
+        "adv_eps": a.adversarial.as_ref().map(|_| a.adv_eps),
+        "adv_ratio": a.adversarial.as_ref().map(|_| a.adv_ratio),
         "train_loss": last.train_loss,
         "train_accuracy": last.train_eval_accuracy,
         "test_loss": last.test_loss,
@@ -239,6 +273,7 @@ fn main() {
         Cmd::Spectrum(a) => curv::spectrum(a),
         Cmd::InputHessian(a) => curv::input_hessian(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::Attack(a) => attack::run(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

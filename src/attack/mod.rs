@@ -1,0 +1,363 @@
+//! Adversarial attacks of the paper's Table 7, first- and second-order, in pixel units on
+//! inputs in [0, 1], and adversarial accuracy.
+//!
+//! With gᵢ = ∇ₓℓᵢ and Hᵢ = ∇²ₓℓᵢ per sample (ℓᵢ the cross-entropy of sample i):
+//!
+//! | attack | Δx |
+//! |---|---|
+//! | `fgsm` | ε·sign(g) |
+//! | `ifgsm` (FGSM-k) | k steps of ε/k·sign(g), each projected onto the L∞ ball of radius ε and [0,1] |
+//! | `l2_grad` | ε·g/‖g‖ |
+//! | `fhsm` | ε·sign(H⁺g), oriented so that gᵀΔx ≥ 0 |
+//! | `l2_hess` | ε·H⁺g/‖H⁺g‖ |
+//!
+//! H⁺g is the minimum-norm Newton direction, exact from Theorem 1 (the paper used inexact
+//! Newton-CG; [`NewtonSolver::Cg`] is offered for comparison). A second-order model
+//! ℓ(x+Δ) ≈ ℓ + gᵀΔ + ½ΔᵀHΔ is even in its quadratic term, so for FHSM we take whichever of
+//! ±sign(H⁺g) increases the first-order term (for L2-HESS gᵀH⁺g ≥ 0 always holds).
+//! Samples with g = 0 are left unperturbed. The model always runs in eval mode (BatchNorm uses
+//! its running statistics; nothing about the model changes).
+
+use crate::curvature::{input_gradient, input_hessian, input_hvp};
+use crate::data::{Batch, Split};
+use crate::models::{count_correct, Model};
+use crate::{Error, Result};
+use candle_core::{DType, Tensor};
+use serde::Serialize;
+
+/// How H⁺g is computed for the second-order attacks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NewtonSolver {
+    /// Exact minimum-norm solution from Theorem 1 (piecewise-linear nets).
+    Exact,
+    /// Conjugate gradients on input HVPs from x₀ = 0 (converges to the minimum-norm solution
+    /// in exact arithmetic when g ∈ range(H)); stops at `iters` or relative residual `tol`.
+    Cg { iters: usize, tol: f64 },
+}
+
+/// Which attack.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AttackKind {
+    Fgsm,
+    /// Iterated FGSM with `steps` steps of size ε/steps (the paper's FGSM-10: 10 steps).
+    Ifgsm { steps: usize },
+    L2Grad,
+    Fhsm(NewtonSolver),
+    L2Hess(NewtonSolver),
+}
+
+impl std::str::FromStr for AttackKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "fgsm" => AttackKind::Fgsm,
+            "ifgsm" | "fgsm10" | "fgsm-10" => AttackKind::Ifgsm { steps: 10 },
+            "l2grad" | "l2_grad" | "l2-grad" => AttackKind::L2Grad,
+            "fhsm" => AttackKind::Fhsm(NewtonSolver::Exact),
+            "l2hess" | "l2_hess" | "l2-hess" => AttackKind::L2Hess(NewtonSolver::Exact),
+            _ => {
+                return Err(Error::invalid(
+                    "attack",
+                    format!("`{s}` (expected fgsm, ifgsm, l2grad, fhsm or l2hess)"),
+                ))
+            }
+        })
+    }
+}
+
+impl AttackKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttackKind::Fgsm => "fgsm",
+            AttackKind::Ifgsm { .. } => "ifgsm",
+            AttackKind::L2Grad => "l2grad",
+            AttackKind::Fhsm(_) => "fhsm",
+            AttackKind::L2Hess(_) => "l2hess",
+        }
+    }
+    /// Replaces the Newton solver of a second-order attack.
+    pub fn with_solver(self, s: NewtonSolver) -> Self {
+        match self {
+            AttackKind::Fhsm(_) => AttackKind::Fhsm(s),
+            AttackKind::L2Hess(_) => AttackKind::L2Hess(s),
+            k => k,
+        }
+    }
+}
+
+fn check_eps(eps: f64) -> Result<()> {
+    if !(eps >= 0.0) || !eps.is_finite() {
+        return Err(Error::invalid("eps", format!("{eps} must be finite and ≥ 0")));
+    }
+    Ok(())
+}
+
+fn check_batch(model: &Model, batch: &Batch) -> Result<()> {
+    model.check_input(&batch.x)?;
+    let m = batch.x.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if !m.is_finite() {
+        return Err(Error::NonFinite("attack inputs".into()));
+    }
+    Ok(())
+}
+
+/// Per-sample L2 norms of a (N, …) tensor, shape (N,).
+pub fn l2_norms(t: &Tensor) -> Result<Tensor> {
+    Ok(t.sqr()?.flatten_from(1)?.sum(1)?.sqrt()?)
+}
+
+/// Per-sample L∞ norms, shape (N,).
+pub fn linf_norms(t: &Tensor) -> Result<Tensor> {
+    Ok(t.abs()?.flatten_from(1)?.max(1)?)
+}
+
+fn per_sample(t: &Tensor, n: usize) -> Result<Tensor> {
+    Ok(t.reshape((n, 1, 1, 1))?)
+}
+
+/// t / ‖t‖ per sample, 0 where ‖t‖ = 0.
+fn unit_l2(t: &Tensor) -> Result<Tensor> {
+    let n = t.dims()[0];
+    let norms = l2_norms(t)?;
+    let safe = norms.clamp(1e-300, f64::INFINITY)?.to_dtype(t.dtype())?;
+    let nonzero = norms.gt(0.0)?.to_dtype(t.dtype())?;
+    Ok(t.broadcast_div(&per_sample(&safe, n)?)?.broadcast_mul(&per_sample(&nonzero, n)?)?)
+}
+
+/// Flips each sample's direction d so that gᵀd ≥ 0.
+fn oriented(d: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let n = d.dims()[0];
+    let gd = (g * d)?.flatten_from(1)?.sum(1)?;
+    let sign = gd.ge(0.0)?.to_dtype(d.dtype())?.affine(2.0, -1.0)?;
+    Ok(d.broadcast_mul(&per_sample(&sign, n)?)?)
+}
+
+/// Minimum-norm Newton directions H⁺ᵢgᵢ for a batch, with the gradients g.
+/// Cost: Exact: 1 forward + C backward passes; CG: 1 forward + 1 backward + iters × (1
+/// forward + 2 backward).
+pub fn newton_direction(model: &Model, batch: &Batch, solver: NewtonSolver) -> Result<(Tensor, Tensor)> {
+    match solver {
+        NewtonSolver::Exact => {
+            let ih = input_hessian(model, batch)?;
+            Ok((ih.newton_direction()?, ih.gradients()?))
+        }
+        NewtonSolver::Cg { iters, tol } => {
+            if iters == 0 || !(tol > 0.0) {
+                return Err(Error::invalid("cg", "iters ≥ 1 and tol > 0 required"));
+            }
+            let (_, g) = input_gradient(model, batch)?;
+            Ok((cg_solve(model, batch, &g, iters, tol)?, g))
+        }
+    }
+}
+
+/// Batched CG for Hᵢsᵢ = gᵢ, each sample with its own step sizes, from s = 0.
+fn cg_solve(model: &Model, batch: &Batch, g: &Tensor, iters: usize, tol: f64) -> Result<Tensor> {
+    let n = batch.len();
+    let dot = |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok((a * b)?.flatten_from(1)?.sum(1)?) };
+    let mut s = g.zeros_like()?;
+    let mut r = g.clone();
+    let mut p = g.clone();
+    let mut rr = dot(&r, &r)?;
+    let g2: Vec<f64> = rr.to_dtype(DType::F64)?.to_vec1()?;
+    for _ in 0..iters {
+        let hp = input_hvp(model, batch, &p)?;
+        let php = dot(&p, &hp)?;
+        // α = rr / pᵀHp where pᵀHp > 0; frozen (0) otherwise.
+        let ok = php.gt(0.0)?.to_dtype(g.dtype())?;
+        let alpha = ((&rr / php.clamp(1e-300, f64::INFINITY)?)? * &ok)?;
+        s = (s + p.broadcast_mul(&per_sample(&alpha, n)?)?)?;
+        r = (r - hp.broadcast_mul(&per_sample(&alpha, n)?)?)?;
+        let rr_new = dot(&r, &r)?;
+        let res: Vec<f64> = rr_new.to_dtype(DType::F64)?.to_vec1()?;
+        if res.iter().zip(&g2).all(|(a, b)| a.sqrt() <= tol * b.sqrt().max(1e-300)) {
+            break;
+        }
+        let beta = ((&rr_new / rr.clamp(1e-300, f64::INFINITY)?)? * &ok)?;
+        p = (&r + p.broadcast_mul(&per_sample(&beta, n)?)?)?;
+        rr = rr_new;
+    }
+    Ok(s)
+}
+
+/// The one-shot perturbation Δx **before clipping** (not defined for `ifgsm`, which is
+/// iterative: use [`attack`]). Cost: as [`newton_direction`] for the Hessian attacks, else one
+/// forward + one backward.
+pub fn perturbation(model: &Model, batch: &Batch, kind: AttackKind, eps: f64) -> Result<Tensor> {
+    check_eps(eps)?;
+    check_batch(model, batch)?;
+    Ok(match kind {
+        AttackKind::Fgsm => (input_gradient(model, batch)?.1.sign()? * eps)?,
+        AttackKind::L2Grad => (unit_l2(&input_gradient(model, batch)?.1)? * eps)?,
+        AttackKind::Fhsm(solver) => {
+            let (s, g) = newton_direction(model, batch, solver)?;
+            (oriented(&s.sign()?, &g)? * eps)?
+        }
+        AttackKind::L2Hess(solver) => {
+            let (s, g) = newton_direction(model, batch, solver)?;
+            (oriented(&unit_l2(&s)?, &g)? * eps)?
+        }
+        AttackKind::Ifgsm { .. } => {
+            return Err(Error::invalid("attack", "ifgsm is iterative: use attack() for its adversarial inputs"))
+        }
+    })
+}
+
+/// Result of one attack at one ε.
+#[derive(Clone, Debug)]
+pub struct AttackOutcome {
+    pub eps: f64,
+    /// Adversarial inputs, clipped to [0, 1].
+    pub x_adv: Tensor,
+    /// Per sample: the model's prediction on x_adv differs from the label.
+    pub success: Vec<bool>,
+    /// Accuracy on x_adv.
+    pub accuracy: f64,
+    /// Mean per-sample L∞ and L2 norms of the applied perturbation x_adv − x (after clipping).
+    pub linf_mean: f64,
+    pub l2_mean: f64,
+}
+
+/// Attacks a batch at each ε in `eps_list` (several budgets in one call, like Foolbox).
+/// Second-order directions are computed once and scaled per ε. Cost: one direction
+/// computation (ifgsm: steps × (1 forward + 1 backward) per ε) + one forward per ε.
+pub fn attack(model: &Model, batch: &Batch, kind: AttackKind, eps_list: &[f64]) -> Result<Vec<AttackOutcome>> {
+    check_batch(model, batch)?;
+    if eps_list.is_empty() {
+        return Err(Error::invalid("eps", "give at least one ε"));
+    }
+    for &e in eps_list {
+        check_eps(e)?;
+    }
+    let x = batch.x.detach();
+    // Unit direction (ε = 1) for the one-shot attacks.
+    let unit = match kind {
+        AttackKind::Ifgsm { steps } => {
+            if steps == 0 {
+                return Err(Error::invalid("steps", "ifgsm needs at least one step"));
+            }
+            None
+        }
+        k => Some(perturbation(model, batch, k, 1.0)?),
+    };
+    let mut out = Vec::with_capacity(eps_list.len());
+    for &eps in eps_list {
+        let x_adv = match (kind, &unit) {
+            (AttackKind::Ifgsm { steps }, _) => {
+                let step = eps / steps as f64;
+                let lo = (&x - eps)?;
+                let hi = (&x + eps)?;
+                let mut xa = x.clone();
+                for _ in 0..steps {
+                    let b = Batch::new(xa.clone(), batch.y.clone())?;
+                    let (_, g) = input_gradient(model, &b)?;
+                    xa = (xa + (g.sign()? * step)?)?;
+                    xa = xa.maximum(&lo)?.minimum(&hi)?.clamp(0.0, 1.0)?;
+                }
+                xa
+            }
+            (_, Some(u)) => (&x + (u * eps)?)?.clamp(0.0, 1.0)?,
+            (_, None) => return Err(Error::invalid("attack", "no direction")),
+        };
+        let logits = model.forward(&x_adv)?.detach();
+        let pred: Vec<u32> = logits.argmax(1)?.to_vec1()?;
+        let ys: Vec<u32> = batch.y.to_vec1()?;
+        let success: Vec<bool> = pred.iter().zip(&ys).map(|(p, y)| p != y).collect();
+        let correct = count_correct(&logits, &batch.y)?;
+        let d = (&x_adv - &x)?;
+        let mean = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?) };
+        out.push(AttackOutcome {
+            eps,
+            linf_mean: mean(linf_norms(&d)?)?,
+            l2_mean: mean(l2_norms(&d)?)?,
+            x_adv,
+            success,
+            accuracy: correct as f64 / batch.len() as f64,
+        });
+    }
+    Ok(out)
+}
+
+/// Accuracy under attack for one ε over a split.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpsReport {
+    pub eps: f64,
+    pub accuracy: f64,
+    pub linf_mean: f64,
+    pub l2_mean: f64,
+}
+
+/// Clean and adversarial accuracy over a split.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdversarialReport {
+    pub attack: String,
+    pub samples: usize,
+    pub clean_accuracy: f64,
+    pub per_eps: Vec<EpsReport>,
+}
+
+/// Adversarial accuracy of `model` on `split` under `kind` for each ε, in chunks of `chunk`
+/// samples (bounded memory), with an optional progress bar. Cost: as [`attack`] per chunk.
+pub fn adversarial_accuracy(
+    model: &Model,
+    split: &Split,
+    kind: AttackKind,
+    eps_list: &[f64],
+    chunk: usize,
+    progress: bool,
+) -> Result<AdversarialReport> {
+    if split.is_empty() {
+        return Err(Error::Empty("split has no samples".into()));
+    }
+    let bar = if progress {
+        indicatif::ProgressBar::new(split.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut clean = 0usize;
+    let mut acc = vec![(0.0, 0.0, 0.0); eps_list.len()];
+    for r in split.chunks(chunk)? {
+        let b = split.range_batch(r.start, r.len(), model.runtime())?;
+        clean += count_correct(&model.forward(&b.x)?, &b.y)?;
+        for (i, o) in attack(model, &b, kind, eps_list)?.into_iter().enumerate() {
+            let w = r.len() as f64;
+            acc[i].0 += o.accuracy * w;
+            acc[i].1 += o.linf_mean * w;
+            acc[i].2 += o.l2_mean * w;
+        }
+        bar.inc(r.len() as u64);
+    }
+    bar.finish_and_clear();
+    let n = split.len() as f64;
+    Ok(AdversarialReport {
+        attack: kind.name().into(),
+        samples: split.len(),
+        clean_accuracy: clean as f64 / n,
+        per_eps: eps_list
+            .iter()
+            .zip(acc)
+            .map(|(&eps, (a, l, l2))| EpsReport { eps, accuracy: a / n, linf_mean: l / n, l2_mean: l2 / n })
+            .collect(),
+    })
+}
+
+/// A batch hook for robust training: replaces the first ⌈ratio·|b|⌉ samples of each batch by
+/// adversarial versions made with the current model (eval mode) at budget `eps`.
+pub fn adversarial_batch(model: &Model, batch: Batch, kind: AttackKind, eps: f64, ratio: f64) -> Result<Batch> {
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(Error::invalid("adv ratio", format!("{ratio} not in [0, 1]")));
+    }
+    let n = batch.len();
+    let k = ((ratio * n as f64).ceil() as usize).min(n);
+    if k == 0 || eps == 0.0 {
+        return Ok(batch);
+    }
+    let head = batch.narrow(0, k)?;
+    let adv = attack(model, &head, kind, &[eps])?.remove(0).x_adv;
+    let x = if k < n {
+        Tensor::cat(&[adv, batch.x.narrow(0, k, n - k)?], 0)?
+    } else {
+        adv
+    };
+    Batch::new(x.detach(), batch.y)
+}

@@ -1,0 +1,85 @@
+//! `attack`: adversarial accuracy under one of the paper's attacks at several ε.
+
+use crate::common::{emit, model_and_data, Common, ModelData};
+use anyhow::Result;
+use clap::Args;
+use hessian_lab::attack::{self, AttackKind, NewtonSolver};
+use serde_json::json;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct AttackArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub md: ModelData,
+    /// fgsm, ifgsm (FGSM-10), l2grad, fhsm or l2hess
+    #[arg(long)]
+    pub attack: String,
+    /// Budgets ε (pixel units in [0,1]), comma separated
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub eps: Vec<f64>,
+    /// ifgsm steps
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Newton solver for fhsm/l2hess: exact or cg
+    #[arg(long, default_value = "exact")]
+    pub newton: String,
+    #[arg(long, default_value_t = 20)]
+    pub cg_iters: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub cg_tol: f64,
+    /// Samples per chunk
+    #[arg(long, default_value_t = 250)]
+    pub chunk: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_attack(name: &str, steps: usize, newton: &str, cg_iters: usize, cg_tol: f64) -> Result<AttackKind> {
+    let mut k: AttackKind = name.parse()?;
+    if let AttackKind::Ifgsm { .. } = k {
+        k = AttackKind::Ifgsm { steps };
+    }
+    let solver = match newton {
+        "exact" => NewtonSolver::Exact,
+        "cg" => NewtonSolver::Cg { iters: cg_iters, tol: cg_tol },
+        o => anyhow::bail!("unknown --newton `{o}` (exact or cg)"),
+    };
+    Ok(k.with_solver(solver))
+}
+
+pub fn run(a: AttackArgs) -> Result<()> {
+    let (_rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
+    let kind = parse_attack(&a.attack, a.steps, &a.newton, a.cg_iters, a.cg_tol)?;
+    let t0 = Instant::now();
+    let rep = attack::adversarial_accuracy(&model, &split, kind, &a.eps, a.chunk, true)?;
+    let mut per_eps = serde_json::Map::new();
+    for e in &rep.per_eps {
+        per_eps.insert(
+            format!("{}", e.eps),
+            json!({"accuracy": e.accuracy, "linf_mean": e.linf_mean, "l2_mean": e.l2_mean}),
+        );
+    }
+    let out = json!({
+        "model": model.kind().name(),
+        "dataset": ds.name(),
+        "split": sk.name(),
+        "samples": rep.samples,
+        "attack": rep.attack,
+        "newton": a.newton,
+        "clean_accuracy": rep.clean_accuracy,
+        "per_eps": per_eps,
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    emit(a.json, &out, || {
+        let mut s = format!(
+            "{} on {} {} ({} samples): clean accuracy {:.4}",
+            rep.attack, ds.name(), sk.name(), rep.samples, rep.clean_accuracy
+        );
+        for e in &rep.per_eps {
+            s += &format!("; ε={}: {:.4}", e.eps, e.accuracy);
+        }
+        s
+    })
+}
