@@ -81,6 +81,10 @@ pub enum Error {
     #[error("not supported: {0}")]
     Unsupported(String),
 
+    /// A plotting or image-encoding error.
+    #[error("plot error: {0}")]
+    Plot(String),
+
     /// An error from the tensor library.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),

@@ -25,7 +25,9 @@ pub mod attack;
 pub mod curvature;
 pub mod data;
 pub mod error;
+pub mod landscape;
 pub mod models;
+pub mod plot;
 pub mod runtime;
 pub mod train;
 

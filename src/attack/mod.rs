@@ -361,3 +361,18 @@ pub fn adversarial_batch(model: &Model, batch: Batch, kind: AttackKind, eps: f64
     };
     Batch::new(x.detach(), batch.y)
 }
+
+/// Per-sample cosine between the CG Newton direction and the exact minimum-norm one (how far
+/// the paper's inexact Newton-CG is from H⁺g). Cost: as both solvers.
+pub fn cg_cosine_to_exact(model: &Model, batch: &Batch, iters: usize, tol: f64) -> Result<Vec<f64>> {
+    let (exact, _) = newton_direction(model, batch, NewtonSolver::Exact)?;
+    let (cg, _) = newton_direction(model, batch, NewtonSolver::Cg { iters, tol })?;
+    let dot: Vec<f64> = (&exact * &cg)?.flatten_from(1)?.sum(1)?.to_dtype(DType::F64)?.to_vec1()?;
+    let ne: Vec<f64> = l2_norms(&exact)?.to_dtype(DType::F64)?.to_vec1()?;
+    let nc: Vec<f64> = l2_norms(&cg)?.to_dtype(DType::F64)?.to_vec1()?;
+    Ok(dot
+        .iter()
+        .zip(ne.iter().zip(&nc))
+        .map(|(d, (a, b))| if a * b > 0.0 { d / (a * b) } else { f64::NAN })
+        .collect())
+}

@@ -54,6 +54,17 @@ pub fn run(a: AttackArgs) -> Result<()> {
     let kind = parse_attack(&a.attack, a.steps, &a.newton, a.cg_iters, a.cg_tol)?;
     let t0 = Instant::now();
     let rep = attack::adversarial_accuracy(&model, &split, kind, &a.eps, a.chunk, true)?;
+    let cg_cos = match kind {
+        AttackKind::Fhsm(NewtonSolver::Cg { iters, tol }) | AttackKind::L2Hess(NewtonSolver::Cg { iters, tol })
+            if model.kind().piecewise_linear(model.config.activation) =>
+        {
+            let b = split.range_batch(0, split.len().min(a.chunk), model.runtime())?;
+            let c: Vec<f64> = attack::cg_cosine_to_exact(&model, &b, iters, tol)?.into_iter().filter(|x| x.is_finite()).collect();
+            Some(json!({"samples": c.len(), "mean": c.iter().sum::<f64>() / c.len().max(1) as f64,
+                        "min": c.iter().cloned().fold(f64::INFINITY, f64::min)}))
+        }
+        _ => None,
+    };
     let mut per_eps = serde_json::Map::new();
     for e in &rep.per_eps {
         per_eps.insert(
@@ -71,6 +82,7 @@ pub fn run(a: AttackArgs) -> Result<()> {
         "clean_accuracy": rep.clean_accuracy,
         "per_eps": per_eps,
         "seconds": t0.elapsed().as_secs_f64(),
+        "cg_cosine_to_exact": cg_cos,
     });
     emit(a.json, &out, || {
         let mut s = format!(

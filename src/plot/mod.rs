@@ -1,0 +1,269 @@
+//! Figures with plotters: line plots (log-y allowed), heat map + contours for 2-D surfaces,
+//! spectral density, eigenvalue-vs-epoch, accuracy-vs-ε, image grids, and multi-panel figures.
+//!
+//! A [`Figure`] is an owned value (no borrows, so it lives across evcxr cells). It shows itself
+//! inline in evcxr notebooks ([`Figure::evcxr_display`]: a PNG) and saves to PNG or SVG. Text
+//! uses the DejaVu Sans font committed in `assets/fonts` (no system fonts needed). PNGs are
+//! written with the best compression and adaptive filtering.
+
+mod render;
+
+use crate::curvature::Density;
+use crate::landscape::{Curve1d, Surface2d};
+use crate::{Error, Result};
+use candle_core::{DType, Tensor};
+use std::path::Path;
+
+/// One labelled line.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub label: String,
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+    /// Draw markers at the points.
+    pub markers: bool,
+}
+
+/// A grayscale/RGB image in [0, 1], (C, H, W) with C ∈ {1, 3}.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Spec {
+    Lines {
+        x_label: String,
+        y_label: String,
+        log_y: bool,
+        lines: Vec<Line>,
+    },
+    Heatmap {
+        x_label: String,
+        y_label: String,
+        x: Vec<f64>,
+        y: Vec<f64>,
+        z: Vec<Vec<f64>>,
+        contours: usize,
+    },
+    Images {
+        rows: Vec<(String, Vec<Image>)>,
+    },
+    Panels {
+        cols: usize,
+        panels: Vec<Figure>,
+    },
+}
+
+/// A figure: what to draw, its size and title. Rendered on demand.
+#[derive(Clone, Debug)]
+pub struct Figure {
+    pub title: String,
+    pub width: u32,
+    pub height: u32,
+    pub(crate) spec: Spec,
+}
+
+fn check_len(x: &[f64], y: &[f64], what: &str) -> Result<()> {
+    if x.len() != y.len() || x.is_empty() {
+        return Err(Error::Shape(format!("{what}: {} x values for {} y values", x.len(), y.len())));
+    }
+    Ok(())
+}
+
+impl Figure {
+    /// Line plot of labelled series (`log_y`: logarithmic y axis; non-positive values are
+    /// dropped there).
+    pub fn lines(title: &str, x_label: &str, y_label: &str, lines: Vec<Line>, log_y: bool) -> Result<Figure> {
+        if lines.is_empty() {
+            return Err(Error::invalid("lines", "need at least one series"));
+        }
+        for l in &lines {
+            check_len(&l.x, &l.y, &l.label)?;
+        }
+        Ok(Figure {
+            title: title.into(),
+            width: 640,
+            height: 420,
+            spec: Spec::Lines { x_label: x_label.into(), y_label: y_label.into(), log_y, lines },
+        })
+    }
+
+    /// Heat map of z[row = y][col = x] with `contours` iso-lines (marching squares).
+    pub fn heatmap(title: &str, x_label: &str, y_label: &str, x: Vec<f64>, y: Vec<f64>, z: Vec<Vec<f64>>, contours: usize) -> Result<Figure> {
+        if z.len() != y.len() || z.iter().any(|r| r.len() != x.len()) || x.len() < 2 || y.len() < 2 {
+            return Err(Error::Shape("heat map: z must be |y| rows of |x| ≥ 2 values".into()));
+        }
+        Ok(Figure {
+            title: title.into(),
+            width: 560,
+            height: 480,
+            spec: Spec::Heatmap { x_label: x_label.into(), y_label: y_label.into(), x, y, z, contours },
+        })
+    }
+
+    /// Several figures side by side in a grid of `cols` columns (one output per notebook cell).
+    pub fn panels(panels: Vec<Figure>, cols: usize) -> Result<Figure> {
+        if panels.is_empty() || cols == 0 {
+            return Err(Error::invalid("panels", "need ≥ 1 panel and ≥ 1 column"));
+        }
+        let rows = panels.len().div_ceil(cols);
+        let w = panels.iter().map(|p| p.width).max().unwrap_or(400);
+        let h = panels.iter().map(|p| p.height).max().unwrap_or(300);
+        Ok(Figure {
+            title: String::new(),
+            width: w * cols.min(panels.len()) as u32,
+            height: h * rows as u32,
+            spec: Spec::Panels { cols, panels },
+        })
+    }
+
+    /// Sets the size in pixels.
+    pub fn with_size(mut self, width: u32, height: u32) -> Figure {
+        self.width = width.max(64);
+        self.height = height.max(64);
+        self
+    }
+
+    /// PNG bytes (RGB, best compression, adaptive filter).
+    pub fn to_png(&self) -> Result<Vec<u8>> {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let mut buf = vec![255u8; w * h * 3];
+        render::draw_bitmap(self, &mut buf)?;
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, self.width, self.height);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            enc.set_compression(png::Compression::Best);
+            enc.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
+            let mut wr = enc.write_header().map_err(|e| Error::Plot(e.to_string()))?;
+            wr.write_image_data(&buf).map_err(|e| Error::Plot(e.to_string()))?;
+        }
+        Ok(out)
+    }
+
+    /// SVG text.
+    pub fn to_svg(&self) -> Result<String> {
+        render::draw_svg(self)
+    }
+
+    /// Saves as PNG or SVG, chosen by the extension (`.png` / `.svg`).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let bytes = match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()) {
+            Some(e) if e == "png" => self.to_png()?,
+            Some(e) if e == "svg" => self.to_svg()?.into_bytes(),
+            _ => return Err(Error::invalid("path", format!("{}: use a .png or .svg extension", path.display()))),
+        };
+        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    }
+
+    /// Shows the figure inline in an evcxr (Jupyter) notebook as a PNG.
+    pub fn evcxr_display(&self) {
+        use base64::Engine;
+        match self.to_png() {
+            Ok(png) => println!(
+                "EVCXR_BEGIN_CONTENT image/png\n{}\nEVCXR_END_CONTENT",
+                base64::engine::general_purpose::STANDARD.encode(png)
+            ),
+            Err(e) => eprintln!("figure could not be rendered: {e}"),
+        }
+    }
+}
+
+/// Loss (and accuracy, dashed right panel) along a 1-D landscape curve, one line per source.
+pub fn landscape_figure(curve: &Curve1d, title: &str, x_label: &str, log_y: bool) -> Result<Figure> {
+    let lines = curve
+        .series
+        .iter()
+        .map(|s| Line { label: s.label.clone(), x: curve.alphas.clone(), y: s.loss.clone(), markers: false })
+        .collect();
+    let loss = Figure::lines(title, x_label, "loss", lines, log_y)?;
+    if curve.lambda1.is_empty() {
+        return Ok(loss);
+    }
+    let l1 = Figure::lines(
+        "λ₁ along the path",
+        x_label,
+        "λ₁",
+        vec![Line { label: "λ₁".into(), x: curve.alphas.clone(), y: curve.lambda1.clone(), markers: true }],
+        false,
+    )?;
+    Figure::panels(vec![loss, l1], 2)
+}
+
+/// Heat map + contours of a 2-D loss surface.
+pub fn surface_figure(s: &Surface2d, title: &str) -> Result<Figure> {
+    Figure::heatmap(title, "α (d₁)", "β (d₂)", s.alphas.clone(), s.betas.clone(), s.loss.clone(), 10)
+}
+
+/// Spectral density on a log-y axis (density + 1e-7, as PyHessian plots it).
+pub fn density_figure(d: &Density, title: &str) -> Result<Figure> {
+    let y = d.density.iter().map(|v| v + 1e-7).collect();
+    Figure::lines(title, "eigenvalue", "density", vec![Line { label: "SLQ".into(), x: d.grid.clone(), y, markers: false }], true)
+}
+
+/// Accuracy vs ε for several attacks (or models).
+pub fn accuracy_vs_eps_figure(title: &str, series: Vec<(String, Vec<f64>, Vec<f64>)>) -> Result<Figure> {
+    Figure::lines(
+        title,
+        "ε",
+        "accuracy",
+        series.into_iter().map(|(label, x, y)| Line { label, x, y, markers: true }).collect(),
+        false,
+    )
+}
+
+/// A quantity per epoch (e.g. λ₁^θ) for several runs, log-y optional.
+pub fn per_epoch_figure(title: &str, y_label: &str, series: Vec<(String, Vec<f64>)>, log_y: bool) -> Result<Figure> {
+    Figure::lines(
+        title,
+        "epoch",
+        y_label,
+        series
+            .into_iter()
+            .map(|(label, y)| Line { label, x: (1..=y.len()).map(|e| e as f64).collect(), y, markers: true })
+            .collect(),
+        log_y,
+    )
+}
+
+impl Image {
+    /// The images of a (N, C, H, W) tensor in [0, 1] (clamped).
+    pub fn from_batch(t: &Tensor) -> Result<Vec<Image>> {
+        let (n, c, h, w) = t.dims4()?;
+        if c != 1 && c != 3 {
+            return Err(Error::Shape(format!("images need 1 or 3 channels, got {c}")));
+        }
+        let v: Vec<f32> = t.to_dtype(DType::F32)?.clamp(0f32, 1f32)?.flatten_all()?.to_vec1()?;
+        let d = c * h * w;
+        Ok((0..n).map(|i| Image { channels: c, height: h, width: w, data: v[i * d..(i + 1) * d].to_vec() }).collect())
+    }
+    /// A perturbation Δ mapped to [0, 1] for display: 0.5 + Δ/(2·max|Δ|) (gray = no change).
+    pub fn from_perturbation(t: &Tensor) -> Result<Vec<Image>> {
+        let m = t.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(1e-12);
+        Self::from_batch(&t.affine(0.5 / m, 0.5)?)
+    }
+}
+
+/// A grid of images: one labelled row per entry (e.g. clean / adversarial / perturbation).
+pub fn image_grid(title: &str, rows: Vec<(String, Vec<Image>)>) -> Result<Figure> {
+    if rows.is_empty() || rows.iter().any(|(_, r)| r.is_empty()) {
+        return Err(Error::invalid("image grid", "need non-empty rows"));
+    }
+    let cols = rows.iter().map(|(_, r)| r.len()).max().unwrap_or(1);
+    let cell = 72u32;
+    Ok(Figure {
+        title: title.into(),
+        width: 110 + cell * cols as u32,
+        height: 40 + cell * rows.len() as u32,
+        spec: Spec::Images { rows },
+    })
+}
