@@ -32,4 +32,7 @@ pub mod runtime;
 pub mod train;
 
 pub use error::{Error, Result};
+/// Re-exported so notebooks and users need only one dependency.
+pub use candle_core;
+pub use nalgebra;
 pub use runtime::{double_backward_enabled, ensure_double_backward, init, Runtime};

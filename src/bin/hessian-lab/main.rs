@@ -4,6 +4,7 @@ mod attack;
 mod bench;
 mod common;
 mod curv;
+mod landscape;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -35,6 +36,10 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Adversarial accuracy under fgsm, ifgsm, l2grad, fhsm or l2hess at several ε
     Attack(attack::AttackArgs),
+    /// Loss landscape along Hessian eigenvectors, random or gradient directions (1-D or 2-D)
+    Landscape(landscape::LandscapeArgs),
+    /// Loss (and λ₁) along the segment between two models, BN statistics included
+    Interpolate(landscape::InterpolateArgs),
 }
 
 #[derive(Args)]
@@ -274,6 +279,8 @@ fn main() {
         Cmd::InputHessian(a) => curv::input_hessian(a),
         Cmd::Bench(a) => bench::bench(a),
         Cmd::Attack(a) => attack::run(a),
+        Cmd::Landscape(a) => landscape::landscape_cmd(a),
+        Cmd::Interpolate(a) => landscape::interpolate_cmd(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

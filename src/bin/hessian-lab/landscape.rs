@@ -1,0 +1,164 @@
+//! `landscape` and `interpolate`.
+
+use crate::common::{emit, load_split, model_and_data, runtime, Common, ModelData};
+use anyhow::Result;
+use clap::Args;
+use hessian_lab::curvature::{DataSource, LanczosOpts};
+use hessian_lab::data::SplitKind;
+use hessian_lab::landscape::{self, parse_range};
+use hessian_lab::models::{Model, ModelKind};
+use hessian_lab::plot;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct LandscapeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub md: ModelData,
+    /// eig1, eig2, random (filter-normalised), gradient, eig2d, random2d
+    #[arg(long, default_value = "eig1")]
+    pub direction: String,
+    /// start:stop:count
+    #[arg(long, default_value = "-1:1:41")]
+    pub range: String,
+    /// Which losses to plot: any of batch (the --samples batch, also used for eigenvectors and
+    /// gradient), train, test
+    #[arg(long, value_delimiter = ',', default_value = "batch,train,test")]
+    pub eval: Vec<String>,
+    /// Limit the train/test evaluations to the first N samples (default: whole splits)
+    #[arg(long)]
+    pub eval_samples: Option<usize>,
+    #[arg(long, default_value_t = 1000)]
+    pub chunk: usize,
+    /// Log-scale loss axis
+    #[arg(long)]
+    pub log_y: bool,
+    /// Figure (.png or .svg)
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
+    let (rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
+    let t0 = Instant::now();
+    let grid = parse_range(&a.range)?;
+    let batch_src = if split.len() <= a.chunk {
+        DataSource::Batch(split.to_batch(&rt)?)
+    } else {
+        DataSource::Split { split: split.clone(), chunk: a.chunk }
+    };
+    let mut sources: Vec<(String, DataSource)> = vec![];
+    for e in &a.eval {
+        match e.as_str() {
+            "batch" => sources.push((format!("batch ({} {})", split.len(), sk.name()), batch_src.clone())),
+            "train" | "test" => {
+                let s = load_split(&a.common, ds, e.parse::<SplitKind>()?, a.eval_samples)?;
+                sources.push((format!("{e} ({})", s.len()), DataSource::Split { split: s, chunk: a.chunk }));
+            }
+            o => anyhow::bail!("unknown --eval `{o}` (batch, train, test)"),
+        }
+    }
+    let srcs: Vec<(&str, &DataSource)> = sources.iter().map(|(l, s)| (l.as_str(), s)).collect();
+    let lopts = LanczosOpts { max_iter: 100, tol: 1e-4, seed: a.md.seed };
+    let mut info = json!({});
+    let (fig, data) = match a.direction.as_str() {
+        "eig1" | "eig2" | "random" | "gradient" => {
+            let d = match a.direction.as_str() {
+                "random" => landscape::filter_normalized_direction(&model, a.md.seed)?,
+                "gradient" => landscape::gradient_direction(&model, &batch_src)?,
+                k => {
+                    let idx = if k == "eig1" { 0 } else { 1 };
+                    let (vals, vecs) = landscape::eigen_directions(&model, &batch_src, idx + 1, &lopts)?;
+                    info["eigenvalues"] = json!(vals);
+                    vecs[idx].clone()
+                }
+            };
+            let c = landscape::landscape_1d(&model, &d, &grid, &srcs, true)?;
+            let title = format!("{} loss along {}", model.kind().name(), a.direction);
+            (plot::landscape_figure(&c, &title, "ε", a.log_y)?, serde_json::to_value(&c)?)
+        }
+        "eig2d" | "random2d" => {
+            let (d1, d2) = if a.direction == "eig2d" {
+                let (vals, vecs) = landscape::eigen_directions(&model, &batch_src, 2, &lopts)?;
+                info["eigenvalues"] = json!(vals);
+                (vecs[0].clone(), vecs[1].clone())
+            } else {
+                (
+                    landscape::filter_normalized_direction(&model, a.md.seed)?,
+                    landscape::filter_normalized_direction(&model, a.md.seed.wrapping_add(1))?,
+                )
+            };
+            let src = srcs.first().map(|s| s.1).unwrap_or(&batch_src);
+            let s = landscape::landscape_2d(&model, &d1, &d2, &grid, &grid, src, true)?;
+            let title = format!("{} loss surface ({})", model.kind().name(), a.direction);
+            (plot::surface_figure(&s, &title)?, serde_json::to_value(&s)?)
+        }
+        o => anyhow::bail!("unknown --direction `{o}` (eig1, eig2, random, gradient, eig2d, random2d)"),
+    };
+    fig.save(&a.out)?;
+    let out = json!({
+        "model": model.kind().name(), "dataset": ds.name(), "split": sk.name(), "samples": split.len(),
+        "direction": a.direction, "figure": a.out, "info": info, "data": data,
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    emit(a.json, &out, || format!("{} → {}", a.direction, a.out.display()))
+}
+
+#[derive(Args)]
+pub struct InterpolateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub model: String,
+    /// Weights of the first model (λ = 0)
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Weights of the second model (λ = 1)
+    #[arg(long)]
+    pub to: PathBuf,
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// start:stop:count (may extend beyond [0, 1])
+    #[arg(long, default_value = "-0.5:1.5:21")]
+    pub range: String,
+    /// Evaluate on the first N samples of train and test (default 1000; 0 = whole splits)
+    #[arg(long, default_value_t = 1000)]
+    pub samples: usize,
+    /// Also compute λ₁^θ at each point (Lanczos on the first --samples test samples)
+    #[arg(long)]
+    pub lambda1: bool,
+    #[arg(long, default_value_t = 1000)]
+    pub chunk: usize,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn interpolate_cmd(a: InterpolateArgs) -> Result<()> {
+    let rt = runtime(&a.common)?;
+    let kind: ModelKind = a.model.parse()?;
+    let ds = crate::common::dataset_for(kind, &a.dataset)?;
+    let ma = Model::load(kind, &a.from, &rt)?;
+    let mb = Model::load(kind, &a.to, &rt)?;
+    let lim = if a.samples == 0 { None } else { Some(a.samples) };
+    let tr = load_split(&a.common, ds, SplitKind::Train, lim)?;
+    let te = load_split(&a.common, ds, SplitKind::Test, lim)?;
+    let t0 = Instant::now();
+    let srcs = [
+        (format!("train ({})", tr.len()), DataSource::Split { split: tr, chunk: a.chunk }),
+        (format!("test ({})", te.len()), DataSource::Split { split: te.clone(), chunk: a.chunk }),
+    ];
+    let refs: Vec<(&str, &DataSource)> = srcs.iter().map(|(l, s)| (l.as_str(), s)).collect();
+    let lopts = LanczosOpts { max_iter: 60, tol: 1e-3, seed: 0 };
+    let l1src = DataSource::Split { split: te, chunk: a.chunk };
+    let c = landscape::interpolate(&ma, &mb, &parse_range(&a.range)?, &refs, if a.lambda1 { Some((&l1src, &lopts)) } else { None }, true)?;
+    plot::landscape_figure(&c, &format!("{}: (1−λ)·A + λ·B", kind.name()), "λ", false)?.save(&a.out)?;
+    let out = json!({"model": kind.name(), "dataset": ds.name(), "figure": a.out, "data": c, "seconds": t0.elapsed().as_secs_f64()});
+    emit(a.json, &out, || format!("interpolation → {}", a.out.display()))
+}
