@@ -28,11 +28,12 @@ pub mod error;
 pub mod landscape;
 pub mod models;
 pub mod plot;
+pub mod reproduce;
 pub mod runtime;
 pub mod train;
 
-pub use error::{Error, Result};
 /// Re-exported so notebooks and users need only one dependency.
 pub use candle_core;
+pub use error::{Error, Result};
 pub use nalgebra;
 pub use runtime::{double_backward_enabled, ensure_double_backward, init, Runtime};

@@ -107,7 +107,10 @@ impl Runtime {
         match s {
             "f32" => Ok(DType::F32),
             "f64" => Ok(DType::F64),
-            _ => Err(Error::invalid("dtype", format!("`{s}` (expected f32 or f64)"))),
+            _ => Err(Error::invalid(
+                "dtype",
+                format!("`{s}` (expected f32 or f64)"),
+            )),
         }
     }
 }

@@ -26,32 +26,121 @@ fn train_eval_spectrum_input_hessian_json() {
     let w = dir.join("m1.safetensors");
     let ws = w.to_str().unwrap();
     let (ok, v, err) = run(&[
-        "train", "--model", "m1", "--dataset", "mnist", "--batch-size", "64", "--epochs", "1", "--lr", "0.05",
-        "--seed", "0", "--samples", "256", "--eval-train-samples", "256", "--out", ws, "--json", "--quiet",
+        "train",
+        "--model",
+        "m1",
+        "--dataset",
+        "mnist",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.05",
+        "--seed",
+        "0",
+        "--samples",
+        "256",
+        "--eval-train-samples",
+        "256",
+        "--out",
+        ws,
+        "--json",
+        "--quiet",
     ]);
     assert!(ok, "{err}");
-    keys(&v, &["model", "dataset", "samples", "test_accuracy", "train_loss", "epochs", "seconds", "history"]);
+    keys(
+        &v,
+        &[
+            "model",
+            "dataset",
+            "samples",
+            "test_accuracy",
+            "train_loss",
+            "epochs",
+            "seconds",
+            "history",
+        ],
+    );
     assert_eq!(v["samples"], 256);
-    let (ok, v, err) = run(&["eval", "--model", "m1", "--weights", ws, "--dataset", "mnist", "--split", "test", "--samples", "100", "--json"]);
+    let (ok, v, err) = run(&[
+        "eval",
+        "--model",
+        "m1",
+        "--weights",
+        ws,
+        "--dataset",
+        "mnist",
+        "--split",
+        "test",
+        "--samples",
+        "100",
+        "--json",
+    ]);
     assert!(ok, "{err}");
-    keys(&v, &["model", "dataset", "split", "samples", "loss", "accuracy"]);
+    keys(
+        &v,
+        &["model", "dataset", "split", "samples", "loss", "accuracy"],
+    );
     assert_eq!(v["samples"], 100);
     let acc = v["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
 
     let (ok, v, err) = run(&[
-        "spectrum", "--model", "m1", "--weights", ws, "--dataset", "mnist", "--split", "test", "--samples", "32",
-        "--top-k", "2", "--method", "lanczos", "--trace", "--trace-iter", "6", "--density", "--density-iter", "8",
-        "--density-grid", "200", "--json",
+        "spectrum",
+        "--model",
+        "m1",
+        "--weights",
+        ws,
+        "--dataset",
+        "mnist",
+        "--split",
+        "test",
+        "--samples",
+        "32",
+        "--top-k",
+        "2",
+        "--method",
+        "lanczos",
+        "--trace",
+        "--trace-iter",
+        "6",
+        "--density",
+        "--density-iter",
+        "8",
+        "--density-grid",
+        "200",
+        "--json",
     ]);
     assert!(ok, "{err}");
-    keys(&v, &["eigenvalues", "residuals", "hvps", "seconds", "trace", "density"]);
+    keys(
+        &v,
+        &[
+            "eigenvalues",
+            "residuals",
+            "hvps",
+            "seconds",
+            "trace",
+            "density",
+        ],
+    );
     let e: Vec<f64> = serde_json::from_value(v["eigenvalues"].clone()).unwrap();
     assert_eq!(e.len(), 2);
     assert!(e[0] >= e[1] && e[0] > 0.0);
     assert_eq!(v["density"]["grid"].as_array().unwrap().len(), 200);
     let (ok, v2, err) = run(&[
-        "spectrum", "--model", "m1", "--weights", ws, "--samples", "32", "--top-k", "1", "--method", "power", "--json",
+        "spectrum",
+        "--model",
+        "m1",
+        "--weights",
+        ws,
+        "--samples",
+        "32",
+        "--top-k",
+        "1",
+        "--method",
+        "power",
+        "--json",
     ]);
     assert!(ok, "{err}");
     // Power iteration targets the largest |λ|, which this barely trained net may have negative.
@@ -59,9 +148,32 @@ fn train_eval_spectrum_input_hessian_json() {
     assert!(p.is_finite() && p.abs() <= 1.5 * e[0].max(p.abs()));
     assert!(v2["hvps"].as_u64().unwrap() >= 2);
 
-    let (ok, v, err) = run(&["input-hessian", "--model", "m1", "--weights", ws, "--dataset", "mnist", "--split", "test", "--samples", "20", "--json"]);
+    let (ok, v, err) = run(&[
+        "input-hessian",
+        "--model",
+        "m1",
+        "--weights",
+        ws,
+        "--dataset",
+        "mnist",
+        "--split",
+        "test",
+        "--samples",
+        "20",
+        "--json",
+    ]);
     assert!(ok, "{err}");
-    keys(&v, &["lambda1_x_mean", "lambda1_x_max", "grad_norm_mean", "rank_max", "min_eigenvalue_min", "per_sample"]);
+    keys(
+        &v,
+        &[
+            "lambda1_x_mean",
+            "lambda1_x_max",
+            "grad_norm_mean",
+            "rank_max",
+            "min_eigenvalue_min",
+            "per_sample",
+        ],
+    );
     assert_eq!(v["per_sample"].as_array().unwrap().len(), 20);
     assert!(v["rank_max"].as_u64().unwrap() <= 9);
 }
@@ -70,13 +182,35 @@ fn train_eval_spectrum_input_hessian_json() {
 fn bad_input_gives_clear_errors_not_panics() {
     let (ok, _, err) = run(&["eval", "--model", "lenet", "--weights", "x", "--json"]);
     assert!(!ok && err.contains("unknown model `lenet`"), "{err}");
-    let (ok, _, err) = run(&["eval", "--model", "m1", "--weights", "/nonexistent.safetensors"]);
+    let (ok, _, err) = run(&[
+        "eval",
+        "--model",
+        "m1",
+        "--weights",
+        "/nonexistent.safetensors",
+    ]);
     assert!(!ok && err.contains("nonexistent"), "{err}");
     let (ok, _, err) = run(&["spectrum", "--model", "m1", "--samples", "0"]);
     assert!(!ok && err.contains("samples"), "{err}");
-    let (ok, _, err) = run(&["train", "--model", "m1", "--dataset", "cifar10", "--out", "/tmp/x.safetensors"]);
+    let (ok, _, err) = run(&[
+        "train",
+        "--model",
+        "m1",
+        "--dataset",
+        "cifar10",
+        "--out",
+        "/tmp/x.safetensors",
+    ]);
     assert!(!ok && err.contains("official binary files"), "{err}");
     assert!(!err.contains("panicked"));
-    let (ok, _, err) = run(&["spectrum", "--model", "m1", "--samples", "4", "--top-k", "0"]);
+    let (ok, _, err) = run(&[
+        "spectrum",
+        "--model",
+        "m1",
+        "--samples",
+        "4",
+        "--top-k",
+        "0",
+    ]);
     assert!(!ok && err.contains("k"), "{err}");
 }

@@ -67,7 +67,9 @@ fn linear_regression_closed_form() {
     let x = randn(&[n, d], 3, DType::F64);
     let y = randn(&[n, 1], 4, DType::F64);
     let w = Var::from_tensor(&randn(&[d, 1], 5, DType::F64)).unwrap();
-    let loss = || -> hessian_lab::Result<Tensor> { Ok((x.matmul(w.as_tensor())? - &y)?.sqr()?.mean_all()?) };
+    let loss = || -> hessian_lab::Result<Tensor> {
+        Ok((x.matmul(w.as_tensor())? - &y)?.sqr()?.mean_all()?)
+    };
     let like = vec![w.as_tensor().detach()];
     let h = dense(d, &like, |v| hvp_closure(&[w.clone()], loss, v).unwrap());
     let xm = DMatrix::from_row_slice(n, d, &to_vec(&x));
@@ -81,7 +83,12 @@ fn logistic_regression_closed_form() {
     hessian_lab::init();
     let (n, d) = (11, 3);
     let x = randn(&[n, d], 6, DType::F64);
-    let t = Tensor::from_vec((0..n).map(|i| (i % 2) as f64).collect::<Vec<_>>(), (n, 1), &Device::Cpu).unwrap();
+    let t = Tensor::from_vec(
+        (0..n).map(|i| (i % 2) as f64).collect::<Vec<_>>(),
+        (n, 1),
+        &Device::Cpu,
+    )
+    .unwrap();
     let w = Var::from_tensor(&randn(&[d, 1], 7, DType::F64)).unwrap();
     // mean binary cross-entropy: softplus(s) − t·s with s = Xw
     let loss = || -> hessian_lab::Result<Tensor> {
@@ -126,8 +133,9 @@ fn softmax_regression_closed_form_and_ggn_equals_hessian() {
         for a in 0..c {
             for bb in 0..c {
                 let aab = if a == bb { pi[a] } else { 0.0 } - pi[a] * pi[bb];
-                let xt: Vec<(Option<usize>, f64)> =
-                    std::iter::once((None, 1.0)).chain(xi.iter().enumerate().map(|(j, &v)| (Some(j), v))).collect();
+                let xt: Vec<(Option<usize>, f64)> = std::iter::once((None, 1.0))
+                    .chain(xi.iter().enumerate().map(|(j, &v)| (Some(j), v)))
+                    .collect();
                 for &(j1, v1) in &xt {
                     for &(j2, v2) in &xt {
                         want[(idx(a, j1), idx(bb, j2))] += aab * v1 * v2 / 6.0;
@@ -149,7 +157,11 @@ fn ggn_is_jt_a_j_and_psd_on_an_mlp() {
     let sel = ParamSelection::all(&m);
     let like = sel.tensors(&m);
     let n = sel.dim(&m);
-    let ggn = GgnOperator::new(&m, DataSource::Batches(vec![b.narrow(0, 3).unwrap(), b.narrow(3, 4).unwrap()])).unwrap();
+    let ggn = GgnOperator::new(
+        &m,
+        DataSource::Batches(vec![b.narrow(0, 3).unwrap(), b.narrow(3, 4).unwrap()]),
+    )
+    .unwrap();
     let g = dense(n, &like, |v| ggn.apply(v).unwrap());
     assert!(rel(&g, &g.transpose()) < 1e-12);
     let e = nalgebra::SymmetricEigen::new(g.clone());
@@ -159,12 +171,26 @@ fn ggn_is_jt_a_j_and_psd_on_an_mlp() {
     for i in 0..b.len() {
         let bi = b.narrow(i, 1).unwrap();
         let z = m.forward(&bi.x).unwrap();
-        let p: Vec<f64> = hessian_lab::models::layers::softmax(&z).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let p: Vec<f64> = hessian_lab::models::layers::softmax(&z)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let c = p.len();
         let mut j = DMatrix::zeros(c, n);
         for k in 0..c {
-            let st = z.narrow(1, k, 1).unwrap().sum_all().unwrap().backward().unwrap();
-            let row: Vec<f64> = like.iter().flat_map(|t| to_vec(st.get(t).unwrap())).collect();
+            let st = z
+                .narrow(1, k, 1)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let row: Vec<f64> = like
+                .iter()
+                .flat_map(|t| to_vec(st.get(t).unwrap()))
+                .collect();
             for (q, v) in row.iter().enumerate() {
                 j[(k, q)] = *v;
             }
@@ -179,9 +205,17 @@ fn ggn_is_jt_a_j_and_psd_on_an_mlp() {
 fn streaming_split_hvp_equals_one_big_batch() {
     let rt = rt64();
     let split = synthetic_split(300, 4);
-    let m = Model::from_config(ModelConfig::tiny(ModelKind::Mlp, [1, 28, 28], 10, 8), &rt, 5).unwrap();
+    let m = Model::from_config(
+        ModelConfig::tiny(ModelKind::Mlp, [1, 28, 28], 10, 8),
+        &rt,
+        5,
+    )
+    .unwrap();
     let big = DataSource::Batch(split.to_batch(&rt).unwrap());
-    let streamed = DataSource::Split { split: split.clone(), chunk: 64 };
+    let streamed = DataSource::Split {
+        split: split.clone(),
+        chunk: 64,
+    };
     let a = HessianOperator::new(&m, big).unwrap();
     let s = HessianOperator::new(&m, streamed).unwrap();
     let v = ParamVec::randn_like(a.like(), 9).unwrap();
@@ -189,7 +223,10 @@ fn streaming_split_hvp_equals_one_big_batch() {
     let hs = s.apply(&v).unwrap().to_f64_vec().unwrap();
     assert!(rel_err(&hs, &ha) < 1e-12, "{}", rel_err(&hs, &ha));
     // Unequal chunks (64·4 + 44) are weighted by size: also equal to a list of batches.
-    let parts = vec![split.range_batch(0, 100, &rt).unwrap(), split.range_batch(100, 200, &rt).unwrap()];
+    let parts = vec![
+        split.range_batch(0, 100, &rt).unwrap(),
+        split.range_batch(100, 200, &rt).unwrap(),
+    ];
     let l = HessianOperator::new(&m, DataSource::Batches(parts)).unwrap();
     assert!(rel_err(&l.apply(&v).unwrap().to_f64_vec().unwrap(), &ha) < 1e-12);
     let (la, ga) = a.loss_and_gradient().unwrap();
@@ -206,7 +243,10 @@ fn parameter_filter_gives_the_diagonal_block() {
     let n = sel.dim(&m);
     let h = dense(n, &like, |v| hvp(&m, &b, v).unwrap());
     let op = HessianOperator::with_filter(&m, DataSource::Batch(b.clone()), &["fc2."]).unwrap();
-    assert_eq!(op.names(), vec!["fc2.bias".to_string(), "fc2.weight".to_string()]);
+    assert_eq!(
+        op.names(),
+        vec!["fc2.bias".to_string(), "fc2.weight".to_string()]
+    );
     let k = op.dim();
     let blk = dense(k, op.like(), |v| op.apply(v).unwrap());
     // fc2.* come last in name order (fc1.bias, fc1.weight, fc2.bias, fc2.weight).
@@ -233,8 +273,14 @@ fn determinism_check_catches_bn_in_train_mode_like_noise() {
     }
     let d = DenseOperator::new(2, vec![2.0, 0.5, 0.5, 1.0]).unwrap();
     d.check_deterministic(0, 1e-12).unwrap();
-    let noisy = Noisy(DenseOperator::new(2, vec![2.0, 0.5, 0.5, 1.0]).unwrap(), Default::default());
-    assert!(matches!(noisy.check_deterministic(0, 1e-9), Err(hessian_lab::Error::NonDeterministic { .. })));
+    let noisy = Noisy(
+        DenseOperator::new(2, vec![2.0, 0.5, 0.5, 1.0]).unwrap(),
+        Default::default(),
+    );
+    assert!(matches!(
+        noisy.check_deterministic(0, 1e-9),
+        Err(hessian_lab::Error::NonDeterministic { .. })
+    ));
     // A BN model's Hessian operator is deterministic (eval mode, running stats frozen).
     let rt = rt64();
     let m = Model::new(ModelKind::C1, &rt, 0).unwrap();
@@ -242,7 +288,11 @@ fn determinism_check_catches_bn_in_train_mode_like_noise() {
     let before = to_vec(m.buffers()[0].1.as_tensor());
     let op = HessianOperator::with_filter(&m, DataSource::Batch(b), &["fc3."]).unwrap();
     op.check_deterministic(1, 1e-12).unwrap();
-    assert_eq!(before, to_vec(m.buffers()[0].1.as_tensor()), "running stats untouched");
+    assert_eq!(
+        before,
+        to_vec(m.buffers()[0].1.as_tensor()),
+        "running stats untouched"
+    );
 }
 
 /// Theorem 1 on ReLU nets: the input Hessian equals the dense one built from input HVPs and
@@ -256,7 +306,9 @@ fn input_hessian_theorem1_on_relu_and_counterexample_on_tanh() {
     let v_like = vec![b.x.narrow(0, 1, 1).unwrap().detach()];
     for i in 0..b.len() {
         let bi = b.narrow(i, 1).unwrap();
-        let hd = dense(d, &v_like, |v| ParamVec(vec![input_hvp(&m, &bi, &v.0[0]).unwrap()]));
+        let hd = dense(d, &v_like, |v| {
+            ParamVec(vec![input_hvp(&m, &bi, &v.0[0]).unwrap()])
+        });
         let th = ih.dense(i).unwrap();
         assert!(rel(&th, &hd) < 1e-12, "sample {i}: {}", rel(&th, &hd));
         assert!(rel(&hd, &hd.transpose()) < 1e-12);
@@ -273,8 +325,13 @@ fn input_hessian_theorem1_on_relu_and_counterexample_on_tanh() {
         assert!((ih.samples[i].grad_norm - g.norm()).abs() < 1e-12);
         let pinv = hd.clone().pseudo_inverse(1e-9 * lmax).unwrap();
         let want = &pinv * &g;
-        let got = DVector::from_vec(to_vec(&ih.newton_direction().unwrap().narrow(0, i, 1).unwrap()));
-        assert!((&got - &want).norm() <= 1e-7 * want.norm().max(1e-12), "H⁺g sample {i}");
+        let got = DVector::from_vec(to_vec(
+            &ih.newton_direction().unwrap().narrow(0, i, 1).unwrap(),
+        ));
+        assert!(
+            (&got - &want).norm() <= 1e-7 * want.norm().max(1e-12),
+            "H⁺g sample {i}"
+        );
         // Eigenvectors: H u = λ u, orthonormal.
         let u = ih.eigenvectors(i).unwrap();
         for k in 0..u.ncols() {
@@ -288,20 +345,32 @@ fn input_hessian_theorem1_on_relu_and_counterexample_on_tanh() {
     // Power iteration on input HVPs agrees with Theorem 1's λ₁.
     let lp = input_lambda1_power(&m, &b, 500, 1e-10, 0).unwrap();
     for (a, s) in lp.iter().zip(&ih.samples) {
-        assert!((a - s.lambda1).abs() <= 1e-4 * s.lambda1.max(1e-12), "{a} vs {}", s.lambda1);
+        assert!(
+            (a - s.lambda1).abs() <= 1e-4 * s.lambda1.max(1e-12),
+            "{a} vs {}",
+            s.lambda1
+        );
     }
 
     // tanh: Theorem 1 is refused, and the true input Hessian has a negative eigenvalue.
     let (mt, bt) = tiny_mlp(Activation::Tanh, 12);
-    assert!(matches!(input_hessian(&mt, &bt), Err(hessian_lab::Error::Unsupported(_))));
+    assert!(matches!(
+        input_hessian(&mt, &bt),
+        Err(hessian_lab::Error::Unsupported(_))
+    ));
     let mut most_negative = 0.0f64;
     for i in 0..bt.len() {
         let bi = bt.narrow(i, 1).unwrap();
-        let hd = dense(d, &v_like, |v| ParamVec(vec![input_hvp(&mt, &bi, &v.0[0]).unwrap()]));
+        let hd = dense(d, &v_like, |v| {
+            ParamVec(vec![input_hvp(&mt, &bi, &v.0[0]).unwrap()])
+        });
         let e = nalgebra::SymmetricEigen::new(hd);
         most_negative = most_negative.min(e.eigenvalues.min() / e.eigenvalues.abs().max());
     }
-    assert!(most_negative < -1e-3, "tanh input Hessians were all PSD ({most_negative})");
+    assert!(
+        most_negative < -1e-3,
+        "tanh input Hessians were all PSD ({most_negative})"
+    );
 }
 
 #[test]
@@ -321,7 +390,10 @@ fn trace_exact_equals_dense_trace_and_diagonal() {
     let per: f64 = te.per_parameter.iter().map(|(_, t)| t).sum();
     assert!((per - te.trace).abs() < 1e-12);
     let (mt, bt) = tiny_mlp(Activation::Tanh, 1);
-    assert!(matches!(trace_exact(&mt, &DataSource::Batch(bt), None), Err(hessian_lab::Error::Unsupported(_))));
+    assert!(matches!(
+        trace_exact(&mt, &DataSource::Batch(bt), None),
+        Err(hessian_lab::Error::Unsupported(_))
+    ));
 }
 
 /// On the paper's M1 (convs with stride) and C1 (3×3/2/1 max-pool + BN in eval mode), the
@@ -341,7 +413,11 @@ fn trace_exact_diagonal_matches_hvp_on_m1_and_c1() {
         let mut checked = 0;
         for j in (0..n).step_by(n / 7) {
             let hj = op.apply(&unit(&like, j)).unwrap().to_f64_vec().unwrap()[j];
-            assert!((hj - diag[j]).abs() <= 1e-9 * hj.abs().max(1e-6), "{kind:?} coord {j}: {hj} vs {}", diag[j]);
+            assert!(
+                (hj - diag[j]).abs() <= 1e-9 * hj.abs().max(1e-6),
+                "{kind:?} coord {j}: {hj} vs {}",
+                diag[j]
+            );
             checked += 1;
         }
         assert!(checked >= 7);

@@ -85,7 +85,10 @@ fn first_and_shuffle_are_deterministic() {
     assert_eq!(s.shuffled_batches(64, 7, true).unwrap().len(), 4);
     assert!(matches!(s.first(0), Err(Error::InvalidArgument { .. })));
     assert!(matches!(s.first(301), Err(Error::InvalidArgument { .. })));
-    assert!(matches!(s.shuffled_batches(0, 0, false), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        s.shuffled_batches(0, 0, false),
+        Err(Error::InvalidArgument { .. })
+    ));
 }
 
 fn idx_images(n: u32, r: u32, c: u32, body: usize) -> Vec<u8> {
@@ -138,7 +141,9 @@ fn corrupted_idx_files_give_typed_errors() {
     assert!(p.ends_with("trunc") && r.contains("truncated"), "{r}");
     // truncated header
     let img = write(&dir, "hdr", &[0, 0, 8]);
-    assert!(reason(load(&img, &good_lab).unwrap_err()).1.contains("truncated header"));
+    assert!(reason(load(&img, &good_lab).unwrap_err())
+        .1
+        .contains("truncated header"));
     // wrong magic (a label file given as images)
     let long_lab = write(&dir, "longlab", &idx_labels(&[1; 20]));
     let (_, r) = reason(load(&long_lab, &good_lab).unwrap_err());
@@ -149,17 +154,26 @@ fn corrupted_idx_files_give_typed_errors() {
     assert!(p.ends_with("lab3") && r.contains("count mismatch"), "{r}");
     // extra bytes after the images
     let img = write(&dir, "extra", &idx_images(2, 28, 28, 2 * 784 + 3));
-    assert!(reason(load(&img, &good_lab).unwrap_err()).1.contains("count mismatch"));
+    assert!(reason(load(&img, &good_lab).unwrap_err())
+        .1
+        .contains("count mismatch"));
     // label out of range
     let bad = write(&dir, "badlab", &idx_labels(&[1, 10]));
     let (_, r) = reason(load(&good_img, &bad).unwrap_err());
-    assert!(r.contains("label out of range") && r.contains("sample 1"), "{r}");
+    assert!(
+        r.contains("label out of range") && r.contains("sample 1"),
+        "{r}"
+    );
     // wrong image size for the data set
     let img = write(&dir, "small", &idx_images(2, 8, 8, 128));
-    assert!(reason(load(&img, &good_lab).unwrap_err()).1.contains("expected 28x28"));
+    assert!(reason(load(&img, &good_lab).unwrap_err())
+        .1
+        .contains("expected 28x28"));
     // corrupt gzip
     let img = write(&dir, "bad.gz", &[0x1f, 0x8b, 1, 2, 3, 4]);
-    assert!(reason(load(&img, &good_lab).unwrap_err()).1.contains("gzip"));
+    assert!(reason(load(&img, &good_lab).unwrap_err())
+        .1
+        .contains("gzip"));
     // gzipped good file works
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(&idx_images(2, 28, 28, 2 * 784)).unwrap();
@@ -182,18 +196,24 @@ fn corrupted_cifar_files_give_typed_errors() {
     assert_eq!(s.labels(), &[1, 2]);
     // truncated
     write(&dir, "test_batch.bin", &ok[..ok.len() - 10]);
-    let (_, r) = reason(data::load_from_dir(DatasetKind::Cifar10, SplitKind::Test, &dir).unwrap_err());
+    let (_, r) =
+        reason(data::load_from_dir(DatasetKind::Cifar10, SplitKind::Test, &dir).unwrap_err());
     assert!(r.contains("truncated"), "{r}");
     // label out of range
     write(&dir, "test_batch.bin", &rec(10));
-    let (_, r) = reason(data::load_from_dir(DatasetKind::Cifar10, SplitKind::Test, &dir).unwrap_err());
+    let (_, r) =
+        reason(data::load_from_dir(DatasetKind::Cifar10, SplitKind::Test, &dir).unwrap_err());
     assert!(r.contains("label out of range"), "{r}");
     // empty
     write(&dir, "test_batch.bin", &[]);
     assert!(data::load_from_dir(DatasetKind::Cifar10, SplitKind::Test, &dir).is_err());
     // missing train batches: the message says where to put the official files
-    let (p, r) = reason(data::load_from_dir(DatasetKind::Cifar10, SplitKind::Train, &dir).unwrap_err());
-    assert!(p.ends_with("data_batch_1.bin") && r.contains("official binary files"), "{r}");
+    let (p, r) =
+        reason(data::load_from_dir(DatasetKind::Cifar10, SplitKind::Train, &dir).unwrap_err());
+    assert!(
+        p.ends_with("data_batch_1.bin") && r.contains("official binary files"),
+        "{r}"
+    );
     // CIFAR-100 uses the second (fine) label byte
     let mut r100 = vec![3u8, 42];
     r100.extend(vec![0u8; 3072]);
@@ -204,8 +224,14 @@ fn corrupted_cifar_files_give_typed_errors() {
 
 #[test]
 fn unknown_names_are_typed_errors() {
-    assert!(matches!("imagenet".parse::<DatasetKind>(), Err(Error::UnknownDataset(_))));
-    assert!(matches!("validation".parse::<SplitKind>(), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        "imagenet".parse::<DatasetKind>(),
+        Err(Error::UnknownDataset(_))
+    ));
+    assert!(matches!(
+        "validation".parse::<SplitKind>(),
+        Err(Error::InvalidArgument { .. })
+    ));
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {

@@ -18,13 +18,27 @@ fn tiny() -> (Model, DataSource) {
 fn curve_at_zero_is_the_loss_and_its_curvature_is_lambda1() {
     let (m, src) = tiny();
     let (l0, a0) = evaluate_source(&m, &src).unwrap();
-    let (vals, vecs) = eigen_directions(&m, &src, 1, &LanczosOpts { max_iter: 80, tol: 1e-10, seed: 0 }).unwrap();
+    let (vals, vecs) = eigen_directions(
+        &m,
+        &src,
+        1,
+        &LanczosOpts {
+            max_iter: 80,
+            tol: 1e-10,
+            seed: 0,
+        },
+    )
+    .unwrap();
     let h = 1e-3;
     let c = landscape_1d(&m, &vecs[0], &[-h, 0.0, h], &[("batch", &src)], false).unwrap();
     assert_eq!(c.series[0].loss[1], l0);
     assert_eq!(c.series[0].accuracy[1], a0);
     let second = (c.series[0].loss[0] - 2.0 * l0 + c.series[0].loss[2]) / (h * h);
-    assert!((second - vals[0]).abs() < 0.03 * vals[0], "second difference {second} vs λ₁ {}", vals[0]);
+    assert!(
+        (second - vals[0]).abs() < 0.03 * vals[0],
+        "second difference {second} vs λ₁ {}",
+        vals[0]
+    );
     // The model is restored.
     assert_eq!(evaluate_source(&m, &src).unwrap().0, l0);
 }
@@ -35,12 +49,24 @@ fn surface_at_origin_and_gradient_direction() {
     let (l0, _) = evaluate_source(&m, &src).unwrap();
     let d1 = filter_normalized_direction(&m, 1).unwrap();
     let d2 = filter_normalized_direction(&m, 2).unwrap();
-    let s = landscape_2d(&m, &d1, &d2, &[-0.5, 0.0, 0.5], &[-0.5, 0.0, 0.5, 1.0], &src, false).unwrap();
+    let s = landscape_2d(
+        &m,
+        &d1,
+        &d2,
+        &[-0.5, 0.0, 0.5],
+        &[-0.5, 0.0, 0.5, 1.0],
+        &src,
+        false,
+    )
+    .unwrap();
     assert_eq!(s.loss.len(), 4);
     assert_eq!(s.loss[1][1], l0);
     // Along the normalised gradient the loss rises at first order: L(h) − L(−h) ≈ 2h‖g‖.
     let g = gradient_direction(&m, &src).unwrap();
-    let (_, grad) = HessianOperator::new(&m, src.clone()).unwrap().loss_and_gradient().unwrap();
+    let (_, grad) = HessianOperator::new(&m, src.clone())
+        .unwrap()
+        .loss_and_gradient()
+        .unwrap();
     let c = landscape_1d(&m, &g, &[-1e-4, 1e-4], &[("b", &src)], false).unwrap();
     let slope = (c.series[0].loss[1] - c.series[0].loss[0]) / 2e-4;
     assert!((slope - grad.norm().unwrap()).abs() < 1e-4 * slope);
@@ -54,7 +80,10 @@ fn filter_normalised_directions_have_the_promised_norms() {
     for ((name, v), dt) in m.params().iter().zip(&d.0) {
         let t = v.as_tensor();
         if t.rank() <= 1 {
-            assert!(to_vec(dt).iter().all(|&x| x == 0.0), "{name} should be ignored");
+            assert!(
+                to_vec(dt).iter().all(|&x| x == 0.0),
+                "{name} should be ignored"
+            );
             continue;
         }
         let n = t.dims()[0];
@@ -62,9 +91,20 @@ fn filter_normalised_directions_have_the_promised_norms() {
         let dv = to_vec(dt);
         let k = tv.len() / n;
         for f in 0..n {
-            let tn: f64 = tv[f * k..(f + 1) * k].iter().map(|x| x * x).sum::<f64>().sqrt();
-            let dn: f64 = dv[f * k..(f + 1) * k].iter().map(|x| x * x).sum::<f64>().sqrt();
-            assert!((tn - dn).abs() < 1e-4 * tn, "{name} filter {f}: {dn} vs {tn}");
+            let tn: f64 = tv[f * k..(f + 1) * k]
+                .iter()
+                .map(|x| x * x)
+                .sum::<f64>()
+                .sqrt();
+            let dn: f64 = dv[f * k..(f + 1) * k]
+                .iter()
+                .map(|x| x * x)
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                (tn - dn).abs() < 1e-4 * tn,
+                "{name} filter {f}: {dn} vs {tn}"
+            );
         }
     }
     // Deterministic from the seed.
@@ -78,12 +118,32 @@ fn interpolation_reproduces_both_models_including_bn_statistics() {
     let a = Model::new(ModelKind::C1, &rt, 1).unwrap();
     let b = Model::new(ModelKind::C1, &rt, 2).unwrap();
     // Different running statistics in each model.
-    a.forward_t(&random_batch(8, [3, 32, 32], 10, 3, &rt).x, true).unwrap();
-    b.forward_t(&(random_batch(8, [3, 32, 32], 10, 4, &rt).x * 0.5).unwrap(), true).unwrap();
+    a.forward_t(&random_batch(8, [3, 32, 32], 10, 3, &rt).x, true)
+        .unwrap();
+    b.forward_t(
+        &(random_batch(8, [3, 32, 32], 10, 4, &rt).x * 0.5).unwrap(),
+        true,
+    )
+    .unwrap();
     let src = DataSource::Batch(random_batch(6, [3, 32, 32], 10, 5, &rt));
     let (la, _) = evaluate_source(&a, &src).unwrap();
     let (lb, _) = evaluate_source(&b, &src).unwrap();
-    let c = interpolate(&a, &b, &[0.0, 0.5, 1.0], &[("test", &src)], Some((&src, &LanczosOpts { max_iter: 20, tol: 1e-2, seed: 0 })), false).unwrap();
+    let c = interpolate(
+        &a,
+        &b,
+        &[0.0, 0.5, 1.0],
+        &[("test", &src)],
+        Some((
+            &src,
+            &LanczosOpts {
+                max_iter: 20,
+                tol: 1e-2,
+                seed: 0,
+            },
+        )),
+        false,
+    )
+    .unwrap();
     assert_eq!(c.series[0].loss[0], la);
     assert!((c.series[0].loss[2] - lb).abs() < 1e-12 * lb.abs());
     assert_eq!(c.lambda1.len(), 3);
@@ -105,7 +165,10 @@ fn parameters_are_restored_after_an_error() {
     let wrong = ParamVec(vec![before[0].clone()]);
     assert!(landscape_1d(&m, &wrong, &[0.1], &[("ok", &src)], false).is_err());
     assert!(parse_range("-1:1").is_err());
-    assert_eq!(parse_range("-1:1:5").unwrap(), vec![-1.0, -0.5, 0.0, 0.5, 1.0]);
+    assert_eq!(
+        parse_range("-1:1:5").unwrap(),
+        vec![-1.0, -0.5, 0.0, 0.5, 1.0]
+    );
 }
 
 #[test]
@@ -116,31 +179,87 @@ fn figures_render_to_png_of_the_requested_size_and_svg() {
         "α",
         "loss",
         vec![
-            Line { label: "train".into(), x: vec![0.0, 1.0, 2.0], y: vec![0.1, 0.01, 0.2], markers: false },
-            Line { label: "test".into(), x: vec![0.0, 1.0, 2.0], y: vec![0.2, 0.05, 0.3], markers: true },
+            Line {
+                label: "train".into(),
+                x: vec![0.0, 1.0, 2.0],
+                y: vec![0.1, 0.01, 0.2],
+                markers: false,
+            },
+            Line {
+                label: "test".into(),
+                x: vec![0.0, 1.0, 2.0],
+                y: vec![0.2, 0.05, 0.3],
+                markers: true,
+            },
         ],
         true,
     )
     .unwrap()
     .with_size(500, 300);
-    let z: Vec<Vec<f64>> = (0..9).map(|j| (0..11).map(|i| ((i as f64 - 5.0).powi(2) + (j as f64 - 4.0).powi(2)) / 10.0).collect()).collect();
-    let heat = Figure::heatmap("surface", "α", "β", landscape::linspace(-1.0, 1.0, 11).unwrap(), landscape::linspace(-1.0, 1.0, 9).unwrap(), z, 6).unwrap();
+    let z: Vec<Vec<f64>> = (0..9)
+        .map(|j| {
+            (0..11)
+                .map(|i| ((i as f64 - 5.0).powi(2) + (j as f64 - 4.0).powi(2)) / 10.0)
+                .collect()
+        })
+        .collect();
+    let heat = Figure::heatmap(
+        "surface",
+        "α",
+        "β",
+        landscape::linspace(-1.0, 1.0, 11).unwrap(),
+        landscape::linspace(-1.0, 1.0, 9).unwrap(),
+        z,
+        6,
+    )
+    .unwrap();
     let x = random_batch(3, [1, 28, 28], 10, 1, &rt32()).x;
-    let grid = plot::image_grid("samples", vec![("clean".into(), Image::from_batch(&x).unwrap()), ("Δ".into(), Image::from_perturbation(&(x.clone() - 0.5).unwrap()).unwrap())]).unwrap();
+    let grid = plot::image_grid(
+        "samples",
+        vec![
+            ("clean".into(), Image::from_batch(&x).unwrap()),
+            (
+                "Δ".into(),
+                Image::from_perturbation(&(x.clone() - 0.5).unwrap()).unwrap(),
+            ),
+        ],
+    )
+    .unwrap();
     let panel = Figure::panels(vec![lines.clone(), heat.clone()], 2).unwrap();
-    for (name, f) in [("lines", &lines), ("heat", &heat), ("grid", &grid), ("panel", &panel)] {
+    for (name, f) in [
+        ("lines", &lines),
+        ("heat", &heat),
+        ("grid", &grid),
+        ("panel", &panel),
+    ] {
         let p = dir.join(format!("{name}.png"));
         f.save(&p).unwrap();
         let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&p).unwrap()));
         let reader = dec.read_info().unwrap();
-        assert_eq!((reader.info().width, reader.info().height), (f.width, f.height), "{name}");
+        assert_eq!(
+            (reader.info().width, reader.info().height),
+            (f.width, f.height),
+            "{name}"
+        );
         let svg = f.to_svg().unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
     }
     assert!(lines.save(dir.join("x.jpg")).is_err());
     // Density on a log axis.
     hessian_lab::init();
-    let op = curvature::DenseOperator::new(3, vec![2.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0]).unwrap();
-    let d = curvature::density(&op, &curvature::SlqOpts { iter: 3, grid: 300, ..Default::default() }).unwrap();
-    plot::density_figure(&d, "density").unwrap().save(dir.join("density.png")).unwrap();
+    let op = curvature::DenseOperator::new(3, vec![2.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0])
+        .unwrap();
+    let d = curvature::density(
+        &op,
+        &curvature::SlqOpts {
+            iter: 3,
+            grid: 300,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    plot::density_figure(&d, "density")
+        .unwrap()
+        .save(dir.join("density.png"))
+        .unwrap();
 }

@@ -33,8 +33,11 @@ fn output_shapes_and_parameter_counts() {
         assert_eq!(names, sorted, "parameters are ordered by name");
     }
     let m1 = Model::new(ModelKind::M1, &rt, 0).unwrap();
-    let shapes: Vec<(String, Vec<usize>)> =
-        m1.params().iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+    let shapes: Vec<(String, Vec<usize>)> = m1
+        .params()
+        .iter()
+        .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+        .collect();
     assert_eq!(
         shapes,
         vec![
@@ -49,11 +52,22 @@ fn output_shapes_and_parameter_counts() {
         ]
     );
     let r = Model::new(ModelKind::ResNet18, &rt, 0).unwrap();
-    for n in ["layer2.0.shortcut.0.weight", "layer2.0.shortcut.1.weight", "layer4.1.bn2.bias", "linear.weight"] {
+    for n in [
+        "layer2.0.shortcut.0.weight",
+        "layer2.0.shortcut.1.weight",
+        "layer4.1.bn2.bias",
+        "linear.weight",
+    ] {
         assert!(r.param(n).is_ok(), "{n}");
     }
-    assert!(r.buffers().iter().any(|(n, _)| n == "layer3.0.shortcut.1.running_var"));
-    assert!(r.param("layer1.0.shortcut.0.weight").is_err(), "no projection without a shape change");
+    assert!(r
+        .buffers()
+        .iter()
+        .any(|(n, _)| n == "layer3.0.shortcut.1.running_var"));
+    assert!(
+        r.param("layer1.0.shortcut.0.weight").is_err(),
+        "no projection without a shape change"
+    );
 }
 
 #[test]
@@ -73,7 +87,13 @@ fn seeded_init_is_deterministic_and_pytorch_scaled() {
     assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.01);
 }
 
-fn brute_max_pool(x: &[f64], (n, c, h, w): (usize, usize, usize, usize), k: usize, s: usize, p: usize) -> Vec<f64> {
+fn brute_max_pool(
+    x: &[f64],
+    (n, c, h, w): (usize, usize, usize, usize),
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Vec<f64> {
     let oh = (h + 2 * p - k) / s + 1;
     let ow = (w + 2 * p - k) / s + 1;
     let mut out = vec![];
@@ -84,7 +104,10 @@ fn brute_max_pool(x: &[f64], (n, c, h, w): (usize, usize, usize, usize), k: usiz
                     let mut m = f64::NEG_INFINITY;
                     for di in 0..k {
                         for dj in 0..k {
-                            let (r, q) = ((i * s + di) as isize - p as isize, (j * s + dj) as isize - p as isize);
+                            let (r, q) = (
+                                (i * s + di) as isize - p as isize,
+                                (j * s + dj) as isize - p as isize,
+                            );
                             if r >= 0 && q >= 0 && (r as usize) < h && (q as usize) < w {
                                 m = m.max(x[((ni * c + ci) * h + r as usize) * w + q as usize]);
                             }
@@ -104,14 +127,28 @@ fn brute_max_pool(x: &[f64], (n, c, h, w): (usize, usize, usize, usize), k: usiz
 #[test]
 fn pools_match_definition_and_finite_differences() {
     hessian_lab::init();
-    for &(k, s, p, h, w) in &[(2, 2, 0, 6, 8), (3, 2, 1, 8, 8), (3, 2, 1, 7, 5), (3, 1, 1, 5, 5), (2, 2, 0, 5, 7)] {
+    for &(k, s, p, h, w) in &[
+        (2, 2, 0, 6, 8),
+        (3, 2, 1, 8, 8),
+        (3, 2, 1, 7, 5),
+        (3, 1, 1, 5, 5),
+        (2, 2, 0, 5, 7),
+    ] {
         let shape = (2, 3, h, w);
         let x0 = randn(&[2, 3, h, w], 10 + k as u64 + h as u64, DType::F64);
         let xv = to_vec(&x0);
         let y = layers::max_pool2d(&x0, k, s, p).unwrap();
-        assert_eq!(max_abs_diff(&to_vec(&y), &brute_max_pool(&xv, shape, k, s, p)), 0.0);
+        assert_eq!(
+            max_abs_diff(&to_vec(&y), &brute_max_pool(&xv, shape, k, s, p)),
+            0.0
+        );
         let wt = randn(y.dims(), 99, DType::F64);
-        let loss = |x: &Tensor| -> Tensor { (layers::max_pool2d(x, k, s, p).unwrap().sqr().unwrap() * &wt).unwrap().sum_all().unwrap() };
+        let loss = |x: &Tensor| -> Tensor {
+            (layers::max_pool2d(x, k, s, p).unwrap().sqr().unwrap() * &wt)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
         let lossv = |v: &[f64]| -> f64 {
             let t = Tensor::from_vec(v.to_vec(), (2, 3, h, w), &Device::Cpu).unwrap();
             loss(&t).to_scalar::<f64>().unwrap()
@@ -128,7 +165,11 @@ fn pools_match_definition_and_finite_differences() {
             b[i] -= eps;
             fd[i] = (lossv(&a) - lossv(&b)) / (2.0 * eps);
         }
-        assert!(rel_err(&gv, &fd) < 1e-8, "grad k{k} s{s} p{p}: {}", rel_err(&gv, &fd));
+        assert!(
+            rel_err(&gv, &fd) < 1e-8,
+            "grad k{k} s{s} p{p}: {}",
+            rel_err(&gv, &fd)
+        );
         // Second order: Hv by double backward vs finite differences of the gradient.
         let v = randn(&[2, 3, h, w], 5, DType::F64);
         let hv = (grad * &v).unwrap().sum_all().unwrap().backward().unwrap();
@@ -136,12 +177,23 @@ fn pools_match_definition_and_finite_differences() {
         let vv = to_vec(&v);
         let grad_at = |d: f64| -> Vec<f64> {
             let xs: Vec<f64> = xv.iter().zip(&vv).map(|(a, b)| a + d * b).collect();
-            let t = Var::from_tensor(&Tensor::from_vec(xs, (2, 3, h, w), &Device::Cpu).unwrap()).unwrap();
-            to_vec(loss(t.as_tensor()).backward().unwrap().get(t.as_tensor()).unwrap())
+            let t = Var::from_tensor(&Tensor::from_vec(xs, (2, 3, h, w), &Device::Cpu).unwrap())
+                .unwrap();
+            to_vec(
+                loss(t.as_tensor())
+                    .backward()
+                    .unwrap()
+                    .get(t.as_tensor())
+                    .unwrap(),
+            )
         };
         let (gp, gm) = (grad_at(1e-6), grad_at(-1e-6));
         let fdh: Vec<f64> = gp.iter().zip(&gm).map(|(a, b)| (a - b) / 2e-6).collect();
-        assert!(rel_err(&hv, &fdh) < 1e-7, "hvp k{k} s{s} p{p}: {}", rel_err(&hv, &fdh));
+        assert!(
+            rel_err(&hv, &fdh) < 1e-7,
+            "hvp k{k} s{s} p{p}: {}",
+            rel_err(&hv, &fdh)
+        );
     }
 }
 
@@ -157,7 +209,10 @@ fn save_load_round_trip_including_bn_buffers() {
         let path = dir.join(format!("{}.safetensors", kind.name()));
         m.save(&path).unwrap();
         let l = Model::load(kind, &path, &rt).unwrap();
-        assert_eq!(to_vec(&m.forward(&b.x).unwrap()), to_vec(&l.forward(&b.x).unwrap()));
+        assert_eq!(
+            to_vec(&m.forward(&b.x).unwrap()),
+            to_vec(&l.forward(&b.x).unwrap())
+        );
         for ((n1, a), (n2, c)) in m.buffers().iter().zip(l.buffers()) {
             assert_eq!(n1, n2);
             assert_eq!(to_vec(a.as_tensor()), to_vec(c.as_tensor()));
@@ -188,9 +243,18 @@ fn wrong_names_shapes_and_dtypes_are_listed() {
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect();
     t.remove("fc2.bias");
-    t.insert("fc3.weight".into(), Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap());
-    t.insert("conv1.weight".into(), Tensor::zeros((20, 1, 3, 3), DType::F32, &Device::Cpu).unwrap());
-    t.insert("conv1.bias".into(), Tensor::zeros(20, DType::U32, &Device::Cpu).unwrap());
+    t.insert(
+        "fc3.weight".into(),
+        Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap(),
+    );
+    t.insert(
+        "conv1.weight".into(),
+        Tensor::zeros((20, 1, 3, 3), DType::F32, &Device::Cpu).unwrap(),
+    );
+    t.insert(
+        "conv1.bias".into(),
+        Tensor::zeros(20, DType::U32, &Device::Cpu).unwrap(),
+    );
     let p = dir.join("bad.safetensors");
     candle_core::safetensors::save(&t, &p).unwrap();
     match Model::load(ModelKind::M1, &p, &rt) {
@@ -198,7 +262,10 @@ fn wrong_names_shapes_and_dtypes_are_listed() {
             let all = problems.join("\n");
             assert!(all.contains("missing tensors: fc2.bias"), "{all}");
             assert!(all.contains("unexpected tensors: fc3.weight"), "{all}");
-            assert!(all.contains("conv1.weight: shape [20, 1, 3, 3], expected [20, 1, 5, 5]"), "{all}");
+            assert!(
+                all.contains("conv1.weight: shape [20, 1, 3, 3], expected [20, 1, 5, 5]"),
+                "{all}"
+            );
             assert!(all.contains("conv1.bias: dtype U32"), "{all}");
         }
         other => panic!("expected WeightsMismatch, got {other:?}"),
@@ -207,12 +274,24 @@ fn wrong_names_shapes_and_dtypes_are_listed() {
     let c1 = Model::new(ModelKind::C1, &rt, 0).unwrap();
     let pc = dir.join("c1.safetensors");
     c1.save(&pc).unwrap();
-    assert!(matches!(Model::load(ModelKind::M1, &pc, &rt), Err(Error::WeightsMismatch { .. })));
+    assert!(matches!(
+        Model::load(ModelKind::M1, &pc, &rt),
+        Err(Error::WeightsMismatch { .. })
+    ));
     // Not a safetensors file / missing file.
     std::fs::write(dir.join("junk"), b"hello").unwrap();
-    assert!(matches!(Model::load(ModelKind::M1, dir.join("junk"), &rt), Err(Error::DataFile { .. })));
-    assert!(matches!(Model::load(ModelKind::M1, dir.join("none"), &rt), Err(Error::Io { .. })));
-    assert!(matches!("lenet".parse::<ModelKind>(), Err(Error::UnknownModel(_))));
+    assert!(matches!(
+        Model::load(ModelKind::M1, dir.join("junk"), &rt),
+        Err(Error::DataFile { .. })
+    ));
+    assert!(matches!(
+        Model::load(ModelKind::M1, dir.join("none"), &rt),
+        Err(Error::Io { .. })
+    ));
+    assert!(matches!(
+        "lenet".parse::<ModelKind>(),
+        Err(Error::UnknownModel(_))
+    ));
 }
 
 #[test]

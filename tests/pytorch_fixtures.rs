@@ -7,7 +7,9 @@ use hessian_lab::models::{Model, ModelKind};
 use std::collections::BTreeMap;
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 #[test]
@@ -15,13 +17,21 @@ fn pytorch_weights_give_pytorch_logits() {
     for (kind, name) in [(ModelKind::M1, "m1"), (ModelKind::C1, "c1")] {
         for rt in [rt32(), rt64()] {
             let m = Model::load(kind, fixture(&format!("{name}_torch.safetensors")), &rt).unwrap();
-            let io = candle_core::safetensors::load(fixture(&format!("{name}_io.safetensors")), &rt.device).unwrap();
+            let io = candle_core::safetensors::load(
+                fixture(&format!("{name}_io.safetensors")),
+                &rt.device,
+            )
+            .unwrap();
             let x = io["x"].to_dtype(rt.dtype).unwrap();
             let want = to_vec(&io["logits"]);
             let got = to_vec(&m.forward(&x).unwrap());
             let err = max_abs_diff(&got, &want);
             let scale = want.iter().fold(0.0f64, |a, b| a.max(b.abs()));
-            assert!(err < 2e-5 * scale.max(1.0), "{name} {:?}: max |Δlogit| = {err}", rt.dtype);
+            assert!(
+                err < 2e-5 * scale.max(1.0),
+                "{name} {:?}: max |Δlogit| = {err}",
+                rt.dtype
+            );
         }
     }
 }
@@ -41,8 +51,10 @@ fn state_dict_names_and_shapes_match_pytorch() {
             .map(|(n, v)| (n.clone(), v.dims().to_vec()))
             .collect();
         // PyTorch's num_batches_tracked counters are accepted and ignored.
-        let want: BTreeMap<String, Vec<usize>> =
-            want.into_iter().filter(|(k, _)| !k.ends_with("num_batches_tracked")).collect();
+        let want: BTreeMap<String, Vec<usize>> = want
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+            .collect();
         assert_eq!(got, want, "{name}");
     }
 }

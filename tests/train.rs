@@ -14,7 +14,12 @@ fn tiny_training_run_lowers_the_loss() {
         .unwrap()
         .first(512)
         .unwrap();
-    let m = Model::from_config(ModelConfig::for_dataset(ModelKind::Mlp, DatasetKind::Mnist), &rt, 0).unwrap();
+    let m = Model::from_config(
+        ModelConfig::for_dataset(ModelKind::Mlp, DatasetKind::Mnist),
+        &rt,
+        0,
+    )
+    .unwrap();
     let (l0, _) = m.evaluate(&split, 256).unwrap();
     let mut cfg = TrainConfig::new(3, 64, 0.05);
     cfg.progress = false;
@@ -28,9 +33,17 @@ fn tiny_training_run_lowers_the_loss() {
     assert_eq!(rep.iterations, 3 * 8);
     assert!(rep.epochs[2].train_loss < rep.epochs[0].train_loss);
     // Same seed, same result.
-    let m2 = Model::from_config(ModelConfig::for_dataset(ModelKind::Mlp, DatasetKind::Mnist), &rt, 0).unwrap();
+    let m2 = Model::from_config(
+        ModelConfig::for_dataset(ModelKind::Mlp, DatasetKind::Mnist),
+        &rt,
+        0,
+    )
+    .unwrap();
     train::train(&m2, &split, None, &cfg, None, None).unwrap();
-    assert_eq!(to_vec(m.params()[0].1.as_tensor()), to_vec(m2.params()[0].1.as_tensor()));
+    assert_eq!(
+        to_vec(m.params()[0].1.as_tensor()),
+        to_vec(m2.params()[0].1.as_tensor())
+    );
 }
 
 #[test]
@@ -61,17 +74,32 @@ fn sgd_momentum_weight_decay_closed_form() {
         th -= eta * buf;
         assert!((v.as_tensor().to_vec1::<f64>().unwrap()[0] - th).abs() < 1e-14);
     }
-    assert!(matches!(Sgd::new(vec![], 1.5, 0.0), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(
+        Sgd::new(vec![], 1.5, 0.0),
+        Err(Error::InvalidArgument { .. })
+    ));
 }
 
 #[test]
 fn lr_schedules() {
-    let s = LrSchedule { lr: 0.1, milestones: vec![2, 4], gamma: 0.1, scale_from_batch: None, warmup_epochs: 0.0 };
+    let s = LrSchedule {
+        lr: 0.1,
+        milestones: vec![2, 4],
+        gamma: 0.1,
+        scale_from_batch: None,
+        warmup_epochs: 0.0,
+    };
     assert_eq!(s.at(0.0, 512), 0.1);
     assert!((s.at(2.0, 512) - 0.01).abs() < 1e-15);
     assert!((s.at(4.5, 512) - 0.001).abs() < 1e-15);
     // Goyal: η = η₀·B/B₀ after a linear warm-up from η₀.
-    let g = LrSchedule { lr: 0.1, milestones: vec![], gamma: 0.1, scale_from_batch: Some(128), warmup_epochs: 2.0 };
+    let g = LrSchedule {
+        lr: 0.1,
+        milestones: vec![],
+        gamma: 0.1,
+        scale_from_batch: Some(128),
+        warmup_epochs: 2.0,
+    };
     assert!((g.peak(1024) - 0.8).abs() < 1e-15);
     assert!((g.at(0.0, 1024) - 0.1).abs() < 1e-15);
     assert!((g.at(1.0, 1024) - 0.45).abs() < 1e-15);

@@ -40,7 +40,9 @@ pub enum NewtonSolver {
 pub enum AttackKind {
     Fgsm,
     /// Iterated FGSM with `steps` steps of size ε/steps (the paper's FGSM-10: 10 steps).
-    Ifgsm { steps: usize },
+    Ifgsm {
+        steps: usize,
+    },
     L2Grad,
     Fhsm(NewtonSolver),
     L2Hess(NewtonSolver),
@@ -87,14 +89,22 @@ impl AttackKind {
 
 fn check_eps(eps: f64) -> Result<()> {
     if !(eps >= 0.0) || !eps.is_finite() {
-        return Err(Error::invalid("eps", format!("{eps} must be finite and ≥ 0")));
+        return Err(Error::invalid(
+            "eps",
+            format!("{eps} must be finite and ≥ 0"),
+        ));
     }
     Ok(())
 }
 
 fn check_batch(model: &Model, batch: &Batch) -> Result<()> {
     model.check_input(&batch.x)?;
-    let m = batch.x.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let m = batch
+        .x
+        .abs()?
+        .max_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
     if !m.is_finite() {
         return Err(Error::NonFinite("attack inputs".into()));
     }
@@ -121,7 +131,8 @@ fn unit_l2(t: &Tensor) -> Result<Tensor> {
     let norms = l2_norms(t)?;
     let safe = norms.clamp(1e-300, f64::INFINITY)?.to_dtype(t.dtype())?;
     let nonzero = norms.gt(0.0)?.to_dtype(t.dtype())?;
-    Ok(t.broadcast_div(&per_sample(&safe, n)?)?.broadcast_mul(&per_sample(&nonzero, n)?)?)
+    Ok(t.broadcast_div(&per_sample(&safe, n)?)?
+        .broadcast_mul(&per_sample(&nonzero, n)?)?)
 }
 
 /// Flips each sample's direction d so that gᵀd ≥ 0.
@@ -135,7 +146,11 @@ fn oriented(d: &Tensor, g: &Tensor) -> Result<Tensor> {
 /// Minimum-norm Newton directions H⁺ᵢgᵢ for a batch, with the gradients g.
 /// Cost: Exact: 1 forward + C backward passes; CG: 1 forward + 1 backward + iters × (1
 /// forward + 2 backward).
-pub fn newton_direction(model: &Model, batch: &Batch, solver: NewtonSolver) -> Result<(Tensor, Tensor)> {
+pub fn newton_direction(
+    model: &Model,
+    batch: &Batch,
+    solver: NewtonSolver,
+) -> Result<(Tensor, Tensor)> {
     match solver {
         NewtonSolver::Exact => {
             let ih = input_hessian(model, batch)?;
@@ -170,7 +185,11 @@ fn cg_solve(model: &Model, batch: &Batch, g: &Tensor, iters: usize, tol: f64) ->
         r = (r - hp.broadcast_mul(&per_sample(&alpha, n)?)?)?;
         let rr_new = dot(&r, &r)?;
         let res: Vec<f64> = rr_new.to_dtype(DType::F64)?.to_vec1()?;
-        if res.iter().zip(&g2).all(|(a, b)| a.sqrt() <= tol * b.sqrt().max(1e-300)) {
+        if res
+            .iter()
+            .zip(&g2)
+            .all(|(a, b)| a.sqrt() <= tol * b.sqrt().max(1e-300))
+        {
             break;
         }
         let beta = ((&rr_new / rr.clamp(1e-300, f64::INFINITY)?)? * &ok)?;
@@ -198,7 +217,10 @@ pub fn perturbation(model: &Model, batch: &Batch, kind: AttackKind, eps: f64) ->
             (oriented(&unit_l2(&s)?, &g)? * eps)?
         }
         AttackKind::Ifgsm { .. } => {
-            return Err(Error::invalid("attack", "ifgsm is iterative: use attack() for its adversarial inputs"))
+            return Err(Error::invalid(
+                "attack",
+                "ifgsm is iterative: use attack() for its adversarial inputs",
+            ))
         }
     })
 }
@@ -221,7 +243,12 @@ pub struct AttackOutcome {
 /// Attacks a batch at each ε in `eps_list` (several budgets in one call, like Foolbox).
 /// Second-order directions are computed once and scaled per ε. Cost: one direction
 /// computation (ifgsm: steps × (1 forward + 1 backward) per ε) + one forward per ε.
-pub fn attack(model: &Model, batch: &Batch, kind: AttackKind, eps_list: &[f64]) -> Result<Vec<AttackOutcome>> {
+pub fn attack(
+    model: &Model,
+    batch: &Batch,
+    kind: AttackKind,
+    eps_list: &[f64],
+) -> Result<Vec<AttackOutcome>> {
     check_batch(model, batch)?;
     if eps_list.is_empty() {
         return Err(Error::invalid("eps", "give at least one ε"));
@@ -265,7 +292,9 @@ pub fn attack(model: &Model, batch: &Batch, kind: AttackKind, eps_list: &[f64]) 
         let success: Vec<bool> = pred.iter().zip(&ys).map(|(p, y)| p != y).collect();
         let correct = count_correct(&logits, &batch.y)?;
         let d = (&x_adv - &x)?;
-        let mean = |t: Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?) };
+        let mean = |t: Tensor| -> Result<f64> {
+            Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?)
+        };
         out.push(AttackOutcome {
             eps,
             linf_mean: mean(linf_norms(&d)?)?,
@@ -336,16 +365,30 @@ pub fn adversarial_accuracy(
         per_eps: eps_list
             .iter()
             .zip(acc)
-            .map(|(&eps, (a, l, l2))| EpsReport { eps, accuracy: a / n, linf_mean: l / n, l2_mean: l2 / n })
+            .map(|(&eps, (a, l, l2))| EpsReport {
+                eps,
+                accuracy: a / n,
+                linf_mean: l / n,
+                l2_mean: l2 / n,
+            })
             .collect(),
     })
 }
 
 /// A batch hook for robust training: replaces the first ⌈ratio·|b|⌉ samples of each batch by
 /// adversarial versions made with the current model (eval mode) at budget `eps`.
-pub fn adversarial_batch(model: &Model, batch: Batch, kind: AttackKind, eps: f64, ratio: f64) -> Result<Batch> {
+pub fn adversarial_batch(
+    model: &Model,
+    batch: Batch,
+    kind: AttackKind,
+    eps: f64,
+    ratio: f64,
+) -> Result<Batch> {
     if !(0.0..=1.0).contains(&ratio) {
-        return Err(Error::invalid("adv ratio", format!("{ratio} not in [0, 1]")));
+        return Err(Error::invalid(
+            "adv ratio",
+            format!("{ratio} not in [0, 1]"),
+        ));
     }
     let n = batch.len();
     let k = ((ratio * n as f64).ceil() as usize).min(n);
@@ -364,10 +407,19 @@ pub fn adversarial_batch(model: &Model, batch: Batch, kind: AttackKind, eps: f64
 
 /// Per-sample cosine between the CG Newton direction and the exact minimum-norm one (how far
 /// the paper's inexact Newton-CG is from H⁺g). Cost: as both solvers.
-pub fn cg_cosine_to_exact(model: &Model, batch: &Batch, iters: usize, tol: f64) -> Result<Vec<f64>> {
+pub fn cg_cosine_to_exact(
+    model: &Model,
+    batch: &Batch,
+    iters: usize,
+    tol: f64,
+) -> Result<Vec<f64>> {
     let (exact, _) = newton_direction(model, batch, NewtonSolver::Exact)?;
     let (cg, _) = newton_direction(model, batch, NewtonSolver::Cg { iters, tol })?;
-    let dot: Vec<f64> = (&exact * &cg)?.flatten_from(1)?.sum(1)?.to_dtype(DType::F64)?.to_vec1()?;
+    let dot: Vec<f64> = (&exact * &cg)?
+        .flatten_from(1)?
+        .sum(1)?
+        .to_dtype(DType::F64)?
+        .to_vec1()?;
     let ne: Vec<f64> = l2_norms(&exact)?.to_dtype(DType::F64)?.to_vec1()?;
     let nc: Vec<f64> = l2_norms(&cg)?.to_dtype(DType::F64)?.to_vec1()?;
     Ok(dot

@@ -66,7 +66,10 @@ impl Density {
 /// Cost: runs × iter HVPs.
 pub fn density(op: &dyn CurvatureOperator, opts: &SlqOpts) -> Result<Density> {
     if opts.iter == 0 || opts.runs == 0 || opts.grid < 2 || !(opts.sigma_sq > 0.0) {
-        return Err(Error::invalid("SLQ options", "iter, runs ≥ 1, grid ≥ 2 and sigma_sq > 0 required"));
+        return Err(Error::invalid(
+            "SLQ options",
+            "iter, runs ≥ 1, grid ≥ 2 and sigma_sq > 0 required",
+        ));
     }
     let start = op.matvecs();
     let mut nodes = vec![];
@@ -79,8 +82,16 @@ pub fn density(op: &dyn CurvatureOperator, opts: &SlqOpts) -> Result<Density> {
         nodes.push(vals);
         weights.push(w);
     }
-    let lmin = nodes.iter().flatten().cloned().fold(f64::INFINITY, f64::min);
-    let lmax = nodes.iter().flatten().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lmin = nodes
+        .iter()
+        .flatten()
+        .cloned()
+        .fold(f64::INFINITY, f64::min);
+    let lmax = nodes
+        .iter()
+        .flatten()
+        .cloned()
+        .fold(f64::NEG_INFINITY, f64::max);
     let sigma_sq = opts.sigma_sq * (lmax - lmin).max(1.0);
     let sigma = sigma_sq.sqrt();
     let (lo, hi) = (lmin - 5.0 * sigma - 0.01, lmax + 5.0 * sigma + 0.01);

@@ -76,11 +76,18 @@ pub struct EigenSummary {
 impl EigenResult {
     /// Eigenvector `k` as (parameter name, tensor) pairs.
     pub fn named_eigenvector(&self, k: usize) -> Result<Vec<(String, Tensor)>> {
-        let v = self
-            .eigenvectors
-            .get(k)
-            .ok_or_else(|| Error::invalid("k", format!("only {} eigenvectors", self.eigenvectors.len())))?;
-        Ok(self.names.iter().cloned().zip(v.0.iter().cloned()).collect())
+        let v = self.eigenvectors.get(k).ok_or_else(|| {
+            Error::invalid(
+                "k",
+                format!("only {} eigenvectors", self.eigenvectors.len()),
+            )
+        })?;
+        Ok(self
+            .names
+            .iter()
+            .cloned()
+            .zip(v.0.iter().cloned())
+            .collect())
     }
     pub fn summary(&self) -> EigenSummary {
         EigenSummary {
@@ -109,7 +116,10 @@ fn check_k(op: &dyn CurvatureOperator, k: usize) -> Result<()> {
         return Err(Error::invalid("k", "must be ≥ 1"));
     }
     if k > op.dim() {
-        return Err(Error::invalid("k", format!("{k} exceeds the dimension {}", op.dim())));
+        return Err(Error::invalid(
+            "k",
+            format!("{k} exceeds the dimension {}", op.dim()),
+        ));
     }
     Ok(())
 }
@@ -122,7 +132,10 @@ fn check_k(op: &dyn CurvatureOperator, k: usize) -> Result<()> {
 pub fn top_eigen(op: &dyn CurvatureOperator, k: usize, opts: &PowerOpts) -> Result<EigenResult> {
     check_k(op, k)?;
     if opts.max_iter == 0 || !(opts.tol > 0.0) {
-        return Err(Error::invalid("power options", "max_iter ≥ 1 and tol > 0 required"));
+        return Err(Error::invalid(
+            "power options",
+            "max_iter ≥ 1 and tol > 0 required",
+        ));
     }
     let start = op.matvecs();
     let mut vals = vec![];
@@ -232,7 +245,10 @@ pub fn lanczos_run(
         w = w.orthogonalize(&basis)?;
         let b = w.norm()?;
         beta_last = b;
-        let scale = alphas.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
+        let scale = alphas
+            .iter()
+            .fold(0.0f64, |m, x| m.max(x.abs()))
+            .max(1e-300);
         if stop(&alphas, &betas, b) || j + 1 == steps || b <= 1e-10 * scale {
             break;
         }
@@ -254,7 +270,12 @@ fn top_ritz_bounds(alphas: &[f64], betas: &[f64], b: f64, k: usize) -> Vec<(f64,
     (0..m)
         .rev()
         .take(k)
-        .map(|c| (vals[c], (b * vecs[(m - 1, c)]).abs() / vals[c].abs().max(1e-300)))
+        .map(|c| {
+            (
+                vals[c],
+                (b * vecs[(m - 1, c)]).abs() / vals[c].abs().max(1e-300),
+            )
+        })
         .collect()
 }
 
@@ -267,12 +288,18 @@ fn top_ritz_bounds(alphas: &[f64], betas: &[f64], b: f64, k: usize) -> Vec<(f64,
 pub fn lanczos(op: &dyn CurvatureOperator, k: usize, opts: &LanczosOpts) -> Result<EigenResult> {
     check_k(op, k)?;
     if opts.max_iter < k || !(opts.tol > 0.0) {
-        return Err(Error::invalid("lanczos options", "max_iter ≥ k and tol > 0 required"));
+        return Err(Error::invalid(
+            "lanczos options",
+            "max_iter ≥ k and tol > 0 required",
+        ));
     }
     let start_count = op.matvecs();
     let v0 = ParamVec::randn_like(op.like(), opts.seed)?;
     let kry = lanczos_run(op, &v0, opts.max_iter, |a, b, bn| {
-        a.len() >= k && top_ritz_bounds(a, b, bn, k).iter().all(|&(_, r)| r <= opts.tol)
+        a.len() >= k
+            && top_ritz_bounds(a, b, bn, k)
+                .iter()
+                .all(|&(_, r)| r <= opts.tol)
     })?;
     let m = kry.alphas.len();
     let (vals, vecs) = tridiag_eigen(&kry.alphas, &kry.betas);

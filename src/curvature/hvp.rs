@@ -60,7 +60,10 @@ impl ParamSelection {
     }
     /// Number of scalars selected.
     pub fn dim(&self, model: &Model) -> usize {
-        self.indices.iter().map(|&i| model.params()[i].1.elem_count()).sum()
+        self.indices
+            .iter()
+            .map(|&i| model.params()[i].1.elem_count())
+            .sum()
     }
 }
 
@@ -75,7 +78,11 @@ fn grads_of(store: &candle_core::backprop::GradStore, ts: &[Tensor]) -> Result<V
 
 /// Mean-loss gradient with its autograd graph kept (for a following second backward).
 /// Returns (loss value, gradient tensors). Cost: 1 forward + 1 backward.
-pub fn gradient_with_graph(model: &Model, batch: &Batch, sel: &ParamSelection) -> Result<(f64, Vec<Tensor>)> {
+pub fn gradient_with_graph(
+    model: &Model,
+    batch: &Batch,
+    sel: &ParamSelection,
+) -> Result<(f64, Vec<Tensor>)> {
     let loss = model.loss(batch)?;
     let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if !lv.is_finite() {
@@ -93,9 +100,16 @@ pub fn gradient(model: &Model, batch: &Batch, sel: &ParamSelection) -> Result<(f
 
 /// H·v from a gradient that still carries its graph: ∇θ ⟨g, v⟩. Cost: 1 backward (through
 /// the first backward's graph).
-pub fn hvp_from_graph(model: &Model, grads: &[Tensor], sel: &ParamSelection, v: &ParamVec) -> Result<ParamVec> {
+pub fn hvp_from_graph(
+    model: &Model,
+    grads: &[Tensor],
+    sel: &ParamSelection,
+    v: &ParamVec,
+) -> Result<ParamVec> {
     if grads.len() != v.0.len() || grads.iter().zip(&v.0).any(|(a, b)| a.dims() != b.dims()) {
-        return Err(Error::Shape("vector does not match the selected parameters".into()));
+        return Err(Error::Shape(
+            "vector does not match the selected parameters".into(),
+        ));
     }
     let mut gv: Option<Tensor> = None;
     for (g, vi) in grads.iter().zip(&v.0) {
@@ -113,7 +127,12 @@ pub fn hvp_from_graph(model: &Model, grads: &[Tensor], sel: &ParamSelection, v: 
 /// Exact Hessian-vector product H v, H = ∇²θ (1/N)Σᵢ ℓᵢ over the selected parameters, by
 /// double backward (eval mode). Errors with [`Error::DoubleBackwardOff`] when candle detaches
 /// gradients in this thread. Cost: 1 forward + 2 backward passes.
-pub fn hvp_selected(model: &Model, batch: &Batch, sel: &ParamSelection, v: &ParamVec) -> Result<ParamVec> {
+pub fn hvp_selected(
+    model: &Model,
+    batch: &Batch,
+    sel: &ParamSelection,
+    v: &ParamVec,
+) -> Result<ParamVec> {
     ensure_double_backward()?;
     let (_, g) = gradient_with_graph(model, batch, sel)?;
     hvp_from_graph(model, &g, sel, v)
@@ -128,20 +147,44 @@ pub fn hvp(model: &Model, batch: &Batch, v: &ParamVec) -> Result<ParamVec> {
 /// ε = ∛(machine ε) · max(1, ‖θ‖∞) / ‖v‖ unless `eps` is given. Parameters are restored
 /// afterwards, also on error. Cost: 2 forward + 2 backward passes.
 /// Accuracy: O(ε²) away from ReLU kinks; use f64 for checks (f32 gives ~1e-2 at best).
-pub fn hvp_fd(model: &Model, batch: &Batch, sel: &ParamSelection, v: &ParamVec, eps: Option<f64>) -> Result<ParamVec> {
-    let theta: Vec<Tensor> = sel.tensors(model).iter().map(|t| t.detach().copy()).collect::<candle_core::Result<_>>()?;
+pub fn hvp_fd(
+    model: &Model,
+    batch: &Batch,
+    sel: &ParamSelection,
+    v: &ParamVec,
+    eps: Option<f64>,
+) -> Result<ParamVec> {
+    let theta: Vec<Tensor> = sel
+        .tensors(model)
+        .iter()
+        .map(|t| t.detach().copy())
+        .collect::<candle_core::Result<_>>()?;
     let vn = v.norm()?;
     if vn == 0.0 {
         return ParamVec::zeros_like(&theta);
     }
     let eps = match eps {
         Some(e) if e > 0.0 && e.is_finite() => e,
-        Some(e) => return Err(Error::invalid("eps", format!("{e} must be positive and finite"))),
+        Some(e) => {
+            return Err(Error::invalid(
+                "eps",
+                format!("{e} must be positive and finite"),
+            ))
+        }
         None => {
-            let meps = if model.dtype() == DType::F64 { f64::EPSILON } else { f32::EPSILON as f64 };
+            let meps = if model.dtype() == DType::F64 {
+                f64::EPSILON
+            } else {
+                f32::EPSILON as f64
+            };
             let mut tmax = 1.0f64;
             for t in &theta {
-                tmax = tmax.max(t.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+                tmax = tmax.max(
+                    t.abs()?
+                        .max_all()?
+                        .to_dtype(DType::F64)?
+                        .to_scalar::<f64>()?,
+                );
             }
             meps.cbrt() * tmax / vn
         }
@@ -185,7 +228,11 @@ pub fn input_gradient(model: &Model, batch: &Batch) -> Result<(Tensor, Tensor)> 
 pub fn input_hvp(model: &Model, batch: &Batch, v: &Tensor) -> Result<Tensor> {
     ensure_double_backward()?;
     if v.dims() != batch.x.dims() {
-        return Err(Error::Shape(format!("v {:?} vs inputs {:?}", v.dims(), batch.x.dims())));
+        return Err(Error::Shape(format!(
+            "v {:?} vs inputs {:?}",
+            v.dims(),
+            batch.x.dims()
+        )));
     }
     let x = Var::from_tensor(&batch.x.detach())?;
     let losses = layers::cross_entropy_per_sample(&model.forward(x.as_tensor())?, &batch.y)?;
@@ -205,14 +252,21 @@ pub fn input_hvp(model: &Model, batch: &Batch, v: &Tensor) -> Result<Tensor> {
 /// Exact H v for any scalar loss of any variables: H = ∇² loss() w.r.t. `vars`, by double
 /// backward (for custom models and losses, e.g. least squares). `v` has one tensor per var.
 /// Cost: 1 evaluation of `loss` + 2 backward passes.
-pub fn hvp_closure(vars: &[Var], loss: impl Fn() -> Result<Tensor>, v: &ParamVec) -> Result<ParamVec> {
+pub fn hvp_closure(
+    vars: &[Var],
+    loss: impl Fn() -> Result<Tensor>,
+    v: &ParamVec,
+) -> Result<ParamVec> {
     ensure_double_backward()?;
     if vars.len() != v.0.len() || vars.iter().zip(&v.0).any(|(a, b)| a.dims() != b.dims()) {
         return Err(Error::Shape("v does not match the variables".into()));
     }
     let l = loss()?;
     if l.elem_count() != 1 {
-        return Err(Error::Shape(format!("loss must be a scalar, got {:?}", l.dims())));
+        return Err(Error::Shape(format!(
+            "loss must be a scalar, got {:?}",
+            l.dims()
+        )));
     }
     let store = l.sum_all()?.backward()?;
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();

@@ -38,11 +38,11 @@ pub struct InputHessianSample {
 }
 
 struct SampleFactors {
-    j: DMatrix<f64>,  // C×d
-    s: DMatrix<f64>,  // C×C, A^{1/2}
-    mu: Vec<f64>,     // eigenvalues of M, descending
-    y: DMatrix<f64>,  // eigenvectors of M (columns, matching mu)
-    r: DVector<f64>,  // p − e_y
+    j: DMatrix<f64>, // C×d
+    s: DMatrix<f64>, // C×C, A^{1/2}
+    mu: Vec<f64>,    // eigenvalues of M, descending
+    y: DMatrix<f64>, // eigenvectors of M (columns, matching mu)
+    r: DVector<f64>, // p − e_y
     rank: usize,
 }
 
@@ -114,9 +114,11 @@ impl InputHessian {
         for fa in &self.factors {
             out.extend(f(fa).iter().copied());
         }
-        Ok(Tensor::from_vec(out, self.x_shape.clone(), &candle_core::Device::Cpu)?
-            .to_dtype(self.like.dtype())?
-            .to_device(self.like.device())?)
+        Ok(
+            Tensor::from_vec(out, self.x_shape.clone(), &candle_core::Device::Cpu)?
+                .to_dtype(self.like.dtype())?
+                .to_device(self.like.device())?,
+        )
     }
     /// Mean and max of λ₁^x and mean ‖∇ₓℓ‖ over the samples.
     pub fn summary(&self) -> InputHessianSummary {
@@ -124,10 +126,18 @@ impl InputHessian {
         InputHessianSummary {
             samples: self.samples.len(),
             lambda1_x_mean: self.samples.iter().map(|s| s.lambda1).sum::<f64>() / n,
-            lambda1_x_max: self.samples.iter().map(|s| s.lambda1).fold(f64::NEG_INFINITY, f64::max),
+            lambda1_x_max: self
+                .samples
+                .iter()
+                .map(|s| s.lambda1)
+                .fold(f64::NEG_INFINITY, f64::max),
             grad_norm_mean: self.samples.iter().map(|s| s.grad_norm).sum::<f64>() / n,
             rank_max: self.samples.iter().map(|s| s.rank).max().unwrap_or(0),
-            min_eigenvalue_min: self.samples.iter().map(|s| s.min_eigenvalue).fold(f64::INFINITY, f64::min),
+            min_eigenvalue_min: self
+                .samples
+                .iter()
+                .map(|s| s.min_eigenvalue)
+                .fold(f64::INFINITY, f64::min),
         }
     }
 }
@@ -151,7 +161,9 @@ pub fn logit_jacobians(model: &Model, batch: &Batch) -> Result<(Vec<DMatrix<f64>
     let z = model.forward(x.as_tensor())?;
     let (n, c) = z.dims2()?;
     let d: usize = batch.x.dims()[1..].iter().product();
-    let p: Vec<Vec<f64>> = layers::softmax(&z.detach())?.to_dtype(DType::F64)?.to_vec2()?;
+    let p: Vec<Vec<f64>> = layers::softmax(&z.detach())?
+        .to_dtype(DType::F64)?
+        .to_vec2()?;
     let mut jac = vec![DMatrix::<f64>::zeros(c, d); n];
     for k in 0..c {
         let store = z.narrow(1, k, 1)?.sum_all()?.backward()?;
@@ -187,7 +199,11 @@ pub fn input_hessian(model: &Model, batch: &Batch) -> Result<InputHessian> {
     let labels: Vec<u32> = batch.y.to_vec1()?;
     let c = model.num_classes();
     let d: usize = batch.x.dims()[1..].iter().product();
-    let rank_tol = if model.dtype() == DType::F64 { 1e-10 } else { 1e-5 };
+    let rank_tol = if model.dtype() == DType::F64 {
+        1e-10
+    } else {
+        1e-5
+    };
     let mut samples = vec![];
     let mut factors = vec![];
     for ((j, p), &y) in jac.into_iter().zip(probs).zip(&labels) {
@@ -201,7 +217,10 @@ pub fn input_hessian(model: &Model, batch: &Batch) -> Result<InputHessian> {
         let mu: Vec<f64> = idx.iter().map(|&i| e.eigenvalues[i]).collect();
         let yv = DMatrix::from_fn(c, c, |r, col| e.eigenvectors[(r, idx[col])]);
         let top = mu[0].max(0.0);
-        let rank = mu.iter().filter(|&&m| m > rank_tol * top && top > 0.0).count();
+        let rank = mu
+            .iter()
+            .filter(|&&m| m > rank_tol * top && top > 0.0)
+            .count();
         let mut r = DVector::from_vec(p.clone());
         r[y as usize] -= 1.0;
         let g = j.transpose() * &r;
@@ -215,7 +234,14 @@ pub fn input_hessian(model: &Model, batch: &Batch) -> Result<InputHessian> {
             rank,
             min_eigenvalue: if d > c { min_mu.min(0.0) } else { min_mu },
         });
-        factors.push(SampleFactors { j, s, mu, y: yv, r, rank });
+        factors.push(SampleFactors {
+            j,
+            s,
+            mu,
+            y: yv,
+            r,
+            rank,
+        });
     }
     Ok(InputHessian {
         samples,
@@ -228,10 +254,19 @@ pub fn input_hessian(model: &Model, batch: &Batch) -> Result<InputHessian> {
 /// Per-sample λ₁^x by power iteration on [`input_hvp`], valid for any net (tanh too).
 /// Stops when every sample's Rayleigh quotient changes by < tol relative, or at max_iter.
 /// Cost: ≤ max_iter × (1 forward + 2 backward passes) on the batch.
-pub fn input_lambda1_power(model: &Model, batch: &Batch, max_iter: usize, tol: f64, seed: u64) -> Result<Vec<f64>> {
+pub fn input_lambda1_power(
+    model: &Model,
+    batch: &Batch,
+    max_iter: usize,
+    tol: f64,
+    seed: u64,
+) -> Result<Vec<f64>> {
     ensure_double_backward()?;
     if max_iter == 0 || !(tol > 0.0) {
-        return Err(Error::invalid("power options", "max_iter ≥ 1 and tol > 0 required"));
+        return Err(Error::invalid(
+            "power options",
+            "max_iter ≥ 1 and tol > 0 required",
+        ));
     }
     let n = batch.len();
     let mut v = super::vector::ParamVec::randn_like(std::slice::from_ref(&batch.x), seed)?
@@ -244,12 +279,20 @@ pub fn input_lambda1_power(model: &Model, batch: &Batch, max_iter: usize, tol: f
     let mut lam = vec![0.0; n];
     for _ in 0..max_iter {
         let hv = input_hvp(model, batch, &v)?;
-        lam = (&hv * &v)?.flatten_from(1)?.sum(1)?.to_dtype(DType::F64)?.to_vec1()?;
+        lam = (&hv * &v)?
+            .flatten_from(1)?
+            .sum(1)?
+            .to_dtype(DType::F64)?
+            .to_vec1()?;
         let hn = norms(&hv)?;
         let safe = hn.clamp(1e-30, f64::INFINITY)?;
         v = hv.broadcast_div(&bshape(&safe)?)?;
         if let Some(p) = &prev {
-            if lam.iter().zip(p).all(|(a, b)| (a - b).abs() / (b.abs() + 1e-6) < tol) {
+            if lam
+                .iter()
+                .zip(p)
+                .all(|(a, b)| (a - b).abs() / (b.abs() + 1e-6) < tol)
+            {
                 break;
             }
         }

@@ -15,8 +15,14 @@ pub mod vector;
 
 pub use density::{density, Density, SlqOpts};
 pub use eigen::{lanczos, top_eigen, EigenResult, LanczosOpts, PowerOpts};
-pub use hvp::{gradient, hvp, hvp_closure, hvp_fd, hvp_selected, input_gradient, input_hvp, ParamSelection};
-pub use input::{input_hessian, input_lambda1_power, InputHessian, InputHessianSample, InputHessianSummary};
-pub use operator::{CurvatureOperator, DataSource, DenseOperator, GgnOperator, HessianOperator, WithProgress};
+pub use hvp::{
+    gradient, hvp, hvp_closure, hvp_fd, hvp_selected, input_gradient, input_hvp, ParamSelection,
+};
+pub use input::{
+    input_hessian, input_lambda1_power, InputHessian, InputHessianSample, InputHessianSummary,
+};
+pub use operator::{
+    CurvatureOperator, DataSource, DenseOperator, GgnOperator, HessianOperator, WithProgress,
+};
 pub use trace::{trace, trace_exact, TraceExact, TraceMethod, TraceOpts, TraceResult};
 pub use vector::ParamVec;

@@ -18,7 +18,9 @@ pub trait CurvatureOperator {
     fn like(&self) -> &[Tensor];
     /// Names of the blocks of a vector (parameter names).
     fn names(&self) -> Vec<String> {
-        (0..self.like().len()).map(|i| format!("block{i}")).collect()
+        (0..self.like().len())
+            .map(|i| format!("block{i}"))
+            .collect()
     }
     /// Dimension n of the operator.
     fn dim(&self) -> usize {
@@ -77,7 +79,11 @@ impl DataSource {
         }
     }
     /// Calls `f(batch, weight = |b|/N)` for each chunk.
-    pub fn for_each(&self, rt: &Runtime, mut f: impl FnMut(&Batch, f64) -> Result<()>) -> Result<()> {
+    pub fn for_each(
+        &self,
+        rt: &Runtime,
+        mut f: impl FnMut(&Batch, f64) -> Result<()>,
+    ) -> Result<()> {
         let n = self.len() as f64;
         match self {
             DataSource::Batch(b) => f(b, 1.0),
@@ -165,7 +171,9 @@ impl CurvatureOperator for HessianOperator {
                 *self.cached.borrow_mut() = Some(g);
             }
             let cache = self.cached.borrow();
-            let g = cache.as_ref().ok_or_else(|| Error::Empty("gradient cache".into()))?;
+            let g = cache
+                .as_ref()
+                .ok_or_else(|| Error::Empty("gradient cache".into()))?;
             return hvp_from_graph(&self.model, g, &self.sel, v);
         }
         let mut acc: Option<ParamVec> = None;
@@ -294,7 +302,10 @@ impl DenseOperator {
     /// relative) or not finite.
     pub fn new(n: usize, data: Vec<f64>) -> Result<Self> {
         if data.len() != n * n || n == 0 {
-            return Err(Error::Shape(format!("{} entries for a {n}x{n} matrix", data.len())));
+            return Err(Error::Shape(format!(
+                "{} entries for a {n}x{n} matrix",
+                data.len()
+            )));
         }
         if data.iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFinite("matrix".into()));
@@ -303,7 +314,10 @@ impl DenseOperator {
         for i in 0..n {
             for j in 0..i {
                 if (data[i * n + j] - data[j * n + i]).abs() > 1e-12 * scale {
-                    return Err(Error::invalid("matrix", format!("not symmetric at ({i},{j})")));
+                    return Err(Error::invalid(
+                        "matrix",
+                        format!("not symmetric at ({i},{j})"),
+                    ));
                 }
             }
         }
@@ -331,8 +345,13 @@ impl DenseOperator {
 impl CurvatureOperator for DenseOperator {
     fn apply(&self, v: &ParamVec) -> Result<ParamVec> {
         self.count.set(self.count.get() + 1);
-        let x = v.0.first().ok_or_else(|| Error::Shape("empty vector".into()))?;
-        let y = self.matrix.matmul(&x.to_dtype(DType::F64)?.unsqueeze(1)?)?.squeeze(1)?;
+        let x =
+            v.0.first()
+                .ok_or_else(|| Error::Shape("empty vector".into()))?;
+        let y = self
+            .matrix
+            .matmul(&x.to_dtype(DType::F64)?.unsqueeze(1)?)?
+            .squeeze(1)?;
         Ok(ParamVec(vec![y]))
     }
     fn like(&self) -> &[Tensor] {
@@ -354,9 +373,11 @@ impl<'a> WithProgress<'a> {
     pub fn new(inner: &'a dyn CurvatureOperator, expected: usize, label: &str) -> Self {
         let bar = indicatif::ProgressBar::new(expected as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} HVPs ({elapsed})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} HVPs ({elapsed})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.set_prefix(label.to_string());
         WithProgress { inner, bar }

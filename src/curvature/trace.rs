@@ -57,7 +57,10 @@ pub struct TraceResult {
 /// Estimates tr(H). Cost: `probes` HVPs (Hutchinson) or `max_iter` HVPs (Hutch++).
 pub fn trace(op: &dyn CurvatureOperator, opts: &TraceOpts) -> Result<TraceResult> {
     if opts.max_iter == 0 || !(opts.tol > 0.0) {
-        return Err(Error::invalid("trace options", "max_iter ≥ 1 and tol > 0 required"));
+        return Err(Error::invalid(
+            "trace options",
+            "max_iter ≥ 1 and tol > 0 required",
+        ));
     }
     let start = op.matvecs();
     match opts.method {
@@ -73,7 +76,9 @@ pub fn trace(op: &dyn CurvatureOperator, opts: &TraceOpts) -> Result<TraceResult
                 samples.push(s);
                 let mean = samples.iter().sum::<f64>() / samples.len() as f64;
                 if let Some(p) = mean_prev {
-                    if samples.len() >= opts.min_iter && (mean - p).abs() / (p.abs() + 1e-6) < opts.tol {
+                    if samples.len() >= opts.min_iter
+                        && (mean - p).abs() / (p.abs() + 1e-6) < opts.tol
+                    {
                         break;
                     }
                 }
@@ -111,7 +116,10 @@ pub fn trace(op: &dyn CurvatureOperator, opts: &TraceOpts) -> Result<TraceResult
             }
             let mut samples = vec![];
             for i in 0..m {
-                let g = ParamVec::rademacher_like(op.like(), opts.seed.wrapping_add(1_000_003 + i as u64))?;
+                let g = ParamVec::rademacher_like(
+                    op.like(),
+                    opts.seed.wrapping_add(1_000_003 + i as u64),
+                )?;
                 let gp = g.orthogonalize(&q)?;
                 samples.push(op.apply(&gp)?.orthogonalize(&q)?.dot(&gp)?);
             }
@@ -167,7 +175,11 @@ pub(crate) fn softmax_core_sqrt(p: &[f64]) -> nalgebra::DMatrix<f64> {
 /// Refused with [`Error::Unsupported`] for nets where this does not hold (tanh).
 ///
 /// Cost: per sample, 1 forward and C backward passes (batch size 1).
-pub fn trace_exact(model: &Model, source: &DataSource, sel: Option<&ParamSelection>) -> Result<TraceExact> {
+pub fn trace_exact(
+    model: &Model,
+    source: &DataSource,
+    sel: Option<&ParamSelection>,
+) -> Result<TraceExact> {
     ensure_double_backward()?;
     if !model.kind().piecewise_linear(model.config.activation) {
         return Err(Error::Unsupported(format!(
@@ -194,7 +206,8 @@ pub fn trace_exact(model: &Model, source: &DataSource, sel: Option<&ParamSelecti
                 .flatten_all()?
                 .to_vec1()?;
             let s = softmax_core_sqrt(&p);
-            let st = Tensor::from_vec(s.as_slice().to_vec(), (c, c), z.device())?.to_dtype(z.dtype())?;
+            let st =
+                Tensor::from_vec(s.as_slice().to_vec(), (c, c), z.device())?.to_dtype(z.dtype())?;
             let zs = z.matmul(&st)?; // column c = Σ_c' z_c' S[c', c] = (S z)_c (S symmetric)
             let mut sq: Vec<Tensor> = ts
                 .iter()

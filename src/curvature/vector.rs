@@ -24,16 +24,18 @@ impl ParamVec {
         self.len() == 0
     }
     fn check(&self, o: &ParamVec) -> Result<()> {
-        if self.0.len() != o.0.len()
-            || self.0.iter().zip(&o.0).any(|(a, b)| a.dims() != b.dims())
-        {
+        if self.0.len() != o.0.len() || self.0.iter().zip(&o.0).any(|(a, b)| a.dims() != b.dims()) {
             return Err(Error::Shape("parameter vectors of different shapes".into()));
         }
         Ok(())
     }
     /// Zeros shaped like `like`.
     pub fn zeros_like(like: &[Tensor]) -> Result<Self> {
-        Ok(ParamVec(like.iter().map(|t| t.zeros_like()).collect::<candle_core::Result<_>>()?))
+        Ok(ParamVec(
+            like.iter()
+                .map(|t| t.zeros_like())
+                .collect::<candle_core::Result<_>>()?,
+        ))
     }
     /// Standard normal entries (seeded, ChaCha8; generated on the host for reproducibility
     /// across devices).
@@ -60,7 +62,10 @@ impl ParamVec {
         self.check(o)?;
         let mut s = 0.0;
         for (a, b) in self.0.iter().zip(&o.0) {
-            s += (a * b)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            s += (a * b)?
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
         }
         Ok(s)
     }
@@ -68,13 +73,22 @@ impl ParamVec {
     pub fn norm(&self) -> Result<f64> {
         let mut s = 0.0;
         for a in &self.0 {
-            s += a.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            s += a
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
         }
         Ok(s.sqrt())
     }
     /// α·a.
     pub fn scale(&self, alpha: f64) -> Result<ParamVec> {
-        Ok(ParamVec(self.0.iter().map(|t| t * alpha).collect::<candle_core::Result<_>>()?))
+        Ok(ParamVec(
+            self.0
+                .iter()
+                .map(|t| t * alpha)
+                .collect::<candle_core::Result<_>>()?,
+        ))
     }
     /// a + α·b.
     pub fn axpy(&self, alpha: f64, b: &ParamVec) -> Result<ParamVec> {
@@ -126,7 +140,10 @@ impl ParamVec {
     pub fn from_f64_slice(v: &[f64], like: &[Tensor]) -> Result<ParamVec> {
         let n: usize = like.iter().map(|t| t.elem_count()).sum();
         if v.len() != n {
-            return Err(Error::Shape(format!("{} values for {n} parameters", v.len())));
+            return Err(Error::Shape(format!(
+                "{} values for {n} parameters",
+                v.len()
+            )));
         }
         let mut out = Vec::with_capacity(like.len());
         let mut at = 0;
@@ -143,7 +160,12 @@ impl ParamVec {
     }
     /// Converts every tensor to `dtype`.
     pub fn to_dtype(&self, dtype: DType) -> Result<ParamVec> {
-        Ok(ParamVec(self.0.iter().map(|t| t.to_dtype(dtype)).collect::<candle_core::Result<_>>()?))
+        Ok(ParamVec(
+            self.0
+                .iter()
+                .map(|t| t.to_dtype(dtype))
+                .collect::<candle_core::Result<_>>()?,
+        ))
     }
     /// Checks every entry is finite.
     pub fn check_finite(&self, what: &str) -> Result<()> {

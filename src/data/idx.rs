@@ -96,7 +96,11 @@ pub fn parse_labels(path: &Path, bytes: &[u8], num_classes: usize) -> Result<Vec
             path,
             format!(
                 "{}: header says {n} labels but {} bytes follow",
-                if body.len() < n { "truncated" } else { "count mismatch" },
+                if body.len() < n {
+                    "truncated"
+                } else {
+                    "count mismatch"
+                },
                 body.len()
             ),
         ));

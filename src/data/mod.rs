@@ -41,7 +41,10 @@ impl std::str::FromStr for SplitKind {
         match s {
             "train" => Ok(SplitKind::Train),
             "test" => Ok(SplitKind::Test),
-            _ => Err(Error::invalid("split", format!("`{s}` (expected train or test)"))),
+            _ => Err(Error::invalid(
+                "split",
+                format!("`{s}` (expected train or test)"),
+            )),
         }
     }
 }
@@ -103,14 +106,12 @@ impl DatasetKind {
         match self {
             DatasetKind::Mnist => (vec![0.1307], vec![0.3081]),
             DatasetKind::FashionMnist => (vec![0.2860], vec![0.3530]),
-            DatasetKind::Cifar10 | DatasetKind::Cifar10Sample => (
-                vec![0.4914, 0.4822, 0.4465],
-                vec![0.2470, 0.2435, 0.2616],
-            ),
-            DatasetKind::Cifar100 | DatasetKind::Cifar100Sample => (
-                vec![0.5071, 0.4865, 0.4409],
-                vec![0.2673, 0.2564, 0.2762],
-            ),
+            DatasetKind::Cifar10 | DatasetKind::Cifar10Sample => {
+                (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616])
+            }
+            DatasetKind::Cifar100 | DatasetKind::Cifar100Sample => {
+                (vec![0.5071, 0.4865, 0.4409], vec![0.2673, 0.2564, 0.2762])
+            }
         }
     }
 
@@ -161,7 +162,10 @@ impl Batch {
             )));
         }
         if y.dtype() != DType::U32 {
-            return Err(Error::Shape(format!("labels must be u32, got {:?}", y.dtype())));
+            return Err(Error::Shape(format!(
+                "labels must be u32, got {:?}",
+                y.dtype()
+            )));
         }
         if x.dims()[0] == 0 {
             return Err(Error::Empty("batch with 0 samples".into()));
@@ -190,7 +194,10 @@ impl Split {
                 labels.len()
             )));
         }
-        if let Some(l) = labels.iter().find(|&&l| l as usize >= dataset.num_classes()) {
+        if let Some(l) = labels
+            .iter()
+            .find(|&&l| l as usize >= dataset.num_classes())
+        {
             return Err(Error::invalid("labels", format!("label {l} out of range")));
         }
         Ok(Split {
@@ -239,7 +246,11 @@ impl Split {
         if n > self.len() {
             return Err(Error::invalid(
                 "samples",
-                format!("{n} requested but the {} split has {}", self.kind.name(), self.len()),
+                format!(
+                    "{n} requested but the {} split has {}",
+                    self.kind.name(),
+                    self.len()
+                ),
             ));
         }
         let d = self.sample_size();
@@ -266,7 +277,11 @@ impl Split {
                     format!("{i} out of range for {} samples", self.len()),
                 ));
             }
-            px.extend(self.images[i * d..(i + 1) * d].iter().map(|&p| p as f32 / 255.0));
+            px.extend(
+                self.images[i * d..(i + 1) * d]
+                    .iter()
+                    .map(|&p| p as f32 / 255.0),
+            );
             ys.push(self.labels[i]);
         }
         let [c, h, w] = self.input_shape();
@@ -309,7 +324,10 @@ impl Split {
             return Err(Error::invalid("batch size", "must be at least 1"));
         }
         if self.is_empty() {
-            return Err(Error::Empty(format!("{} split has no samples", self.kind.name())));
+            return Err(Error::Empty(format!(
+                "{} split has no samples",
+                self.kind.name()
+            )));
         }
         let mut idx: Vec<usize> = (0..self.len()).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -456,7 +474,10 @@ fn find_file(dir: &Path, name: &str) -> Result<PathBuf> {
     }
     Err(Error::data(
         raw,
-        format!("file not found (looked for {name} and {name}.gz in {})", dir.display()),
+        format!(
+            "file not found (looked for {name} and {name}.gz in {})",
+            dir.display()
+        ),
     ))
 }
 

@@ -6,7 +6,9 @@
 //! memory), with a progress bar. The model's original parameters (and buffers) are restored
 //! afterwards, also on error.
 
-use crate::curvature::{self, CurvatureOperator, DataSource, HessianOperator, LanczosOpts, ParamSelection, ParamVec};
+use crate::curvature::{
+    self, CurvatureOperator, DataSource, HessianOperator, LanczosOpts, ParamSelection, ParamVec,
+};
 use crate::models::Model;
 use crate::train::{EpochHook, EpochRecord};
 use crate::{Error, Result};
@@ -65,8 +67,18 @@ pub fn filter_normalized_direction(model: &Model, seed: u64) -> Result<ParamVec>
             continue;
         }
         let n = t.dims()[0];
-        let tn = t.to_dtype(DType::F64)?.reshape((n, ()))?.sqr()?.sum(1)?.sqrt()?;
-        let dn = d.to_dtype(DType::F64)?.reshape((n, ()))?.sqr()?.sum(1)?.sqrt()?;
+        let tn = t
+            .to_dtype(DType::F64)?
+            .reshape((n, ()))?
+            .sqr()?
+            .sum(1)?
+            .sqrt()?;
+        let dn = d
+            .to_dtype(DType::F64)?
+            .reshape((n, ()))?
+            .sqr()?
+            .sum(1)?
+            .sqrt()?;
         let scale = (tn / (dn + 1e-10)?)?.to_dtype(t.dtype())?;
         let mut shape = vec![n];
         shape.extend(std::iter::repeat_n(1, t.rank() - 1));
@@ -77,7 +89,12 @@ pub fn filter_normalized_direction(model: &Model, seed: u64) -> Result<ParamVec>
 
 /// The top-k Hessian eigenvectors on `source` (Lanczos) as unit directions, with their
 /// eigenvalues. Cost: as [`curvature::lanczos`].
-pub fn eigen_directions(model: &Model, source: &DataSource, k: usize, opts: &LanczosOpts) -> Result<(Vec<f64>, Vec<ParamVec>)> {
+pub fn eigen_directions(
+    model: &Model,
+    source: &DataSource,
+    k: usize,
+    opts: &LanczosOpts,
+) -> Result<(Vec<f64>, Vec<ParamVec>)> {
     let op = HessianOperator::new(model, source.clone())?;
     let r = curvature::lanczos(&op, k, opts)?;
     Ok((r.eigenvalues, r.eigenvectors))
@@ -109,7 +126,12 @@ pub struct Curve1d {
 /// Parses "start:stop:count" (e.g. "-1:1:41") into an inclusive grid.
 pub fn parse_range(s: &str) -> Result<Vec<f64>> {
     let p: Vec<&str> = s.split(':').collect();
-    let bad = || Error::invalid("range", format!("`{s}` (expected start:stop:count, e.g. -1:1:41)"));
+    let bad = || {
+        Error::invalid(
+            "range",
+            format!("`{s}` (expected start:stop:count, e.g. -1:1:41)"),
+        )
+    };
     if p.len() != 3 {
         return Err(bad());
     }
@@ -127,13 +149,17 @@ pub fn linspace(a: f64, b: f64, n: usize) -> Result<Vec<f64>> {
     if n == 1 {
         return Ok(vec![a]);
     }
-    Ok((0..n).map(|i| a + (b - a) * i as f64 / (n - 1) as f64).collect())
+    Ok((0..n)
+        .map(|i| a + (b - a) * i as f64 / (n - 1) as f64)
+        .collect())
 }
 
 fn check_direction(model: &Model, d: &ParamVec) -> Result<()> {
     let t = model.param_values()?;
     if d.0.len() != t.len() || d.0.iter().zip(&t).any(|(a, b)| a.dims() != b.dims()) {
-        return Err(Error::Shape("direction does not match the model's parameters (all parameters, name order)".into()));
+        return Err(Error::Shape(
+            "direction does not match the model's parameters (all parameters, name order)".into(),
+        ));
     }
     d.check_finite("direction")
 }
@@ -158,12 +184,19 @@ pub fn landscape_1d(
 ) -> Result<Curve1d> {
     check_direction(model, direction)?;
     if alphas.is_empty() || sources.is_empty() {
-        return Err(Error::invalid("landscape", "need at least one α and one data source"));
+        return Err(Error::invalid(
+            "landscape",
+            "need at least one α and one data source",
+        ));
     }
     let guard = Restore::new(model)?;
     let mut series: Vec<Series> = sources
         .iter()
-        .map(|(l, _)| Series { label: l.to_string(), loss: vec![], accuracy: vec![] })
+        .map(|(l, _)| Series {
+            label: l.to_string(),
+            loss: vec![],
+            accuracy: vec![],
+        })
         .collect();
     let pb = bar(alphas.len(), progress, "landscape");
     for &a in alphas {
@@ -178,7 +211,11 @@ pub fn landscape_1d(
     }
     pb.finish_and_clear();
     drop(guard);
-    Ok(Curve1d { alphas: alphas.to_vec(), series, lambda1: vec![] })
+    Ok(Curve1d {
+        alphas: alphas.to_vec(),
+        series,
+        lambda1: vec![],
+    })
 }
 
 /// Loss/accuracy of θ + α·d₁ + β·d₂ on a grid (rows: β, columns: α).
@@ -224,7 +261,12 @@ pub fn landscape_2d(
     }
     pb.finish_and_clear();
     drop(guard);
-    Ok(Surface2d { alphas: alphas.to_vec(), betas: betas.to_vec(), loss, accuracy: acc })
+    Ok(Surface2d {
+        alphas: alphas.to_vec(),
+        betas: betas.to_vec(),
+        loss,
+        accuracy: acc,
+    })
 }
 
 /// Loss/accuracy along (1−λ)·θ_A + λ·θ_B (parameters **and** BN running statistics), for λ
@@ -240,17 +282,26 @@ pub fn interpolate(
     progress: bool,
 ) -> Result<Curve1d> {
     if a.kind() != b.kind() || a.num_params() != b.num_params() {
-        return Err(Error::Shape("interpolation needs two models of the same architecture".into()));
+        return Err(Error::Shape(
+            "interpolation needs two models of the same architecture".into(),
+        ));
     }
     if lambdas.is_empty() || sources.is_empty() {
-        return Err(Error::invalid("interpolate", "need at least one λ and one data source"));
+        return Err(Error::invalid(
+            "interpolate",
+            "need at least one λ and one data source",
+        ));
     }
     let work = a.try_clone()?;
     let (pa, pb_) = (ParamVec(a.param_values()?), ParamVec(b.param_values()?));
     let (ba, bb) = (ParamVec(a.buffer_values()?), ParamVec(b.buffer_values()?));
     let mut series: Vec<Series> = sources
         .iter()
-        .map(|(l, _)| Series { label: l.to_string(), loss: vec![], accuracy: vec![] })
+        .map(|(l, _)| Series {
+            label: l.to_string(),
+            loss: vec![],
+            accuracy: vec![],
+        })
         .collect();
     let mut l1 = vec![];
     let pbar = bar(lambdas.len(), progress, "interpolate");
@@ -271,7 +322,11 @@ pub fn interpolate(
         pbar.inc(1);
     }
     pbar.finish_and_clear();
-    Ok(Curve1d { alphas: lambdas.to_vec(), series, lambda1: l1 })
+    Ok(Curve1d {
+        alphas: lambdas.to_vec(),
+        series,
+        lambda1: l1,
+    })
 }
 
 /// An epoch hook for [`crate::train::train`] recording λ₁^θ (Lanczos, top-1) and the
@@ -279,7 +334,8 @@ pub fn interpolate(
 /// (`lambda1`, `grad_norm`): the paper's Fig. 17. Cost per epoch: the Lanczos HVPs + 1 gradient.
 pub fn curvature_epoch_hook(source: DataSource, opts: LanczosOpts) -> Box<EpochHook<'static>> {
     Box::new(move |model: &Model, rec: &mut EpochRecord| {
-        let op = HessianOperator::with_selection(model, source.clone(), ParamSelection::all(model))?;
+        let op =
+            HessianOperator::with_selection(model, source.clone(), ParamSelection::all(model))?;
         let l1 = curvature::lanczos(&op, 1, &opts)?.eigenvalues[0];
         let g = op.loss_and_gradient()?.1.norm()?;
         rec.extra.insert("lambda1".into(), serde_json::json!(l1));

@@ -53,16 +53,30 @@ impl Model {
         }
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (n, v) in self.params.iter().chain(self.buffers.iter()) {
-            tensors.push((n.clone(), v.as_tensor().detach().to_device(&candle_core::Device::Cpu)?));
+            tensors.push((
+                n.clone(),
+                v.as_tensor()
+                    .detach()
+                    .to_device(&candle_core::Device::Cpu)?,
+            ));
         }
         let c = &self.config;
-        let join = |v: &[f64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        let join = |v: &[f64]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let meta: HashMap<String, String> = [
             ("format", "pt".to_string()),
             ("model", c.kind.name().to_string()),
             (
                 "input_shape",
-                c.input_shape.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","),
+                c.input_shape
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
             ),
             ("num_classes", c.num_classes.to_string()),
             ("hidden", c.hidden.to_string()),
@@ -80,9 +94,8 @@ impl Model {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        safetensors::serialize_to_file(tensors, Some(meta), path).map_err(|e| {
-            Error::io(path, std::io::Error::other(e.to_string()))
-        })?;
+        safetensors::serialize_to_file(tensors, Some(meta), path)
+            .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
         Ok(())
     }
 
@@ -94,9 +107,8 @@ impl Model {
     pub fn load(kind: ModelKind, path: impl AsRef<Path>, rt: &Runtime) -> Result<Model> {
         let path = path.as_ref();
         let bytes = read_file(path)?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
-            Error::data(path, format!("not a safetensors file: {e}"))
-        })?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::data(path, format!("not a safetensors file: {e}")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if let Some(m) = meta.get("model") {
             if m != kind.name() {
@@ -143,10 +155,17 @@ impl Model {
             match tensors.get(n) {
                 None => missing.push(n.as_str()),
                 Some(t) => {
-                    if !matches!(t.dtype(), DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
+                    if !matches!(
+                        t.dtype(),
+                        DType::F16 | DType::BF16 | DType::F32 | DType::F64
+                    ) {
                         problems.push(format!("{n}: dtype {:?}, expected a float type", t.dtype()));
                     } else if t.dims() != v.dims() {
-                        problems.push(format!("{n}: shape {:?}, expected {:?}", t.dims(), v.dims()));
+                        problems.push(format!(
+                            "{n}: shape {:?}, expected {:?}",
+                            t.dims(),
+                            v.dims()
+                        ));
                     } else {
                         staged.push((v, t));
                     }
@@ -168,7 +187,12 @@ impl Model {
         }
         for (v, t) in staged {
             let t = t.to_dtype(self.dtype())?.to_device(self.device())?;
-            if t.to_dtype(DType::F64)?.abs()?.max_all()?.to_scalar::<f64>()?.is_nan() {
+            if t.to_dtype(DType::F64)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?
+                .is_nan()
+            {
                 return Err(Error::NonFinite(format!("weights in {}", path.display())));
             }
             v.set(&t)?;

@@ -39,10 +39,16 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// the input exactly), so first and second derivatives are exact. Cost: k² strided copies.
 pub fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
     if k == 0 || s == 0 {
-        return Err(Error::invalid("max_pool2d", "kernel and stride must be ≥ 1"));
+        return Err(Error::invalid(
+            "max_pool2d",
+            "kernel and stride must be ≥ 1",
+        ));
     }
     if 2 * p > k {
-        return Err(Error::invalid("max_pool2d", "padding must be at most half the kernel"));
+        return Err(Error::invalid(
+            "max_pool2d",
+            "padding must be at most half the kernel",
+        ));
     }
     let (n, c, h, w) = x.dims4()?;
     if p == 0 && k == s && h % k == 0 && w % k == 0 {

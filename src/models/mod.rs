@@ -130,7 +130,12 @@ impl ModelConfig {
         }
     }
     /// A small model on arbitrary input shape with identity normalisation (tests, notebooks).
-    pub fn tiny(kind: ModelKind, input_shape: [usize; 3], num_classes: usize, hidden: usize) -> Self {
+    pub fn tiny(
+        kind: ModelKind,
+        input_shape: [usize; 3],
+        num_classes: usize,
+        hidden: usize,
+    ) -> Self {
         ModelConfig {
             kind,
             input_shape,
@@ -200,14 +205,18 @@ impl zoo::Lookup for View<'_> {
     }
 }
 
-fn init_tensor(spec: &TensorSpec, rng: &mut rand_chacha::ChaCha8Rng, rt: &Runtime) -> Result<Tensor> {
+fn init_tensor(
+    spec: &TensorSpec,
+    rng: &mut rand_chacha::ChaCha8Rng,
+    rt: &Runtime,
+) -> Result<Tensor> {
     let n: usize = spec.shape.iter().product();
     let v: Vec<f64> = match spec.init {
         Init::Ones => vec![1.0; n],
         Init::Zeros => vec![0.0; n],
         Init::Uniform(b) => {
-            let u = Uniform::new_inclusive(-b, b)
-                .map_err(|e| Error::invalid("init", e.to_string()))?;
+            let u =
+                Uniform::new_inclusive(-b, b).map_err(|e| Error::invalid("init", e.to_string()))?;
             (0..n).map(|_| u.sample(rng)).collect()
         }
     };
@@ -236,23 +245,50 @@ impl Model {
                 config.normalization.std.len()
             )));
         }
-        if config.normalization.std.iter().any(|&s| !(s > 0.0) || !s.is_finite()) {
-            return Err(Error::invalid("normalization", "std must be positive and finite"));
+        if config
+            .normalization
+            .std
+            .iter()
+            .any(|&s| !(s > 0.0) || !s.is_finite())
+        {
+            return Err(Error::invalid(
+                "normalization",
+                "std must be positive and finite",
+            ));
         }
-        let specs = zoo::specs(config.kind, config.input_shape, config.num_classes, config.hidden)?;
+        let specs = zoo::specs(
+            config.kind,
+            config.input_shape,
+            config.num_classes,
+            config.hidden,
+        )?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut params = Vec::new();
         for s in &specs.params {
-            params.push((s.name.clone(), Var::from_tensor(&init_tensor(s, &mut rng, rt)?)?));
+            params.push((
+                s.name.clone(),
+                Var::from_tensor(&init_tensor(s, &mut rng, rt)?)?,
+            ));
         }
         let mut buffers = Vec::new();
         for s in &specs.buffers {
-            buffers.push((s.name.clone(), Var::from_tensor(&init_tensor(s, &mut rng, rt)?)?));
+            buffers.push((
+                s.name.clone(),
+                Var::from_tensor(&init_tensor(s, &mut rng, rt)?)?,
+            ));
         }
         params.sort_by(|a, b| a.0.cmp(&b.0));
         buffers.sort_by(|a, b| a.0.cmp(&b.0));
-        let index = params.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
-        let buf_index = buffers.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
+        let index = params
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+        let buf_index = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
         let norm = if config.normalization == Normalization::identity(c) {
             None
         } else {
@@ -398,16 +434,27 @@ impl Model {
             loss += l;
             correct += count_correct(&logits, &b.y)?;
         }
-        Ok((loss / split.len() as f64, correct as f64 / split.len() as f64))
+        Ok((
+            loss / split.len() as f64,
+            correct as f64 / split.len() as f64,
+        ))
     }
 
     /// Copies of the current parameter values (ordered by name).
     pub fn param_values(&self) -> Result<Vec<Tensor>> {
-        Ok(self.params.iter().map(|(_, v)| v.as_tensor().detach().copy()).collect::<candle_core::Result<_>>()?)
+        Ok(self
+            .params
+            .iter()
+            .map(|(_, v)| v.as_tensor().detach().copy())
+            .collect::<candle_core::Result<_>>()?)
     }
     /// Copies of the current buffer values (ordered by name).
     pub fn buffer_values(&self) -> Result<Vec<Tensor>> {
-        Ok(self.buffers.iter().map(|(_, v)| v.as_tensor().detach().copy()).collect::<candle_core::Result<_>>()?)
+        Ok(self
+            .buffers
+            .iter()
+            .map(|(_, v)| v.as_tensor().detach().copy())
+            .collect::<candle_core::Result<_>>()?)
     }
 
     /// Overwrites all parameters (same order and shapes as [`Model::params`]).
@@ -452,5 +499,9 @@ fn set_all(dst: &[(String, Var)], values: &[Tensor], what: &str) -> Result<()> {
 /// Number of rows whose argmax equals the label.
 pub fn count_correct(logits: &Tensor, y: &Tensor) -> Result<usize> {
     let pred = logits.argmax(1)?;
-    Ok(pred.eq(y)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
+    Ok(pred
+        .eq(y)?
+        .to_dtype(DType::U32)?
+        .sum_all()?
+        .to_scalar::<u32>()? as usize)
 }

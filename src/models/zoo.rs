@@ -156,7 +156,10 @@ pub(crate) fn specs(
         ModelKind::C2 | ModelKind::C3 => {
             need(h % 4 == 0 && w % 4 == 0, "H and W divisible by 4")?;
             let bn = kind == ModelKind::C2;
-            for (i, (ci, co)) in [(c, 64), (64, 64), (64, 128), (128, 128)].iter().enumerate() {
+            for (i, (ci, co)) in [(c, 64), (64, 64), (64, 128), (128, 128)]
+                .iter()
+                .enumerate()
+            {
                 s.conv(&format!("conv{}", i + 1), *ci, *co, 3, true);
                 if bn {
                     s.bn(&format!("bn{}", i + 1), *co);
@@ -185,7 +188,10 @@ pub(crate) fn specs(
         ModelKind::LogReg => s.linear("linear", c * h * w, classes),
         ModelKind::Mlp => {
             if hidden == 0 {
-                return Err(Error::invalid("hidden", "mlp needs at least one hidden unit"));
+                return Err(Error::invalid(
+                    "hidden",
+                    "mlp needs at least one hidden unit",
+                ));
             }
             s.linear("fc1", c * h * w, hidden);
             s.linear("fc2", hidden, classes);
@@ -266,9 +272,19 @@ pub(crate) fn forward<L: Lookup>(
         ModelKind::ResNet18 => {
             let mut x = bn(l, "bn1", &conv(l, "conv1", x, 1, 1)?, train)?.relu()?;
             for (name, inp, planes, stride) in resnet_blocks() {
-                let o = bn(l, &format!("{name}.bn1"), &conv(l, &format!("{name}.conv1"), &x, stride, 1)?, train)?
-                    .relu()?;
-                let o = bn(l, &format!("{name}.bn2"), &conv(l, &format!("{name}.conv2"), &o, 1, 1)?, train)?;
+                let o = bn(
+                    l,
+                    &format!("{name}.bn1"),
+                    &conv(l, &format!("{name}.conv1"), &x, stride, 1)?,
+                    train,
+                )?
+                .relu()?;
+                let o = bn(
+                    l,
+                    &format!("{name}.bn2"),
+                    &conv(l, &format!("{name}.conv2"), &o, 1, 1)?,
+                    train,
+                )?;
                 let sc = if stride != 1 || inp != planes {
                     let s = conv(l, &format!("{name}.shortcut.0"), &x, stride, 0)?;
                     bn(l, &format!("{name}.shortcut.1"), &s, train)?

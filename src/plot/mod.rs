@@ -69,7 +69,11 @@ pub struct Figure {
 
 fn check_len(x: &[f64], y: &[f64], what: &str) -> Result<()> {
     if x.len() != y.len() || x.is_empty() {
-        return Err(Error::Shape(format!("{what}: {} x values for {} y values", x.len(), y.len())));
+        return Err(Error::Shape(format!(
+            "{what}: {} x values for {} y values",
+            x.len(),
+            y.len()
+        )));
     }
     Ok(())
 }
@@ -77,7 +81,13 @@ fn check_len(x: &[f64], y: &[f64], what: &str) -> Result<()> {
 impl Figure {
     /// Line plot of labelled series (`log_y`: logarithmic y axis; non-positive values are
     /// dropped there).
-    pub fn lines(title: &str, x_label: &str, y_label: &str, lines: Vec<Line>, log_y: bool) -> Result<Figure> {
+    pub fn lines(
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        lines: Vec<Line>,
+        log_y: bool,
+    ) -> Result<Figure> {
         if lines.is_empty() {
             return Err(Error::invalid("lines", "need at least one series"));
         }
@@ -88,20 +98,43 @@ impl Figure {
             title: title.into(),
             width: 640,
             height: 420,
-            spec: Spec::Lines { x_label: x_label.into(), y_label: y_label.into(), log_y, lines },
+            spec: Spec::Lines {
+                x_label: x_label.into(),
+                y_label: y_label.into(),
+                log_y,
+                lines,
+            },
         })
     }
 
     /// Heat map of z[row = y][col = x] with `contours` iso-lines (marching squares).
-    pub fn heatmap(title: &str, x_label: &str, y_label: &str, x: Vec<f64>, y: Vec<f64>, z: Vec<Vec<f64>>, contours: usize) -> Result<Figure> {
-        if z.len() != y.len() || z.iter().any(|r| r.len() != x.len()) || x.len() < 2 || y.len() < 2 {
-            return Err(Error::Shape("heat map: z must be |y| rows of |x| ≥ 2 values".into()));
+    pub fn heatmap(
+        title: &str,
+        x_label: &str,
+        y_label: &str,
+        x: Vec<f64>,
+        y: Vec<f64>,
+        z: Vec<Vec<f64>>,
+        contours: usize,
+    ) -> Result<Figure> {
+        if z.len() != y.len() || z.iter().any(|r| r.len() != x.len()) || x.len() < 2 || y.len() < 2
+        {
+            return Err(Error::Shape(
+                "heat map: z must be |y| rows of |x| ≥ 2 values".into(),
+            ));
         }
         Ok(Figure {
             title: title.into(),
             width: 560,
             height: 480,
-            spec: Spec::Heatmap { x_label: x_label.into(), y_label: y_label.into(), x, y, z, contours },
+            spec: Spec::Heatmap {
+                x_label: x_label.into(),
+                y_label: y_label.into(),
+                x,
+                y,
+                z,
+                contours,
+            },
         })
     }
 
@@ -141,7 +174,8 @@ impl Figure {
             enc.set_compression(png::Compression::Best);
             enc.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
             let mut wr = enc.write_header().map_err(|e| Error::Plot(e.to_string()))?;
-            wr.write_image_data(&buf).map_err(|e| Error::Plot(e.to_string()))?;
+            wr.write_image_data(&buf)
+                .map_err(|e| Error::Plot(e.to_string()))?;
         }
         Ok(out)
     }
@@ -157,10 +191,19 @@ impl Figure {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let bytes = match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()) {
+        let bytes = match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+        {
             Some(e) if e == "png" => self.to_png()?,
             Some(e) if e == "svg" => self.to_svg()?.into_bytes(),
-            _ => return Err(Error::invalid("path", format!("{}: use a .png or .svg extension", path.display()))),
+            _ => {
+                return Err(Error::invalid(
+                    "path",
+                    format!("{}: use a .png or .svg extension", path.display()),
+                ))
+            }
         };
         std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
     }
@@ -179,11 +222,21 @@ impl Figure {
 }
 
 /// Loss (and accuracy, dashed right panel) along a 1-D landscape curve, one line per source.
-pub fn landscape_figure(curve: &Curve1d, title: &str, x_label: &str, log_y: bool) -> Result<Figure> {
+pub fn landscape_figure(
+    curve: &Curve1d,
+    title: &str,
+    x_label: &str,
+    log_y: bool,
+) -> Result<Figure> {
     let lines = curve
         .series
         .iter()
-        .map(|s| Line { label: s.label.clone(), x: curve.alphas.clone(), y: s.loss.clone(), markers: false })
+        .map(|s| Line {
+            label: s.label.clone(),
+            x: curve.alphas.clone(),
+            y: s.loss.clone(),
+            markers: false,
+        })
         .collect();
     let loss = Figure::lines(title, x_label, "loss", lines, log_y)?;
     if curve.lambda1.is_empty() {
@@ -193,7 +246,12 @@ pub fn landscape_figure(curve: &Curve1d, title: &str, x_label: &str, log_y: bool
         "λ₁ along the path",
         x_label,
         "λ₁",
-        vec![Line { label: "λ₁".into(), x: curve.alphas.clone(), y: curve.lambda1.clone(), markers: true }],
+        vec![Line {
+            label: "λ₁".into(),
+            x: curve.alphas.clone(),
+            y: curve.lambda1.clone(),
+            markers: true,
+        }],
         false,
     )?;
     Figure::panels(vec![loss, l1], 2)
@@ -201,35 +259,75 @@ pub fn landscape_figure(curve: &Curve1d, title: &str, x_label: &str, log_y: bool
 
 /// Heat map + contours of a 2-D loss surface.
 pub fn surface_figure(s: &Surface2d, title: &str) -> Result<Figure> {
-    Figure::heatmap(title, "α (d₁)", "β (d₂)", s.alphas.clone(), s.betas.clone(), s.loss.clone(), 10)
+    Figure::heatmap(
+        title,
+        "α (d₁)",
+        "β (d₂)",
+        s.alphas.clone(),
+        s.betas.clone(),
+        s.loss.clone(),
+        10,
+    )
 }
 
 /// Spectral density on a log-y axis (density + 1e-7, as PyHessian plots it).
 pub fn density_figure(d: &Density, title: &str) -> Result<Figure> {
     let y = d.density.iter().map(|v| v + 1e-7).collect();
-    Figure::lines(title, "eigenvalue", "density", vec![Line { label: "SLQ".into(), x: d.grid.clone(), y, markers: false }], true)
+    Figure::lines(
+        title,
+        "eigenvalue",
+        "density",
+        vec![Line {
+            label: "SLQ".into(),
+            x: d.grid.clone(),
+            y,
+            markers: false,
+        }],
+        true,
+    )
 }
 
 /// Accuracy vs ε for several attacks (or models).
-pub fn accuracy_vs_eps_figure(title: &str, series: Vec<(String, Vec<f64>, Vec<f64>)>) -> Result<Figure> {
+pub fn accuracy_vs_eps_figure(
+    title: &str,
+    series: Vec<(String, Vec<f64>, Vec<f64>)>,
+) -> Result<Figure> {
     Figure::lines(
         title,
         "ε",
         "accuracy",
-        series.into_iter().map(|(label, x, y)| Line { label, x, y, markers: true }).collect(),
+        series
+            .into_iter()
+            .map(|(label, x, y)| Line {
+                label,
+                x,
+                y,
+                markers: true,
+            })
+            .collect(),
         false,
     )
 }
 
 /// A quantity per epoch (e.g. λ₁^θ) for several runs, log-y optional.
-pub fn per_epoch_figure(title: &str, y_label: &str, series: Vec<(String, Vec<f64>)>, log_y: bool) -> Result<Figure> {
+pub fn per_epoch_figure(
+    title: &str,
+    y_label: &str,
+    series: Vec<(String, Vec<f64>)>,
+    log_y: bool,
+) -> Result<Figure> {
     Figure::lines(
         title,
         "epoch",
         y_label,
         series
             .into_iter()
-            .map(|(label, y)| Line { label, x: (1..=y.len()).map(|e| e as f64).collect(), y, markers: true })
+            .map(|(label, y)| Line {
+                label,
+                x: (1..=y.len()).map(|e| e as f64).collect(),
+                y,
+                markers: true,
+            })
             .collect(),
         log_y,
     )
@@ -240,15 +338,33 @@ impl Image {
     pub fn from_batch(t: &Tensor) -> Result<Vec<Image>> {
         let (n, c, h, w) = t.dims4()?;
         if c != 1 && c != 3 {
-            return Err(Error::Shape(format!("images need 1 or 3 channels, got {c}")));
+            return Err(Error::Shape(format!(
+                "images need 1 or 3 channels, got {c}"
+            )));
         }
-        let v: Vec<f32> = t.to_dtype(DType::F32)?.clamp(0f32, 1f32)?.flatten_all()?.to_vec1()?;
+        let v: Vec<f32> = t
+            .to_dtype(DType::F32)?
+            .clamp(0f32, 1f32)?
+            .flatten_all()?
+            .to_vec1()?;
         let d = c * h * w;
-        Ok((0..n).map(|i| Image { channels: c, height: h, width: w, data: v[i * d..(i + 1) * d].to_vec() }).collect())
+        Ok((0..n)
+            .map(|i| Image {
+                channels: c,
+                height: h,
+                width: w,
+                data: v[i * d..(i + 1) * d].to_vec(),
+            })
+            .collect())
     }
     /// A perturbation Δ mapped to [0, 1] for display: 0.5 + Δ/(2·max|Δ|) (gray = no change).
     pub fn from_perturbation(t: &Tensor) -> Result<Vec<Image>> {
-        let m = t.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(1e-12);
+        let m = t
+            .abs()?
+            .max_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?
+            .max(1e-12);
         Self::from_batch(&t.affine(0.5 / m, 0.5)?)
     }
 }

@@ -11,7 +11,12 @@ static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        for style in [FontStyle::Normal, FontStyle::Bold, FontStyle::Italic, FontStyle::Oblique] {
+        for style in [
+            FontStyle::Normal,
+            FontStyle::Bold,
+            FontStyle::Italic,
+            FontStyle::Oblique,
+        ] {
             let _ = plotters::style::register_font("sans-serif", style, FONT);
         }
     });
@@ -83,8 +88,20 @@ pub(crate) fn fmt_num(v: &f64) -> String {
 fn draw<DB: DrawingBackend>(fig: &Figure, area: &DrawingArea<DB, Shift>) -> Result<()> {
     area.fill(&WHITE).map_err(perr)?;
     match &fig.spec {
-        Spec::Lines { x_label, y_label, log_y, lines } => draw_lines(area, &fig.title, x_label, y_label, *log_y, lines),
-        Spec::Heatmap { x_label, y_label, x, y, z, contours } => draw_heatmap(area, &fig.title, x_label, y_label, x, y, z, *contours),
+        Spec::Lines {
+            x_label,
+            y_label,
+            log_y,
+            lines,
+        } => draw_lines(area, &fig.title, x_label, y_label, *log_y, lines),
+        Spec::Heatmap {
+            x_label,
+            y_label,
+            x,
+            y,
+            z,
+            contours,
+        } => draw_heatmap(area, &fig.title, x_label, y_label, x, y, z, *contours),
         Spec::Images { rows } => draw_images(area, &fig.title, rows),
         Spec::Panels { cols, panels } => {
             let rows = panels.len().div_ceil(*cols);
@@ -106,10 +123,16 @@ fn draw_lines<DB: DrawingBackend>(
     lines: &[Line],
 ) -> Result<()> {
     let (x0, x1) = range(lines.iter().flat_map(|l| l.x.iter().copied()));
-    let ys = lines.iter().flat_map(|l| l.y.iter().copied()).filter(|v| !log_y || *v > 0.0);
+    let ys = lines
+        .iter()
+        .flat_map(|l| l.y.iter().copied())
+        .filter(|v| !log_y || *v > 0.0);
     let (y0, y1) = range(ys);
     let mut b = ChartBuilder::on(area);
-    b.caption(title, ("sans-serif", 18)).margin(12).x_label_area_size(38).y_label_area_size(62);
+    b.caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(38)
+        .y_label_area_size(62);
     macro_rules! body {
         ($chart:expr) => {{
             let mut chart = $chart;
@@ -126,20 +149,23 @@ fn draw_lines<DB: DrawingBackend>(
                 .map_err(perr)?;
             for (i, l) in lines.iter().enumerate() {
                 let c = PALETTE[i % PALETTE.len()];
-                let pts: Vec<(f64, f64)> = l
-                    .x
-                    .iter()
-                    .zip(&l.y)
-                    .filter(|(_, y)| y.is_finite() && (!log_y || **y > 0.0))
-                    .map(|(a, b)| (*a, *b))
-                    .collect();
+                let pts: Vec<(f64, f64)> =
+                    l.x.iter()
+                        .zip(&l.y)
+                        .filter(|(_, y)| y.is_finite() && (!log_y || **y > 0.0))
+                        .map(|(a, b)| (*a, *b))
+                        .collect();
                 chart
                     .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
                     .map_err(perr)?
                     .label(l.label.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                    });
                 if l.markers {
-                    chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled()))).map_err(perr)?;
+                    chart
+                        .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
+                        .map_err(perr)?;
                 }
             }
             if lines.len() > 1 || !lines[0].label.is_empty() {
@@ -156,10 +182,14 @@ fn draw_lines<DB: DrawingBackend>(
     }
     if log_y {
         let y0 = y0.max(y1 * 1e-12).max(f64::MIN_POSITIVE);
-        body!(b.build_cartesian_2d(x0..x1, (y0..y1 * 1.2).log_scale()).map_err(perr)?);
+        body!(b
+            .build_cartesian_2d(x0..x1, (y0..y1 * 1.2).log_scale())
+            .map_err(perr)?);
     } else {
         let pad = (y1 - y0) * 0.05;
-        body!(b.build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad)).map_err(perr)?);
+        body!(b
+            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+            .map_err(perr)?);
     }
     Ok(())
 }
@@ -199,8 +229,16 @@ fn draw_heatmap<DB: DrawingBackend>(
         .map_err(perr)?;
     // Cells centred on grid points.
     let half = |v: &[f64], i: usize| -> (f64, f64) {
-        let lo = if i == 0 { v[0] } else { 0.5 * (v[i - 1] + v[i]) };
-        let hi = if i + 1 == v.len() { v[i] } else { 0.5 * (v[i] + v[i + 1]) };
+        let lo = if i == 0 {
+            v[0]
+        } else {
+            0.5 * (v[i - 1] + v[i])
+        };
+        let hi = if i + 1 == v.len() {
+            v[i]
+        } else {
+            0.5 * (v[i] + v[i + 1])
+        };
         (lo, hi)
     };
     let mut cells = vec![];
@@ -208,7 +246,11 @@ fn draw_heatmap<DB: DrawingBackend>(
         for (i, &val) in row.iter().enumerate() {
             let (xa, xb) = half(x, i);
             let (ya, yb) = half(y, j);
-            let c = if val.is_finite() { ViridisRGB.get_color_normalized(val as f32, z0 as f32, z1 as f32) } else { RGBColor(255, 255, 255) };
+            let c = if val.is_finite() {
+                ViridisRGB.get_color_normalized(val as f32, z0 as f32, z1 as f32)
+            } else {
+                RGBColor(255, 255, 255)
+            };
             cells.push(Rectangle::new([(xa, ya), (xb, yb)], c.filled()));
         }
     }
@@ -218,7 +260,10 @@ fn draw_heatmap<DB: DrawingBackend>(
         let level = z0 + (z1 - z0) * k as f64 / (contours + 1) as f64;
         let segs = marching_squares(x, y, z, level);
         chart
-            .draw_series(segs.into_iter().map(|s| PathElement::new(vec![s.0, s.1], WHITE.mix(0.8).stroke_width(1))))
+            .draw_series(
+                segs.into_iter()
+                    .map(|s| PathElement::new(vec![s.0, s.1], WHITE.mix(0.8).stroke_width(1))),
+            )
             .map_err(perr)?;
     }
     // Colour bar.
@@ -240,7 +285,12 @@ fn draw_heatmap<DB: DrawingBackend>(
     cb.draw_series((0..steps).map(|i| {
         let a = z0 + (z1 - z0) * i as f64 / steps as f64;
         let b = z0 + (z1 - z0) * (i + 1) as f64 / steps as f64;
-        Rectangle::new([(0.0, a), (1.0, b)], ViridisRGB.get_color_normalized(a as f32, z0 as f32, z1 as f32).filled())
+        Rectangle::new(
+            [(0.0, a), (1.0, b)],
+            ViridisRGB
+                .get_color_normalized(a as f32, z0 as f32, z1 as f32)
+                .filled(),
+        )
     }))
     .map_err(perr)?;
     Ok(())
@@ -283,23 +333,42 @@ pub(crate) fn marching_squares(x: &[f64], y: &[f64], z: &[Vec<f64>], level: f64)
     out
 }
 
-fn draw_images<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, rows: &[(String, Vec<Image>)]) -> Result<()> {
+fn draw_images<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    rows: &[(String, Vec<Image>)],
+) -> Result<()> {
     let area = area.titled(title, ("sans-serif", 16)).map_err(perr)?;
     let cell = 72i32;
     for (r, (label, imgs)) in rows.iter().enumerate() {
         let y = 8 + r as i32 * cell;
-        area.draw(&Text::new(label.clone(), (4, y + cell / 2 - 6), ("sans-serif", 12))).map_err(perr)?;
+        area.draw(&Text::new(
+            label.clone(),
+            (4, y + cell / 2 - 6),
+            ("sans-serif", 12),
+        ))
+        .map_err(perr)?;
         for (c, img) in imgs.iter().enumerate() {
             let x0 = 106 + c as i32 * cell;
             let s = ((cell - 6) as f64 / img.height.max(img.width) as f64).max(1.0);
             let hw = img.height * img.width;
             for i in 0..img.height {
                 for j in 0..img.width {
-                    let px = |ch: usize| (img.data[ch * hw + i * img.width + j].clamp(0.0, 1.0) * 255.0) as u8;
-                    let col = if img.channels == 3 { RGBColor(px(0), px(1), px(2)) } else { RGBColor(px(0), px(0), px(0)) };
+                    let px = |ch: usize| {
+                        (img.data[ch * hw + i * img.width + j].clamp(0.0, 1.0) * 255.0) as u8
+                    };
+                    let col = if img.channels == 3 {
+                        RGBColor(px(0), px(1), px(2))
+                    } else {
+                        RGBColor(px(0), px(0), px(0))
+                    };
                     let (xa, ya) = (x0 + (j as f64 * s) as i32, y + (i as f64 * s) as i32);
-                    let (xb, yb) = (x0 + ((j + 1) as f64 * s) as i32, y + ((i + 1) as f64 * s) as i32);
-                    area.draw(&Rectangle::new([(xa, ya), (xb, yb)], col.filled())).map_err(perr)?;
+                    let (xb, yb) = (
+                        x0 + ((j + 1) as f64 * s) as i32,
+                        y + ((i + 1) as f64 * s) as i32,
+                    );
+                    area.draw(&Rectangle::new([(xa, ya), (xb, yb)], col.filled()))
+                        .map_err(perr)?;
                 }
             }
         }

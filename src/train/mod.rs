@@ -116,7 +116,12 @@ pub type BatchHook<'a> = dyn FnMut(&Model, Batch) -> Result<Batch> + 'a;
 /// Mean-loss gradient of a batch in train mode (BN batch statistics, running stats updated),
 /// accumulated over micro-batches. Returns (loss, detached gradients in parameter order).
 /// Cost: one forward + one backward per micro-batch.
-pub fn batch_gradient(model: &Model, batch: &Batch, micro: usize, train: bool) -> Result<(f64, Vec<Tensor>)> {
+pub fn batch_gradient(
+    model: &Model,
+    batch: &Batch,
+    micro: usize,
+    train: bool,
+) -> Result<(f64, Vec<Tensor>)> {
     let n = batch.len();
     if n == 0 {
         return Err(Error::Empty("batch with 0 samples".into()));
@@ -126,13 +131,19 @@ pub fn batch_gradient(model: &Model, batch: &Batch, micro: usize, train: bool) -
     let mut start = 0;
     while start < n {
         let len = micro.min(n - start);
-        let mb = if len == n { batch.clone() } else { batch.narrow(start, len)? };
+        let mb = if len == n {
+            batch.clone()
+        } else {
+            batch.narrow(start, len)?
+        };
         let logits = model.forward_t(&mb.x, train)?;
         let loss = layers::cross_entropy(&logits, &mb.y)?;
         let w = len as f64 / n as f64;
         let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !lv.is_finite() {
-            return Err(Error::NonFinite("training loss (diverged? lower the learning rate)".into()));
+            return Err(Error::NonFinite(
+                "training loss (diverged? lower the learning rate)".into(),
+            ));
         }
         loss_sum += lv * w;
         let store = (loss * w)?.backward()?;
@@ -209,7 +220,11 @@ pub fn train(
     let mut lr = cfg.schedule.lr;
     for epoch in 0..cfg.epochs {
         let te = Instant::now();
-        let batches = train_split.shuffled_batches(cfg.batch_size, cfg.seed.wrapping_add(epoch as u64), false)?;
+        let batches = train_split.shuffled_batches(
+            cfg.batch_size,
+            cfg.seed.wrapping_add(epoch as u64),
+            false,
+        )?;
         let mut loss_acc = 0.0;
         let mut seen = 0usize;
         for (bi, idx) in batches.iter().enumerate() {
@@ -226,7 +241,12 @@ pub fn train(
             iterations += 1;
             bar.inc(1);
             if bi % 10 == 0 {
-                bar.set_message(format!("epoch {} loss {:.4} lr {:.4}", epoch + 1, loss_acc / seen as f64, lr));
+                bar.set_message(format!(
+                    "epoch {} loss {:.4} lr {:.4}",
+                    epoch + 1,
+                    loss_acc / seen as f64,
+                    lr
+                ));
             }
         }
         let mut rec = EpochRecord {

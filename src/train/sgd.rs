@@ -15,10 +15,16 @@ pub struct Sgd {
 impl Sgd {
     pub fn new(vars: Vec<Var>, momentum: f64, weight_decay: f64) -> Result<Self> {
         if !(0.0..1.0).contains(&momentum) {
-            return Err(Error::invalid("momentum", format!("{momentum} not in [0, 1)")));
+            return Err(Error::invalid(
+                "momentum",
+                format!("{momentum} not in [0, 1)"),
+            ));
         }
         if !(weight_decay >= 0.0) || !weight_decay.is_finite() {
-            return Err(Error::invalid("weight decay", format!("{weight_decay} must be ≥ 0")));
+            return Err(Error::invalid(
+                "weight decay",
+                format!("{weight_decay} must be ≥ 0"),
+            ));
         }
         let n = vars.len();
         Ok(Sgd {
@@ -84,7 +90,10 @@ impl LrSchedule {
     }
     pub fn validate(&self) -> Result<()> {
         if !(self.lr > 0.0) || !self.lr.is_finite() {
-            return Err(Error::invalid("lr", format!("{} must be positive", self.lr)));
+            return Err(Error::invalid(
+                "lr",
+                format!("{} must be positive", self.lr),
+            ));
         }
         if !(self.gamma > 0.0) {
             return Err(Error::invalid("lr gamma", "must be positive"));

@@ -25,7 +25,9 @@ pub fn random_batch(n: usize, shape: [usize; 3], classes: usize, seed: u64, rt: 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let d: usize = shape.iter().product();
     let x: Vec<f64> = (0..n * d).map(|_| rng.random::<f64>()).collect();
-    let y: Vec<u32> = (0..n).map(|_| rng.random_range(0..classes as u32)).collect();
+    let y: Vec<u32> = (0..n)
+        .map(|_| rng.random_range(0..classes as u32))
+        .collect();
     let x = Tensor::from_vec(x, (n, shape[0], shape[1], shape[2]), &rt.device)
         .unwrap()
         .to_dtype(rt.dtype)
@@ -46,20 +48,36 @@ pub fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
             (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
         })
         .collect();
-    Tensor::from_vec(v, shape.to_vec(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    Tensor::from_vec(v, shape.to_vec(), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
 }
 
 pub fn to_vec(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
 }
 
 pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
     let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt().max(1e-300);
     num / den
 }

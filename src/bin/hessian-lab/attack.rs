@@ -36,14 +36,23 @@ pub struct AttackArgs {
     pub json: bool,
 }
 
-pub fn parse_attack(name: &str, steps: usize, newton: &str, cg_iters: usize, cg_tol: f64) -> Result<AttackKind> {
+pub fn parse_attack(
+    name: &str,
+    steps: usize,
+    newton: &str,
+    cg_iters: usize,
+    cg_tol: f64,
+) -> Result<AttackKind> {
     let mut k: AttackKind = name.parse()?;
     if let AttackKind::Ifgsm { .. } = k {
         k = AttackKind::Ifgsm { steps };
     }
     let solver = match newton {
         "exact" => NewtonSolver::Exact,
-        "cg" => NewtonSolver::Cg { iters: cg_iters, tol: cg_tol },
+        "cg" => NewtonSolver::Cg {
+            iters: cg_iters,
+            tol: cg_tol,
+        },
         o => anyhow::bail!("unknown --newton `{o}` (exact or cg)"),
     };
     Ok(k.with_solver(solver))
@@ -55,13 +64,19 @@ pub fn run(a: AttackArgs) -> Result<()> {
     let t0 = Instant::now();
     let rep = attack::adversarial_accuracy(&model, &split, kind, &a.eps, a.chunk, true)?;
     let cg_cos = match kind {
-        AttackKind::Fhsm(NewtonSolver::Cg { iters, tol }) | AttackKind::L2Hess(NewtonSolver::Cg { iters, tol })
+        AttackKind::Fhsm(NewtonSolver::Cg { iters, tol })
+        | AttackKind::L2Hess(NewtonSolver::Cg { iters, tol })
             if model.kind().piecewise_linear(model.config.activation) =>
         {
             let b = split.range_batch(0, split.len().min(a.chunk), model.runtime())?;
-            let c: Vec<f64> = attack::cg_cosine_to_exact(&model, &b, iters, tol)?.into_iter().filter(|x| x.is_finite()).collect();
-            Some(json!({"samples": c.len(), "mean": c.iter().sum::<f64>() / c.len().max(1) as f64,
-                        "min": c.iter().cloned().fold(f64::INFINITY, f64::min)}))
+            let c: Vec<f64> = attack::cg_cosine_to_exact(&model, &b, iters, tol)?
+                .into_iter()
+                .filter(|x| x.is_finite())
+                .collect();
+            Some(
+                json!({"samples": c.len(), "mean": c.iter().sum::<f64>() / c.len().max(1) as f64,
+                        "min": c.iter().cloned().fold(f64::INFINITY, f64::min)}),
+            )
         }
         _ => None,
     };
@@ -87,7 +102,11 @@ pub fn run(a: AttackArgs) -> Result<()> {
     emit(a.json, &out, || {
         let mut s = format!(
             "{} on {} {} ({} samples): clean accuracy {:.4}",
-            rep.attack, ds.name(), sk.name(), rep.samples, rep.clean_accuracy
+            rep.attack,
+            ds.name(),
+            sk.name(),
+            rep.samples,
+            rep.clean_accuracy
         );
         for e in &rep.per_eps {
             s += &format!("; ε={}: {:.4}", e.eps, e.accuracy);

@@ -3,7 +3,10 @@
 use crate::common::{emit, runtime, Common};
 use anyhow::Result;
 use clap::Args;
-use hessian_lab::curvature::{self, eigen, CurvatureOperator, DataSource, HessianOperator, ParamSelection, ParamVec, PowerOpts};
+use hessian_lab::curvature::{
+    self, eigen, CurvatureOperator, DataSource, HessianOperator, ParamSelection, ParamVec,
+    PowerOpts,
+};
 use hessian_lab::data::{DatasetKind, SplitKind};
 use hessian_lab::models::{Model, ModelConfig, ModelKind};
 use serde_json::json;
@@ -77,14 +80,20 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     // Real MNIST for m1; for CIFAR models the shipped sample (or random data of that shape).
     let split = match ds {
         DatasetKind::Mnist => hessian_lab::data::load(ds, SplitKind::Test, &a.common.data_dir).ok(),
-        DatasetKind::Cifar10 => hessian_lab::data::load(DatasetKind::Cifar10Sample, SplitKind::Train, &a.common.data_dir).ok(),
+        DatasetKind::Cifar10 => hessian_lab::data::load(
+            DatasetKind::Cifar10Sample,
+            SplitKind::Train,
+            &a.common.data_dir,
+        )
+        .ok(),
         _ => None,
     };
     let batch = match split.filter(|s| s.len() >= a.batch_size) {
         Some(s) => s.first(a.batch_size)?.to_batch(&rt)?,
         None => {
             let [c, h, w] = model.config.input_shape;
-            let x = candle_core::Tensor::rand(0f32, 1f32, (a.batch_size, c, h, w), &rt.device)?.to_dtype(rt.dtype)?;
+            let x = candle_core::Tensor::rand(0f32, 1f32, (a.batch_size, c, h, w), &rt.device)?
+                .to_dtype(rt.dtype)?;
             let y = candle_core::Tensor::zeros(a.batch_size, candle_core::DType::U32, &rt.device)?;
             hessian_lab::data::Batch::new(x, y)?
         }
@@ -116,7 +125,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     })?;
     let t = Instant::now();
     let op2 = HessianOperator::new(&model, DataSource::Batch(batch.clone()))?;
-    curvature::top_eigen(&op2, 1, &PowerOpts { max_iter: 20, tol: 1e-300, seed: 0 })?;
+    curvature::top_eigen(
+        &op2,
+        1,
+        &PowerOpts {
+            max_iter: 20,
+            tol: 1e-300,
+            seed: 0,
+        },
+    )?;
     let power20_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut out = json!({
         "model": kind.name(),
@@ -139,7 +156,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     });
     if a.eig_compare {
         let opc = HessianOperator::new(&model, DataSource::Batch(batch.clone()))?;
-        let reference = curvature::lanczos(&opc, 1, &curvature::LanczosOpts { max_iter: 150, tol: 1e-9, seed: 7 })?;
+        let reference = curvature::lanczos(
+            &opc,
+            1,
+            &curvature::LanczosOpts {
+                max_iter: 150,
+                tol: 1e-9,
+                seed: 7,
+            },
+        )?;
         let l1 = reference.eigenvalues[0];
         let close = |x: f64| (x - l1).abs() <= 1e-3 * l1.abs();
         // Power iteration (PyHessian's update), λ after each HVP.
@@ -169,5 +194,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         out["power_hvps_to_1e-3"] = json!(power_hvps);
         out["lanczos_hvps_to_1e-3"] = json!(lanczos_hvps);
     }
-    emit(a.json, &out, || serde_json::to_string_pretty(&out).unwrap_or_default())
+    emit(a.json, &out, || {
+        serde_json::to_string_pretty(&out).unwrap_or_default()
+    })
 }

@@ -54,7 +54,12 @@ pub fn runtime(c: &Common) -> Result<Runtime> {
     }
 }
 
-pub fn load_split(c: &Common, d: DatasetKind, s: SplitKind, samples: Option<usize>) -> Result<Split> {
+pub fn load_split(
+    c: &Common,
+    d: DatasetKind,
+    s: SplitKind,
+    samples: Option<usize>,
+) -> Result<Split> {
     let split = match &c.dataset_path {
         Some(p) => data::load_from_dir(d, s, p)?,
         None => data::load(d, s, &c.data_dir)?,
@@ -73,7 +78,10 @@ pub fn dataset_for(model: ModelKind, name: &Option<String>) -> Result<DatasetKin
 }
 
 /// Loads (or initialises) the model and the requested split.
-pub fn model_and_data(c: &Common, md: &ModelData) -> Result<(Runtime, Model, Split, DatasetKind, SplitKind)> {
+pub fn model_and_data(
+    c: &Common,
+    md: &ModelData,
+) -> Result<(Runtime, Model, Split, DatasetKind, SplitKind)> {
     let rt = runtime(c)?;
     let kind: ModelKind = md.model.parse()?;
     let ds = dataset_for(kind, &md.dataset)?;
@@ -82,7 +90,11 @@ pub fn model_and_data(c: &Common, md: &ModelData) -> Result<(Runtime, Model, Spl
     let model = match &md.weights {
         Some(p) => Model::load(kind, p, &rt)?,
         None => {
-            eprintln!("note: no --weights given; using a freshly initialised {} (seed {})", kind.name(), md.seed);
+            eprintln!(
+                "note: no --weights given; using a freshly initialised {} (seed {})",
+                kind.name(),
+                md.seed
+            );
             Model::from_config(ModelConfig::for_dataset(kind, ds), &rt, md.seed)?
         }
     };

@@ -4,8 +4,8 @@ use crate::common::{emit, model_and_data, Common, ModelData};
 use anyhow::Result;
 use clap::Args;
 use hessian_lab::curvature::{
-    self, CurvatureOperator, DataSource, GgnOperator, HessianOperator, LanczosOpts, PowerOpts, SlqOpts, TraceMethod,
-    TraceOpts, WithProgress,
+    self, CurvatureOperator, DataSource, GgnOperator, HessianOperator, LanczosOpts, PowerOpts,
+    SlqOpts, TraceMethod, TraceOpts, WithProgress,
 };
 use serde_json::json;
 use std::time::Instant;
@@ -64,11 +64,18 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
     let source = if split.len() <= a.chunk {
         DataSource::Batch(split.to_batch(&rt)?)
     } else {
-        DataSource::Split { split: split.clone(), chunk: a.chunk }
+        DataSource::Split {
+            split: split.clone(),
+            chunk: a.chunk,
+        }
     };
     let prefixes: Vec<&str> = a.filter.iter().map(|s| s.as_str()).collect();
     let op: Box<dyn CurvatureOperator> = match a.operator.as_str() {
-        "hessian" => Box::new(HessianOperator::with_filter(&model, source.clone(), &prefixes)?),
+        "hessian" => Box::new(HessianOperator::with_filter(
+            &model,
+            source.clone(),
+            &prefixes,
+        )?),
         "ggn" => {
             if !prefixes.is_empty() {
                 anyhow::bail!("--filter is supported with --operator hessian only");
@@ -83,8 +90,24 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
     };
     let prog = WithProgress::new(op.as_ref(), expected, &a.method);
     let eig = match a.method.as_str() {
-        "power" => curvature::top_eigen(&prog, a.top_k, &PowerOpts { max_iter: a.max_iter, tol: a.tol, seed: a.md.seed })?,
-        "lanczos" => curvature::lanczos(&prog, a.top_k, &LanczosOpts { max_iter: a.max_iter, tol: a.tol, seed: a.md.seed })?,
+        "power" => curvature::top_eigen(
+            &prog,
+            a.top_k,
+            &PowerOpts {
+                max_iter: a.max_iter,
+                tol: a.tol,
+                seed: a.md.seed,
+            },
+        )?,
+        "lanczos" => curvature::lanczos(
+            &prog,
+            a.top_k,
+            &LanczosOpts {
+                max_iter: a.max_iter,
+                tol: a.tol,
+                seed: a.md.seed,
+            },
+        )?,
         m => anyhow::bail!("unknown --method `{m}` (lanczos or power)"),
     };
     prog.finish();
@@ -118,10 +141,20 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
                 let method = match m {
                     "hutchinson" => TraceMethod::Hutchinson,
                     "hutch++" | "hutchpp" => TraceMethod::HutchPlusPlus,
-                    _ => anyhow::bail!("unknown --trace-method `{m}` (hutchinson, hutch++ or exact)"),
+                    _ => {
+                        anyhow::bail!("unknown --trace-method `{m}` (hutchinson, hutch++ or exact)")
+                    }
                 };
                 let p = WithProgress::new(op.as_ref(), a.trace_iter, "trace");
-                let r = curvature::trace(&p, &TraceOpts { method, max_iter: a.trace_iter, seed: a.md.seed, ..Default::default() })?;
+                let r = curvature::trace(
+                    &p,
+                    &TraceOpts {
+                        method,
+                        max_iter: a.trace_iter,
+                        seed: a.md.seed,
+                        ..Default::default()
+                    },
+                )?;
                 p.finish();
                 serde_json::to_value(&r)?
             }
@@ -134,7 +167,13 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
         let p = WithProgress::new(op.as_ref(), a.density_iter * a.density_runs, "density");
         let d = curvature::density(
             &p,
-            &SlqOpts { iter: a.density_iter, runs: a.density_runs, grid: a.density_grid, seed: a.md.seed, ..Default::default() },
+            &SlqOpts {
+                iter: a.density_iter,
+                runs: a.density_runs,
+                grid: a.density_grid,
+                seed: a.md.seed,
+                ..Default::default()
+            },
         )?;
         p.finish();
         out["density"] = serde_json::to_value(&d)?;

@@ -50,21 +50,37 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
     let batch_src = if split.len() <= a.chunk {
         DataSource::Batch(split.to_batch(&rt)?)
     } else {
-        DataSource::Split { split: split.clone(), chunk: a.chunk }
+        DataSource::Split {
+            split: split.clone(),
+            chunk: a.chunk,
+        }
     };
     let mut sources: Vec<(String, DataSource)> = vec![];
     for e in &a.eval {
         match e.as_str() {
-            "batch" => sources.push((format!("batch ({} {})", split.len(), sk.name()), batch_src.clone())),
+            "batch" => sources.push((
+                format!("batch ({} {})", split.len(), sk.name()),
+                batch_src.clone(),
+            )),
             "train" | "test" => {
                 let s = load_split(&a.common, ds, e.parse::<SplitKind>()?, a.eval_samples)?;
-                sources.push((format!("{e} ({})", s.len()), DataSource::Split { split: s, chunk: a.chunk }));
+                sources.push((
+                    format!("{e} ({})", s.len()),
+                    DataSource::Split {
+                        split: s,
+                        chunk: a.chunk,
+                    },
+                ));
             }
             o => anyhow::bail!("unknown --eval `{o}` (batch, train, test)"),
         }
     }
     let srcs: Vec<(&str, &DataSource)> = sources.iter().map(|(l, s)| (l.as_str(), s)).collect();
-    let lopts = LanczosOpts { max_iter: 100, tol: 1e-4, seed: a.md.seed };
+    let lopts = LanczosOpts {
+        max_iter: 100,
+        tol: 1e-4,
+        seed: a.md.seed,
+    };
     let mut info = json!({});
     let (fig, data) = match a.direction.as_str() {
         "eig1" | "eig2" | "random" | "gradient" => {
@@ -73,14 +89,18 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
                 "gradient" => landscape::gradient_direction(&model, &batch_src)?,
                 k => {
                     let idx = if k == "eig1" { 0 } else { 1 };
-                    let (vals, vecs) = landscape::eigen_directions(&model, &batch_src, idx + 1, &lopts)?;
+                    let (vals, vecs) =
+                        landscape::eigen_directions(&model, &batch_src, idx + 1, &lopts)?;
                     info["eigenvalues"] = json!(vals);
                     vecs[idx].clone()
                 }
             };
             let c = landscape::landscape_1d(&model, &d, &grid, &srcs, true)?;
             let title = format!("{} loss along {}", model.kind().name(), a.direction);
-            (plot::landscape_figure(&c, &title, "ε", a.log_y)?, serde_json::to_value(&c)?)
+            (
+                plot::landscape_figure(&c, &title, "ε", a.log_y)?,
+                serde_json::to_value(&c)?,
+            )
         }
         "eig2d" | "random2d" => {
             let (d1, d2) = if a.direction == "eig2d" {
@@ -98,7 +118,9 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
             let title = format!("{} loss surface ({})", model.kind().name(), a.direction);
             (plot::surface_figure(&s, &title)?, serde_json::to_value(&s)?)
         }
-        o => anyhow::bail!("unknown --direction `{o}` (eig1, eig2, random, gradient, eig2d, random2d)"),
+        o => anyhow::bail!(
+            "unknown --direction `{o}` (eig1, eig2, random, gradient, eig2d, random2d)"
+        ),
     };
     fig.save(&a.out)?;
     let out = json!({
@@ -106,7 +128,9 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
         "direction": a.direction, "figure": a.out, "info": info, "data": data,
         "seconds": t0.elapsed().as_secs_f64(),
     });
-    emit(a.json, &out, || format!("{} → {}", a.direction, a.out.display()))
+    emit(a.json, &out, || {
+        format!("{} → {}", a.direction, a.out.display())
+    })
 }
 
 #[derive(Args)]
@@ -146,19 +170,56 @@ pub fn interpolate_cmd(a: InterpolateArgs) -> Result<()> {
     let ds = crate::common::dataset_for(kind, &a.dataset)?;
     let ma = Model::load(kind, &a.from, &rt)?;
     let mb = Model::load(kind, &a.to, &rt)?;
-    let lim = if a.samples == 0 { None } else { Some(a.samples) };
+    let lim = if a.samples == 0 {
+        None
+    } else {
+        Some(a.samples)
+    };
     let tr = load_split(&a.common, ds, SplitKind::Train, lim)?;
     let te = load_split(&a.common, ds, SplitKind::Test, lim)?;
     let t0 = Instant::now();
     let srcs = [
-        (format!("train ({})", tr.len()), DataSource::Split { split: tr, chunk: a.chunk }),
-        (format!("test ({})", te.len()), DataSource::Split { split: te.clone(), chunk: a.chunk }),
+        (
+            format!("train ({})", tr.len()),
+            DataSource::Split {
+                split: tr,
+                chunk: a.chunk,
+            },
+        ),
+        (
+            format!("test ({})", te.len()),
+            DataSource::Split {
+                split: te.clone(),
+                chunk: a.chunk,
+            },
+        ),
     ];
     let refs: Vec<(&str, &DataSource)> = srcs.iter().map(|(l, s)| (l.as_str(), s)).collect();
-    let lopts = LanczosOpts { max_iter: 60, tol: 1e-3, seed: 0 };
-    let l1src = DataSource::Split { split: te, chunk: a.chunk };
-    let c = landscape::interpolate(&ma, &mb, &parse_range(&a.range)?, &refs, if a.lambda1 { Some((&l1src, &lopts)) } else { None }, true)?;
-    plot::landscape_figure(&c, &format!("{}: (1−λ)·A + λ·B", kind.name()), "λ", false)?.save(&a.out)?;
+    let lopts = LanczosOpts {
+        max_iter: 60,
+        tol: 1e-3,
+        seed: 0,
+    };
+    let l1src = DataSource::Split {
+        split: te,
+        chunk: a.chunk,
+    };
+    let c = landscape::interpolate(
+        &ma,
+        &mb,
+        &parse_range(&a.range)?,
+        &refs,
+        if a.lambda1 {
+            Some((&l1src, &lopts))
+        } else {
+            None
+        },
+        true,
+    )?;
+    plot::landscape_figure(&c, &format!("{}: (1−λ)·A + λ·B", kind.name()), "λ", false)?
+        .save(&a.out)?;
     let out = json!({"model": kind.name(), "dataset": ds.name(), "figure": a.out, "data": c, "seconds": t0.elapsed().as_secs_f64()});
-    emit(a.json, &out, || format!("interpolation → {}", a.out.display()))
+    emit(a.json, &out, || {
+        format!("interpolation → {}", a.out.display())
+    })
 }

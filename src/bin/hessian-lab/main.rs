@@ -5,6 +5,7 @@ mod bench;
 mod common;
 mod curv;
 mod landscape;
+mod reproduce;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -16,7 +17,11 @@ use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "hessian-lab", version, about = "Second-order analysis of neural networks (Yao et al., NeurIPS 2018) on candle")]
+#[command(
+    name = "hessian-lab",
+    version,
+    about = "Second-order analysis of neural networks (Yao et al., NeurIPS 2018) on candle"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -40,6 +45,8 @@ enum Cmd {
     Landscape(landscape::LandscapeArgs),
     /// Loss (and λ₁) along the segment between two models, BN statistics included
     Interpolate(landscape::InterpolateArgs),
+    /// Reproduce the paper's tables and figures (table9, fig13, fig8, fig11, fig15, fig17, table10)
+    Reproduce(reproduce::ReproduceArgs),
 }
 
 #[derive(Args)]
@@ -144,7 +151,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         milestones: a.lr_steps.clone(),
         gamma: a.lr_gamma,
         scale_from_batch: a.lr_scale_base,
-        warmup_epochs: if a.lr_scale_base.is_some() { a.warmup_epochs } else { 0.0 },
+        warmup_epochs: if a.lr_scale_base.is_some() {
+            a.warmup_epochs
+        } else {
+            0.0
+        },
     };
     cfg.momentum = a.momentum;
     cfg.weight_decay = a.weight_decay;
@@ -191,7 +202,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         if adv.is_some() { Some(&mut hook) } else { None },
         None,
     )?;
-    model.save(&a.out).with_context(|| format!("saving {}", a.out.display()))?;
+    model
+        .save(&a.out)
+        .with_context(|| format!("saving {}", a.out.display()))?;
     let last = report.epochs.last().context("no epoch ran")?;
     let out = json!({
         "model": kind.name(),
@@ -281,6 +294,7 @@ fn main() {
         Cmd::Attack(a) => attack::run(a),
         Cmd::Landscape(a) => landscape::landscape_cmd(a),
         Cmd::Interpolate(a) => landscape::interpolate_cmd(a),
+        Cmd::Reproduce(a) => reproduce::run(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

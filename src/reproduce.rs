@@ -1,0 +1,318 @@
+//! The paper's experiments as functions: Table 9 (M1, batch size vs curvature and robustness),
+//! Fig. 13 (spectra of sub-sampled Hessians), Figs. 8/11/15 (landscapes), Fig. 17 (λ₁ per
+//! epoch), Table 10 (C1 on CIFAR-10, large batch). The CLI's `reproduce` calls these.
+
+use crate::attack::{self, AttackKind};
+use crate::curvature::{self, DataSource, HessianOperator, LanczosOpts, SlqOpts};
+use crate::data::{self, DatasetKind, Split, SplitKind};
+use crate::models::{Model, ModelKind};
+use crate::train::{self, LrSchedule, TrainConfig};
+use crate::{Error, Result, Runtime};
+use serde::Serialize;
+use std::path::Path;
+
+/// Settings of a Table 9 run (printed in the output header and stored in `table9.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Table9Settings {
+    pub batch_sizes: Vec<usize>,
+    /// Train on the first N training images (60,000 = all).
+    pub train_samples: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    /// `Some(B₀)`: Goyal et al. linear scaling lr·B/B₀ with warm-up; `None`: the same lr for all.
+    pub lr_scale_base: Option<usize>,
+    pub momentum: f64,
+    pub seed: u64,
+    /// λ₁^θ on the first N train / test images.
+    pub hessian_samples: usize,
+    /// λ₁^x, ‖∇ₓJ‖ and FGSM accuracy on the first N train / test images.
+    pub input_samples: usize,
+    pub lanczos_tol: f64,
+    pub lanczos_max_iter: usize,
+    pub chunk: usize,
+}
+
+impl Table9Settings {
+    /// `--quick`: three batch sizes, 10,000 training images, 4 epochs, Hessians on 1,000
+    /// samples (< 10 min on a 2-core CPU).
+    pub fn quick() -> Self {
+        Table9Settings {
+            batch_sizes: vec![64, 512, 2048],
+            train_samples: 10_000,
+            epochs: 4,
+            lr: 0.02,
+            lr_scale_base: None,
+            momentum: 0.9,
+            seed: 0,
+            hessian_samples: 1000,
+            input_samples: 1000,
+            lanczos_tol: 1e-2,
+            lanczos_max_iter: 40,
+            chunk: 1000,
+        }
+    }
+    /// The full run: the paper's six batch sizes, all 60,000 images, 10 epochs, Hessians on
+    /// 5,000 samples (the stable regime per PyHessian's maintainers).
+    pub fn full() -> Self {
+        Table9Settings {
+            batch_sizes: vec![64, 128, 256, 512, 1024, 2048],
+            train_samples: 60_000,
+            epochs: 10,
+            hessian_samples: 5000,
+            input_samples: 5000,
+            lanczos_tol: 1e-3,
+            lanczos_max_iter: 100,
+            ..Self::quick()
+        }
+    }
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_sizes.is_empty() || self.batch_sizes.contains(&0) {
+            return Err(Error::invalid(
+                "batch sizes",
+                "need ≥ 1 batch size, each ≥ 1",
+            ));
+        }
+        for (n, v) in [
+            ("train samples", self.train_samples),
+            ("hessian samples", self.hessian_samples),
+            ("input samples", self.input_samples),
+            ("epochs", self.epochs),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(n, "must be ≥ 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A (train, test) pair of numbers.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TrainTest {
+    pub train: f64,
+    pub test: f64,
+}
+
+/// One row of Table 9.
+#[derive(Clone, Debug, Serialize)]
+pub struct Table9Row {
+    pub batch_size: usize,
+    pub lr: f64,
+    pub train_accuracy: f64,
+    pub test_accuracy: f64,
+    pub lambda1_theta_train: f64,
+    pub lambda1_theta_test: f64,
+    pub lambda1_x_train: f64,
+    pub lambda1_x_test: f64,
+    pub grad_norm_x_train: f64,
+    pub grad_norm_x_test: f64,
+    /// FGSM accuracy keyed by ε ("0.2", "0.1").
+    pub fgsm_accuracy: std::collections::BTreeMap<String, TrainTest>,
+    pub train_seconds: f64,
+    pub analysis_seconds: f64,
+}
+
+/// Table 9 with its settings.
+#[derive(Clone, Debug, Serialize)]
+pub struct Table9 {
+    pub rows: Vec<Table9Row>,
+    pub settings: Table9Settings,
+    pub seconds: f64,
+}
+
+/// Trains M1 on `train_split` at batch `b` with the settings' schedule.
+pub fn train_m1(
+    rt: &Runtime,
+    train_split: &Split,
+    b: usize,
+    s: &Table9Settings,
+    adversarial: Option<(AttackKind, f64, f64)>,
+) -> Result<(Model, f64)> {
+    let m = Model::new(ModelKind::M1, rt, s.seed)?;
+    let mut cfg = TrainConfig::new(s.epochs, b, s.lr);
+    cfg.schedule = LrSchedule {
+        lr: s.lr,
+        milestones: vec![],
+        gamma: 0.1,
+        scale_from_batch: s.lr_scale_base,
+        warmup_epochs: if s.lr_scale_base.is_some() { 1.0 } else { 0.0 },
+    };
+    cfg.momentum = s.momentum;
+    cfg.seed = s.seed;
+    cfg.progress = false;
+    cfg.eval_train_samples = 0;
+    cfg.eval_test = false;
+    cfg.micro_batch = 1024;
+    let t = std::time::Instant::now();
+    match adversarial {
+        Some((k, eps, ratio)) => {
+            let mut hook =
+                move |m: &Model, batch| attack::adversarial_batch(m, batch, k, eps, ratio);
+            train::train(&m, train_split, None, &cfg, Some(&mut hook), None)?;
+        }
+        None => {
+            train::train(&m, train_split, None, &cfg, None, None)?;
+        }
+    }
+    Ok((m, t.elapsed().as_secs_f64()))
+}
+
+/// λ₁^θ (Lanczos) of the mean loss on `split` (streamed in chunks).
+pub fn lambda1_theta(model: &Model, split: &Split, s: &Table9Settings) -> Result<f64> {
+    let src = if split.len() <= s.chunk {
+        DataSource::Batch(split.to_batch(model.runtime())?)
+    } else {
+        DataSource::Split {
+            split: split.clone(),
+            chunk: s.chunk,
+        }
+    };
+    let op = HessianOperator::new(model, src)?;
+    let r = curvature::lanczos(
+        &op,
+        1,
+        &LanczosOpts {
+            max_iter: s.lanczos_max_iter,
+            tol: s.lanczos_tol,
+            seed: s.seed,
+        },
+    )?;
+    Ok(r.eigenvalues[0])
+}
+
+/// Mean λ₁^x and mean ‖∇ₓJ‖ over the samples of `split` (Theorem 1, chunks of 200).
+pub fn input_means(model: &Model, split: &Split) -> Result<(f64, f64)> {
+    let (mut l, mut g) = (0.0, 0.0);
+    for r in split.chunks(200)? {
+        let b = split.range_batch(r.start, r.len(), model.runtime())?;
+        for s in curvature::input_hessian(model, &b)?.samples {
+            l += s.lambda1;
+            g += s.grad_norm;
+        }
+    }
+    Ok((l / split.len() as f64, g / split.len() as f64))
+}
+
+/// Runs Table 9: one M1 per batch size, then accuracies, λ₁^θ, λ₁^x, ‖∇ₓJ‖ and FGSM accuracy
+/// (ε = 0.2, 0.1) on train and test. `on_row` is called as each row completes.
+pub fn table9(
+    rt: &Runtime,
+    data_root: &Path,
+    s: &Table9Settings,
+    mut on_row: impl FnMut(&Table9Row),
+) -> Result<Table9> {
+    s.validate()?;
+    crate::init();
+    let t0 = std::time::Instant::now();
+    let train_all = data::load(DatasetKind::Mnist, SplitKind::Train, data_root)?;
+    let test_all = data::load(DatasetKind::Mnist, SplitKind::Test, data_root)?;
+    let train_split = train_all.first(s.train_samples.min(train_all.len()))?;
+    let h_tr = train_split.first(s.hessian_samples.min(train_split.len()))?;
+    let h_te = test_all.first(s.hessian_samples.min(test_all.len()))?;
+    let x_tr = train_split.first(s.input_samples.min(train_split.len()))?;
+    let x_te = test_all.first(s.input_samples.min(test_all.len()))?;
+    let mut rows = vec![];
+    for &b in &s.batch_sizes {
+        let (m, train_seconds) = train_m1(rt, &train_split, b, s, None)?;
+        let ta = std::time::Instant::now();
+        let (_, train_accuracy) = m.evaluate(&train_split, s.chunk)?;
+        let (_, test_accuracy) = m.evaluate(&test_all, s.chunk)?;
+        let l_tr = lambda1_theta(&m, &h_tr, s)?;
+        let l_te = lambda1_theta(&m, &h_te, s)?;
+        let (lx_tr, gx_tr) = input_means(&m, &x_tr)?;
+        let (lx_te, gx_te) = input_means(&m, &x_te)?;
+        let eps = [0.2, 0.1];
+        let f_tr = attack::adversarial_accuracy(&m, &x_tr, AttackKind::Fgsm, &eps, s.chunk, false)?;
+        let f_te = attack::adversarial_accuracy(&m, &x_te, AttackKind::Fgsm, &eps, s.chunk, false)?;
+        let mut fgsm = std::collections::BTreeMap::new();
+        for i in 0..eps.len() {
+            fgsm.insert(
+                format!("{}", eps[i]),
+                TrainTest {
+                    train: f_tr.per_eps[i].accuracy,
+                    test: f_te.per_eps[i].accuracy,
+                },
+            );
+        }
+        let row = Table9Row {
+            batch_size: b,
+            lr: match s.lr_scale_base {
+                Some(b0) => s.lr * b as f64 / b0 as f64,
+                None => s.lr,
+            },
+            train_accuracy,
+            test_accuracy,
+            lambda1_theta_train: l_tr,
+            lambda1_theta_test: l_te,
+            lambda1_x_train: lx_tr,
+            lambda1_x_test: lx_te,
+            grad_norm_x_train: gx_tr,
+            grad_norm_x_test: gx_te,
+            fgsm_accuracy: fgsm,
+            train_seconds,
+            analysis_seconds: ta.elapsed().as_secs_f64(),
+        };
+        on_row(&row);
+        rows.push(row);
+    }
+    Ok(Table9 {
+        rows,
+        settings: s.clone(),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+impl Table9 {
+    /// The table as Markdown, shaped like the paper's Table 9 (train, test in parentheses).
+    pub fn markdown(&self) -> String {
+        let mut s = String::from("| Batch | Acc | λ₁^θ | λ₁^x | ‖∂ₓJ‖ | Acc ε=0.2 | Acc ε=0.1 |\n|---|---|---|---|---|---|---|\n");
+        for r in &self.rows {
+            let f = |k: &str| {
+                r.fgsm_accuracy
+                    .get(k)
+                    .map(|t| format!("{:.2} ({:.2})", t.train, t.test))
+                    .unwrap_or_default()
+            };
+            s += &format!(
+                "| {} | {:.2} ({:.2}) | {:.3} ({:.3}) | {:.3} ({:.3}) | {:.4} ({:.4}) | {} | {} |\n",
+                r.batch_size,
+                100.0 * r.train_accuracy,
+                100.0 * r.test_accuracy,
+                r.lambda1_theta_train,
+                r.lambda1_theta_test,
+                r.lambda1_x_train,
+                r.lambda1_x_test,
+                r.grad_norm_x_train,
+                r.grad_norm_x_test,
+                f("0.2"),
+                f("0.1")
+            );
+        }
+        s
+    }
+}
+
+/// Fig. 13: spectral densities of the Hessian sub-sampled on B = 1, 320 and `full` samples.
+pub fn spectra(
+    model: &Model,
+    split: &Split,
+    sizes: &[usize],
+    opts: &SlqOpts,
+    chunk: usize,
+) -> Result<Vec<(usize, curvature::Density)>> {
+    let mut out = vec![];
+    for &n in sizes {
+        let sub = split.first(n.min(split.len()))?;
+        let src = if sub.len() <= chunk {
+            DataSource::Batch(sub.to_batch(model.runtime())?)
+        } else {
+            DataSource::Split {
+                split: sub.clone(),
+                chunk,
+            }
+        };
+        let op = HessianOperator::new(model, src)?;
+        out.push((sub.len(), curvature::density(&op, opts)?));
+    }
+    Ok(out)
+}

@@ -1,0 +1,97 @@
+//! A tiny `reproduce table9` end to end: table shape, JSON keys, finite numbers in range.
+use serde_json::Value;
+use std::process::Command;
+
+#[test]
+fn tiny_table9_has_the_papers_shape_and_sane_numbers() {
+    let out = std::env::temp_dir().join(format!("hl-table9-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_hessian-lab"))
+        .args([
+            "reproduce",
+            "table9",
+            "--quick",
+            "--batch-sizes",
+            "32,128",
+            "--train-samples",
+            "384",
+            "--epochs",
+            "1",
+            "--hessian-samples",
+            "64",
+            "--input-samples",
+            "64",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("| Batch | Acc | λ₁^θ | λ₁^x | ‖∂ₓJ‖ | Acc ε=0.2 | Acc ε=0.1 |"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("settings:"));
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("| 32 |") || l.starts_with("| 128 |"))
+            .count(),
+        2
+    );
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table9.json")).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(v["settings"].is_object());
+    for r in rows {
+        for k in ["train_accuracy", "test_accuracy"] {
+            let x = r[k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&x), "{k} = {x}");
+        }
+        for k in [
+            "lambda1_theta_train",
+            "lambda1_theta_test",
+            "lambda1_x_train",
+            "lambda1_x_test",
+            "grad_norm_x_train",
+            "grad_norm_x_test",
+        ] {
+            let x = r[k].as_f64().unwrap();
+            assert!(x.is_finite() && x >= 0.0, "{k} = {x}");
+        }
+        for eps in ["0.2", "0.1"] {
+            for s in ["train", "test"] {
+                let x = r["fgsm_accuracy"][eps][s].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&x));
+            }
+        }
+        // FGSM at ε=0.2 is at least as damaging as at ε=0.1 (on these samples, same model)
+        assert!(
+            r["fgsm_accuracy"]["0.2"]["test"].as_f64().unwrap()
+                <= r["fgsm_accuracy"]["0.1"]["test"].as_f64().unwrap() + 0.05
+        );
+    }
+    assert!(out.join("table9_lambda1.png").exists() && out.join("table9_fgsm.png").exists());
+}
+
+#[test]
+fn table10_without_data_says_what_is_needed() {
+    let o = Command::new(env!("CARGO_BIN_EXE_hessian-lab"))
+        .args(["reproduce", "table10"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--cifar10 DIR") && err.contains("--sample"),
+        "{err}"
+    );
+}
