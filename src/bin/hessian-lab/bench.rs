@@ -29,6 +29,9 @@ pub struct BenchArgs {
     /// Trained weights (optional; the eigen comparison is more meaningful on a trained model)
     #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
+    /// Convolution implementation: im2col (default) or candle
+    #[arg(long, default_value = "im2col")]
+    pub conv: String,
     /// Also count the HVPs power iteration and Lanczos need to reach λ₁ to 1e-3
     #[arg(long)]
     pub eig_compare: bool,
@@ -71,6 +74,11 @@ fn reset_peak() {
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     let rt = runtime(&a.common)?;
+    hessian_lab::models::layers::set_conv_impl(match a.conv.as_str() {
+        "im2col" => hessian_lab::models::layers::ConvImpl::Im2col,
+        "candle" => hessian_lab::models::layers::ConvImpl::Candle,
+        o => anyhow::bail!("unknown --conv `{o}` (im2col or candle)"),
+    });
     let kind: ModelKind = a.model.parse()?;
     let ds = kind.default_dataset();
     let model = match &a.weights {
@@ -142,6 +150,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "device": format!("{:?}", rt.device),
         "threads": a.threads.unwrap_or_else(candle_core::utils::get_num_threads),
         "parameters": model.num_params(),
+        "conv": a.conv,
         "repeats": r,
         "forward_ms": forward_ms,
         "grad_ms": grad_ms,

@@ -1,0 +1,130 @@
+"""PyTorch reference timings for `hessian-lab bench` (same models, batch, dtype and threads).
+
+Run in its own venv with torch from PyPI:
+    python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch numpy
+    /tmp/torchenv/bin/python benches/pytorch_reference.py --model m1 --batch-size 128 --threads 1
+Prints one JSON object with forward_ms, grad_ms, hvp_ms, hvp_reuse_graph_ms, power20_ms,
+peak_rss_mb and hvp_peak_rss_above_baseline_mb (medians; model in eval mode, mean
+cross-entropy, the same data as hessian-lab's bench: the first MNIST test images for m1, the
+shipped CIFAR-10 sample for c2).
+"""
+import argparse
+import gzip
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures"))
+from export_pytorch import C2, M1  # noqa: E402  (the same architectures as the fixtures)
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def rss(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return float(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def data(model, n):
+    if model == "m1":
+        with gzip.open(os.path.join(ROOT, "data/mnist/t10k-images-idx3-ubyte.gz")) as f:
+            raw = f.read()
+        x = torch.frombuffer(bytearray(raw[16 : 16 + n * 784]), dtype=torch.uint8).float().div(255).view(n, 1, 28, 28)
+        with gzip.open(os.path.join(ROOT, "data/mnist/t10k-labels-idx1-ubyte.gz")) as f:
+            y = torch.tensor(list(f.read()[8 : 8 + n]), dtype=torch.long)
+    else:
+        raw = open(os.path.join(ROOT, "data/cifar10-sample/dogs5_cats3.bin"), "rb").read()
+        rec = 3073
+        y = torch.tensor([raw[i * rec] for i in range(n)], dtype=torch.long)
+        x = torch.stack([torch.frombuffer(bytearray(raw[i * rec + 1 : (i + 1) * rec]), dtype=torch.uint8) for i in range(n)])
+        x = x.float().div(255).view(n, 3, 32, 32)
+    return x, y
+
+
+def timeit(f, repeats):
+    f()
+    t = []
+    for _ in range(repeats):
+        s = time.perf_counter()
+        f()
+        t.append((time.perf_counter() - s) * 1e3)
+    return statistics.median(t)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="m1", choices=["m1", "c2"])
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=10)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = (M1() if a.model == "m1" else C2(True)).eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    x, y = data(a.model, a.batch_size)
+    v = [torch.randn_like(p) for p in params]
+    base = rss("VmRSS")
+
+    def fwd():
+        with torch.no_grad():
+            model(x)
+
+    def grad():
+        loss = F.cross_entropy(model(x), y)
+        torch.autograd.grad(loss, params)
+
+    def hvp():
+        loss = F.cross_entropy(model(x), y)
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        torch.autograd.grad(g, params, grad_outputs=v)
+
+    forward_ms = timeit(fwd, a.repeats)
+    grad_ms = timeit(grad, a.repeats)
+    reset_peak()
+    before = rss("VmRSS")
+    hvp_ms = timeit(hvp, a.repeats)
+    hvp_peak = rss("VmHWM") - before
+    loss = F.cross_entropy(model(x), y)
+    g = torch.autograd.grad(loss, params, create_graph=True)
+    reuse_ms = timeit(lambda: torch.autograd.grad(g, params, grad_outputs=v, retain_graph=True), a.repeats)
+
+    def power20():
+        loss = F.cross_entropy(model(x), y)
+        gg = torch.autograd.grad(loss, params, create_graph=True)
+        w = [torch.randn_like(p) for p in params]
+        for _ in range(21):
+            n = torch.sqrt(sum((t * t).sum() for t in w))
+            w = [t / n for t in w]
+            hw = torch.autograd.grad(gg, params, grad_outputs=w, retain_graph=True)
+            w = [t.detach() for t in hw]
+
+    t = time.perf_counter()
+    power20()
+    power_ms = (time.perf_counter() - t) * 1e3
+    print(json.dumps({
+        "framework": f"torch {torch.__version__}", "model": a.model, "batch_size": a.batch_size, "threads": a.threads,
+        "forward_ms": forward_ms, "grad_ms": grad_ms, "hvp_ms": hvp_ms, "hvp_reuse_graph_ms": reuse_ms,
+        "hvp_grad_ratio": hvp_ms / grad_ms, "power20_ms": power_ms, "peak_rss_mb": rss("VmHWM"),
+        "baseline_rss_mb": base, "hvp_peak_rss_above_baseline_mb": hvp_peak,
+    }))
+
+
+if __name__ == "__main__":
+    main()
