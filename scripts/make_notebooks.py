@@ -250,6 +250,8 @@ plot::landscape_figure(&c, "clean (λ=0) → robust (λ=1)", "λ", false)?"""),
 
 os.makedirs("notebooks", exist_ok=True)
 for name, cells in notebooks.items():
+    for i, c in enumerate(cells):
+        c["id"] = f"c{i:02d}"
     with open(f"notebooks/{name}.ipynb", "w") as f:
         json.dump(nb(cells), f, indent=1, ensure_ascii=False)
         f.write("\n")

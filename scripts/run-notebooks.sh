@@ -38,6 +38,9 @@ export EVCXR_CONFIG_DIR="$CACHE/evcxr-config"
 mkdir -p "$EVCXR_CONFIG_DIR"
 printf ':preserve_vars_on_panic 0\n:cache 2000\n' > "$EVCXR_CONFIG_DIR/init.evcxr"
 export EVCXR_TMPDIR="$CACHE/evcxr-tmp"
+# evcxr's cells link std dynamically: make the toolchain's libstd-*.so findable.
+HOST=$(rustc -vV | sed -n 's/^host: //p')
+export LD_LIBRARY_PATH="$(rustc --print sysroot)/lib/rustlib/$HOST/lib:${LD_LIBRARY_PATH:-}"
 mkdir -p "$EVCXR_TMPDIR"
 start=$(date +%s)
 "$VENV/bin/python" scripts/run_notebooks.py "$@"

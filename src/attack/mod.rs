@@ -129,10 +129,10 @@ fn per_sample(t: &Tensor, n: usize) -> Result<Tensor> {
 fn unit_l2(t: &Tensor) -> Result<Tensor> {
     let n = t.dims()[0];
     let norms = l2_norms(t)?;
-    let safe = norms.clamp(1e-300, f64::INFINITY)?.to_dtype(t.dtype())?;
     let nonzero = norms.gt(0.0)?.to_dtype(t.dtype())?;
-    Ok(t.broadcast_div(&per_sample(&safe, n)?)?
-        .broadcast_mul(&per_sample(&nonzero, n)?)?)
+    // ‖t‖ where nonzero, 1 elsewhere (so 0/1 = 0, never 0/0 — also in f32).
+    let safe = ((&norms * &nonzero)? + nonzero.affine(-1.0, 1.0)?)?;
+    Ok(t.broadcast_div(&per_sample(&safe, n)?)?)
 }
 
 /// Flips each sample's direction d so that gᵀd ≥ 0.
@@ -175,24 +175,27 @@ fn cg_solve(model: &Model, batch: &Batch, g: &Tensor, iters: usize, tol: f64) ->
     let mut p = g.clone();
     let mut rr = dot(&r, &r)?;
     let g2: Vec<f64> = rr.to_dtype(DType::F64)?.to_vec1()?;
+    // Per-sample safe division: a/b where mask, 0 elsewhere (no inf·0 = NaN).
+    let safe_div = |a: &Tensor, b: &Tensor, mask: &Tensor| -> Result<Tensor> {
+        let one_minus = mask.affine(-1.0, 1.0)?;
+        let denom = ((b * mask)? + one_minus)?;
+        Ok(((a / denom)? * mask)?)
+    };
     for _ in 0..iters {
         let hp = input_hvp(model, batch, &p)?;
         let php = dot(&p, &hp)?;
-        // α = rr / pᵀHp where pᵀHp > 0; frozen (0) otherwise.
+        // α = rr / pᵀHp where pᵀHp > 0 (curvature along p); the sample is frozen otherwise.
         let ok = php.gt(0.0)?.to_dtype(g.dtype())?;
-        let alpha = ((&rr / php.clamp(1e-300, f64::INFINITY)?)? * &ok)?;
+        let alpha = safe_div(&rr, &php, &ok)?;
         s = (s + p.broadcast_mul(&per_sample(&alpha, n)?)?)?;
         r = (r - hp.broadcast_mul(&per_sample(&alpha, n)?)?)?;
         let rr_new = dot(&r, &r)?;
         let res: Vec<f64> = rr_new.to_dtype(DType::F64)?.to_vec1()?;
-        if res
-            .iter()
-            .zip(&g2)
-            .all(|(a, b)| a.sqrt() <= tol * b.sqrt().max(1e-300))
-        {
+        if res.iter().zip(&g2).all(|(a, b)| a.sqrt() <= tol * b.sqrt().max(1e-300)) {
             break;
         }
-        let beta = ((&rr_new / rr.clamp(1e-300, f64::INFINITY)?)? * &ok)?;
+        let ok_rr = (rr.gt(0.0)?.to_dtype(g.dtype())? * &ok)?;
+        let beta = safe_div(&rr_new, &rr, &ok_rr)?;
         p = (&r + p.broadcast_mul(&per_sample(&beta, n)?)?)?;
         rr = rr_new;
     }
