@@ -81,7 +81,8 @@ println!("λ₁, λ₂ = {:?} after {} HVPs (residuals {:?})", top.eigenvalues, 
 let rep = attack::adversarial_accuracy(&model, &test, AttackKind::Fgsm, &eps, 500, false)?;
 let accs: Vec<f64> = rep.per_eps.iter().map(|e| e.accuracy).collect();
 println!("FGSM accuracy: {:?}", accs);"""),
-    code("""plot::accuracy_vs_eps_figure("M1: accuracy under FGSM", vec![("FGSM".to_string(), eps.clone(), accs.clone())])?"""),
+    code("""let fig = plot::accuracy_vs_eps_figure("M1: accuracy under FGSM", vec![("FGSM".to_string(), eps.clone(), accs.clone())])?;
+fig.evcxr_display(); // or leave `fig` as the cell's last expression"""),
 ]
 
 notebooks["02_theorem1_input_hessian"] = [
@@ -139,7 +140,8 @@ let lines: Vec<Line> = ihm.samples.iter().enumerate().map(|(i, s)| Line {
     label: format!("sample {i} (rank {})", s.rank),
     x: (1..=s.eigenvalues.len()).map(|k| k as f64).collect(),
     y: s.eigenvalues.iter().map(|v| v.max(1e-16)).collect(), markers: true }).collect();
-Figure::lines("M1 input-Hessian eigenvalues (all 784 − 10 others are 0)", "index", "eigenvalue", lines, true)?"""),
+let fig = Figure::lines("M1 input-Hessian eigenvalues (all 784 − 10 others are 0)", "index", "eigenvalue", lines, true)?;
+fig.evcxr_display();"""),
 ]
 
 notebooks["03_large_batch"] = [
@@ -172,7 +174,8 @@ for (name, m) in [("B=64", &small), ("B=1024", &large)] {
     let d = curvature::density(&op, &curvature::SlqOpts { iter: 60, grid: 2000, ..Default::default() })?;
     figs.push(plot::density_figure(&d, &format!("M1 {name}: Hessian spectral density"))?);
 }
-Figure::panels(figs, 2)?"""),
+let fig = Figure::panels(figs, 2)?;
+fig.evcxr_display();"""),
 ]
 
 notebooks["04_attacks_and_robust_training"] = [
@@ -197,16 +200,18 @@ for (k, eps) in [(AttackKind::Fgsm, &eps_linf), (AttackKind::Ifgsm { steps: 10 }
 }"""),
     code("""let linf: Vec<_> = series.iter().filter(|s| !s.0.starts_with("l2")).cloned().collect();
 let l2: Vec<_> = series.iter().filter(|s| s.0.starts_with("l2")).cloned().collect();
-Figure::panels(vec![plot::accuracy_vs_eps_figure("L∞ attacks (ε per pixel)", linf)?,
-                    plot::accuracy_vs_eps_figure("L2 attacks (ε = ‖Δx‖₂)", l2)?], 2)?"""),
+let fig = Figure::panels(vec![plot::accuracy_vs_eps_figure("L∞ attacks (ε per pixel)", linf)?,
+                              plot::accuracy_vs_eps_figure("L2 attacks (ε = ‖Δx‖₂)", l2)?], 2)?;
+fig.evcxr_display();"""),
     md("## Clean, adversarial (FHSM, ε = 0.2) and the perturbation"),
     code("""let b8 = test.first(8)?.to_batch(&rt)?;
 let adv = attack::attack(&clean, &b8, AttackKind::Fhsm(NewtonSolver::Exact), &[0.2])?.remove(0);
 let delta = (&adv.x_adv - &b8.x)?;
-plot::image_grid("FHSM ε = 0.2", vec![
+let fig = plot::image_grid("FHSM ε = 0.2", vec![
     ("clean".into(), plot::Image::from_batch(&b8.x)?),
     ("adversarial".into(), plot::Image::from_batch(&adv.x_adv)?),
-    ("Δx".into(), plot::Image::from_perturbation(&delta)?)])?"""),
+    ("Δx".into(), plot::Image::from_perturbation(&delta)?)])?;
+fig.evcxr_display();"""),
     md("## Robust training with FGSM (ε = 0.1): more robust, and flatter (smaller λ₁^θ)"),
     code("""let robust = fit(&rt, &train_split, 128, 0.05, 1, Some((AttackKind::Fgsm, 0.1)))?;
 let hb = test.first(320)?.to_batch(&rt)?;
@@ -236,16 +241,19 @@ let (vals, vecs) = landscape::eigen_directions(&model, &batch, 2, &LanczosOpts::
 println!("λ₁, λ₂ = {vals:?}");"""),
     code("""let alphas = landscape::linspace(-1.0, 1.0, 21)?;
 let curve = landscape::landscape_1d(&model, &vecs[0], &alphas, &[("batch", &batch), ("train", &tr), ("test", &te)], false)?;
-plot::landscape_figure(&curve, "M1: loss along v₁", "ε", false)?"""),
+let fig = plot::landscape_figure(&curve, "M1: loss along v₁", "ε", false)?;
+fig.evcxr_display();"""),
     code("""let grid = landscape::linspace(-1.0, 1.0, 11)?;
 let surf = landscape::landscape_2d(&model, &vecs[0], &vecs[1], &grid, &grid, &batch, false)?;
-plot::surface_figure(&surf, "M1: loss on θ + α v₁ + β v₂")?"""),
+let fig = plot::surface_figure(&surf, "M1: loss on θ + α v₁ + β v₂")?;
+fig.evcxr_display();"""),
     md("## From the clean model to an FGSM-robust one"),
     code("""let robust = fit(&rt, &train_split, 128, 0.05, 1, Some((AttackKind::Fgsm, 0.1)))?;
 let lams = landscape::linspace(-0.5, 1.5, 9)?;
 let c = landscape::interpolate(&model, &robust, &lams, &[("train", &tr), ("test", &te)],
                                Some((&batch, &LanczosOpts { max_iter: 40, tol: 1e-2, seed: 0 })), false)?;
-plot::landscape_figure(&c, "clean (λ=0) → robust (λ=1)", "λ", false)?"""),
+let fig = plot::landscape_figure(&c, "clean (λ=0) → robust (λ=1)", "λ", false)?;
+fig.evcxr_display();"""),
 ]
 
 os.makedirs("notebooks", exist_ok=True)

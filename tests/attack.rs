@@ -84,17 +84,37 @@ fn zero_gradient_samples_are_left_unperturbed() {
     // Zero weights ⇒ ∂logits/∂x = 0 ⇒ g = 0 and H = 0: every attack must return Δx = 0
     // (not NaN), in f64 and in f32, with the exact and the CG Newton solver.
     for rt in [rt64(), rt32()] {
-        let m = Model::from_config(ModelConfig::tiny(ModelKind::LogReg, [1, 2, 2], 3, 0), &rt, 0).unwrap();
-        let zeros: Vec<Tensor> = m.param_values().unwrap().iter().map(|t| t.zeros_like().unwrap()).collect();
+        let m = Model::from_config(
+            ModelConfig::tiny(ModelKind::LogReg, [1, 2, 2], 3, 0),
+            &rt,
+            0,
+        )
+        .unwrap();
+        let zeros: Vec<Tensor> = m
+            .param_values()
+            .unwrap()
+            .iter()
+            .map(|t| t.zeros_like().unwrap())
+            .collect();
         m.set_param_values(&zeros).unwrap();
         let b = random_batch(3, [1, 2, 2], 3, 1, &rt);
         let mut kinds = all_kinds();
-        kinds.push(AttackKind::L2Hess(NewtonSolver::Cg { iters: 5, tol: 1e-6 }));
-        kinds.push(AttackKind::Fhsm(NewtonSolver::Cg { iters: 5, tol: 1e-6 }));
+        kinds.push(AttackKind::L2Hess(NewtonSolver::Cg {
+            iters: 5,
+            tol: 1e-6,
+        }));
+        kinds.push(AttackKind::Fhsm(NewtonSolver::Cg {
+            iters: 5,
+            tol: 1e-6,
+        }));
         for kind in kinds {
             let d = perturbation(&m, &b, kind, 0.5).unwrap();
             let v = to_vec(&d);
-            assert!(v.iter().all(|&x| x == 0.0), "{kind:?} {:?}: {v:?}", rt.dtype);
+            assert!(
+                v.iter().all(|&x| x == 0.0),
+                "{kind:?} {:?}: {v:?}",
+                rt.dtype
+            );
         }
     }
 }

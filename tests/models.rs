@@ -305,3 +305,49 @@ fn bad_inputs_are_typed_errors() {
     let x = Tensor::zeros((0, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
     assert!(m.forward(&x).is_err());
 }
+
+/// The im2col convolution equals candle's conv2d in value, gradient and HVP (f64), for the
+/// strides, paddings and kernels the paper's models use.
+#[test]
+fn im2col_convolution_matches_candle_to_second_order() {
+    use hessian_lab::models::layers::{conv_impl, set_conv_impl, ConvImpl};
+    hessian_lab::init();
+    assert_eq!(conv_impl(), ConvImpl::Im2col, "im2col is the default");
+    for &(cin, cout, k, s, p, h) in &[
+        (1, 4, 5, 2, 2, 12),
+        (3, 5, 3, 1, 1, 9),
+        (4, 6, 1, 2, 0, 8),
+        (2, 3, 5, 2, 2, 7),
+    ] {
+        let x = Var::from_tensor(&randn(&[2, cin, h, h], 1, DType::F64)).unwrap();
+        let w = Var::from_tensor(&randn(&[cout, cin, k, k], 2, DType::F64)).unwrap();
+        let u = randn(&[cout, cin, k, k], 3, DType::F64);
+        let ux = randn(&[2, cin, h, h], 4, DType::F64);
+        let run = |imp: ConvImpl| -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+            set_conv_impl(imp);
+            let y = layers::conv2d(x.as_tensor(), w.as_tensor(), None, s, p).unwrap();
+            let l = y.sqr().unwrap().sum_all().unwrap();
+            let g = l.backward().unwrap();
+            let (gx, gw) = (
+                g.get(x.as_tensor()).unwrap().clone(),
+                g.get(w.as_tensor()).unwrap().clone(),
+            );
+            let gv = ((&gw * &u).unwrap().sum_all().unwrap()
+                + (&gx * &ux).unwrap().sum_all().unwrap())
+            .unwrap();
+            let h2 = gv.backward().unwrap();
+            let hv: Vec<f64> = to_vec(h2.get(w.as_tensor()).unwrap())
+                .into_iter()
+                .chain(to_vec(h2.get(x.as_tensor()).unwrap()))
+                .collect();
+            (to_vec(&y), to_vec(&gw), to_vec(&gx), hv)
+        };
+        let a = run(ConvImpl::Candle);
+        let b = run(ConvImpl::Im2col);
+        set_conv_impl(ConvImpl::Im2col);
+        assert!(rel_err(&b.0, &a.0) < 1e-13, "value k{k} s{s} p{p}");
+        assert!(rel_err(&b.1, &a.1) < 1e-13, "grad w k{k} s{s} p{p}");
+        assert!(rel_err(&b.2, &a.2) < 1e-13, "grad x k{k} s{s} p{p}");
+        assert!(rel_err(&b.3, &a.3) < 1e-12, "hvp k{k} s{s} p{p}");
+    }
+}

@@ -191,7 +191,11 @@ fn cg_solve(model: &Model, batch: &Batch, g: &Tensor, iters: usize, tol: f64) ->
         r = (r - hp.broadcast_mul(&per_sample(&alpha, n)?)?)?;
         let rr_new = dot(&r, &r)?;
         let res: Vec<f64> = rr_new.to_dtype(DType::F64)?.to_vec1()?;
-        if res.iter().zip(&g2).all(|(a, b)| a.sqrt() <= tol * b.sqrt().max(1e-300)) {
+        if res
+            .iter()
+            .zip(&g2)
+            .all(|(a, b)| a.sqrt() <= tol * b.sqrt().max(1e-300))
+        {
             break;
         }
         let ok_rr = (rr.gt(0.0)?.to_dtype(g.dtype())? * &ok)?;

@@ -11,47 +11,29 @@ use candle_core::{DType, Tensor, Var, D};
 /// How [`conv2d`] is computed (both exact to any order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvImpl {
-    /// im2col from differentiable strided slices + one batched matmul: every backward pass is
-    /// slices and matmuls (no `conv_transpose2d`), and nothing is computed for the input
-    /// gradient of a layer whose input is not a variable. The default.
+    /// im2col + matmul with hand-written adjoint im2col/col2im ops on the CPU (see
+    /// [`super::conv`]); candle's conv2d on other devices. The default.
     Im2col,
-    /// candle's `conv2d` (its backward uses the naive CPU `conv_transpose2d`).
+    /// candle's `conv2d` everywhere (its CPU backward uses the naive `conv_transpose2d`).
     Candle,
 }
 
-static CONV_IMPL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+thread_local! {
+    static CONV_IMPL: std::cell::Cell<ConvImpl> = const { std::cell::Cell::new(ConvImpl::Im2col) };
+}
 
-/// Chooses the convolution implementation process-wide (for benchmarks and cross-checks).
+/// Chooses the convolution implementation for the current thread (benchmarks, cross-checks).
 pub fn set_conv_impl(c: ConvImpl) {
-    CONV_IMPL.store(if c == ConvImpl::Candle { 1 } else { 0 }, std::sync::atomic::Ordering::Relaxed);
+    CONV_IMPL.with(|v| v.set(c));
 }
 
-/// The current convolution implementation.
+/// The current thread's convolution implementation.
 pub fn conv_impl() -> ConvImpl {
-    if CONV_IMPL.load(std::sync::atomic::Ordering::Relaxed) == 1 {
-        ConvImpl::Candle
-    } else {
-        ConvImpl::Im2col
-    }
-}
-
-/// Rows `start, start+s, …` (n of them) of dimension `dim`, by narrow + reshape (exact to any
-/// order under autograd). The tensor must have at least start + n·s entries along `dim`.
-fn strided(x: &Tensor, dim: usize, start: usize, n: usize, s: usize) -> Result<Tensor> {
-    let t = x.narrow(dim, start, n * s)?;
-    if s == 1 {
-        return Ok(t);
-    }
-    let mut shape = t.dims().to_vec();
-    shape[dim] = n;
-    shape.insert(dim + 1, s);
-    let out_shape: Vec<usize> = t.dims().iter().enumerate().map(|(i, &d)| if i == dim { n } else { d }).collect();
-    Ok(t.reshape(shape)?.narrow(dim + 1, 0, 1)?.reshape(out_shape)?)
+    CONV_IMPL.with(|v| v.get())
 }
 
 /// 2-D convolution y = w ⋆ x + b, PyTorch semantics (weight [out, in, k, k], zero padding).
-/// Cost: one batched matmul of (out × in·k²) by (in·k² × H'W') per sample plus k² strided
-/// copies (im2col); the backward pass is the same size.
+/// Cost: one im2col copy and one batched matmul (see [`super::conv::conv2d_im2col`]).
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -60,49 +42,15 @@ pub fn conv2d(
     padding: usize,
 ) -> Result<Tensor> {
     let y = match conv_impl() {
-        ConvImpl::Candle => x.conv2d(w, padding, stride, 1, 1)?,
-        ConvImpl::Im2col => conv2d_im2col(x, w, stride, padding)?,
+        ConvImpl::Im2col if x.device().is_cpu() => {
+            super::conv::conv2d_im2col(x, w, stride, padding)?
+        }
+        _ => x.conv2d(w, padding, stride, 1, 1)?,
     };
     match b {
         Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?),
         None => Ok(y),
     }
-}
-
-fn conv2d_im2col(x: &Tensor, w: &Tensor, s: usize, p: usize) -> Result<Tensor> {
-    let (n, c, h, wd) = x.dims4()?;
-    let (co, ci, kh, kw) = w.dims4()?;
-    if ci != c {
-        return Err(Error::Shape(format!("conv2d: input has {c} channels, weight expects {ci}")));
-    }
-    if s == 0 || h + 2 * p < kh || wd + 2 * p < kw {
-        return Err(Error::Shape(format!("conv2d: input {h}x{wd} too small for kernel {kh}x{kw}")));
-    }
-    let oh = (h + 2 * p - kh) / s + 1;
-    let ow = (wd + 2 * p - kw) / s + 1;
-    if kh == 1 && kw == 1 && p == 0 {
-        // 1×1 convolution: a strided subsample and a matmul.
-        let xs = strided(&pad_const(x, 2, 0, (oh * s).saturating_sub(h), 0.0)?, 2, 0, oh, s)?;
-        let xs = strided(&pad_const(&xs, 3, 0, (ow * s).saturating_sub(wd), 0.0)?, 3, 0, ow, s)?;
-        let y = w.reshape((co, c))?.broadcast_matmul(&xs.reshape((n, c, oh * ow))?)?;
-        return Ok(y.reshape((n, co, oh, ow))?);
-    }
-    // Pad so that every shift d < k has oh·s rows available.
-    let need_h = kh - 1 + oh * s;
-    let need_w = kw - 1 + ow * s;
-    let xp = pad_const(x, 2, p, need_h.saturating_sub(h + p), 0.0)?;
-    let xp = pad_const(&xp, 3, p, need_w.saturating_sub(wd + p), 0.0)?;
-    let mut cols = Vec::with_capacity(kh * kw);
-    for di in 0..kh {
-        let rows = strided(&xp, 2, di, oh, s)?;
-        for dj in 0..kw {
-            cols.push(strided(&rows, 3, dj, ow, s)?);
-        }
-    }
-    // (n, c, k², oh, ow) → (n, c·k², oh·ow); weight index ci·k² + di·k + dj matches.
-    let cols = Tensor::stack(&cols, 2)?.reshape((n, c * kh * kw, oh * ow))?;
-    let y = w.reshape((co, c * kh * kw))?.broadcast_matmul(&cols)?;
-    Ok(y.reshape((n, co, oh, ow))?)
 }
 
 /// Affine map y = x wᵀ + b, PyTorch semantics (weight [out, in]).

@@ -5,6 +5,7 @@
 //! eigenvectors or landscape directions). The per-dataset input normalisation is the model's
 //! fixed first step, so inputs are always pixels in [0, 1].
 
+pub mod conv;
 pub mod io;
 pub mod layers;
 pub mod zoo;
