@@ -57,12 +57,17 @@ def data(model, n):
     return x, y
 
 
+SYNC = lambda: None  # noqa: E731  (replaced by torch.cuda.synchronize on a GPU)
+
+
 def timeit(f, repeats):
     f()
+    SYNC()
     t = []
     for _ in range(repeats):
         s = time.perf_counter()
         f()
+        SYNC()
         t.append((time.perf_counter() - s) * 1e3)
     return statistics.median(t)
 
@@ -73,12 +78,20 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 on the GPU (off by default)")
     a = ap.parse_args()
+    global SYNC
     torch.set_num_threads(a.threads)
+    if a.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
+        SYNC = torch.cuda.synchronize
     torch.manual_seed(0)
-    model = (M1() if a.model == "m1" else C2(True)).eval()
+    model = (M1() if a.model == "m1" else C2(True)).eval().to(a.device)
     params = [p for p in model.parameters() if p.requires_grad]
     x, y = data(a.model, a.batch_size)
+    x, y = x.to(a.device), y.to(a.device)
     v = [torch.randn_like(p) for p in params]
     base = rss("VmRSS")
 
@@ -115,11 +128,13 @@ def main():
             hw = torch.autograd.grad(gg, params, grad_outputs=w, retain_graph=True)
             w = [t.detach() for t in hw]
 
+    SYNC()
     t = time.perf_counter()
     power20()
+    SYNC()
     power_ms = (time.perf_counter() - t) * 1e3
     print(json.dumps({
-        "framework": f"torch {torch.__version__}", "model": a.model, "batch_size": a.batch_size, "threads": a.threads,
+        "framework": f"torch {torch.__version__}", "device": a.device, "model": a.model, "batch_size": a.batch_size, "threads": a.threads,
         "forward_ms": forward_ms, "grad_ms": grad_ms, "hvp_ms": hvp_ms, "hvp_reuse_graph_ms": reuse_ms,
         "hvp_grad_ratio": hvp_ms / grad_ms, "power20_ms": power_ms, "peak_rss_mb": rss("VmHWM"),
         "baseline_rss_mb": base, "hvp_peak_rss_above_baseline_mb": hvp_peak,

@@ -98,6 +98,19 @@ pub fn gradient(model: &Model, batch: &Batch, sel: &ParamSelection) -> Result<(f
     Ok((l, ParamVec(g).detach()))
 }
 
+/// ⟨g, v⟩ = Σᵢ Σ gᵢ⊙vᵢ as a graph node (g keeps its graph, v is a constant).
+fn graph_dot(grads: &[Tensor], v: &ParamVec) -> Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for (g, vi) in grads.iter().zip(&v.0) {
+        let t = (g * vi.detach())?.sum_all()?;
+        acc = Some(match acc {
+            None => t,
+            Some(a) => (a + t)?,
+        });
+    }
+    acc.ok_or_else(|| Error::Empty("no parameters selected".into()))
+}
+
 /// H·v from a gradient that still carries its graph: ∇θ ⟨g, v⟩. Cost: 1 backward (through
 /// the first backward's graph).
 pub fn hvp_from_graph(
@@ -111,16 +124,7 @@ pub fn hvp_from_graph(
             "vector does not match the selected parameters".into(),
         ));
     }
-    let mut gv: Option<Tensor> = None;
-    for (g, vi) in grads.iter().zip(&v.0) {
-        let t = (g * vi.detach())?.sum_all()?;
-        gv = Some(match gv {
-            None => t,
-            Some(a) => (a + t)?,
-        });
-    }
-    let gv = gv.ok_or_else(|| Error::Empty("no parameters selected".into()))?;
-    let store = gv.backward()?;
+    let store = graph_dot(grads, v)?.backward()?;
     Ok(ParamVec(grads_of(&store, &sel.tensors(model))?).detach())
 }
 
@@ -271,15 +275,6 @@ pub fn hvp_closure(
     let store = l.sum_all()?.backward()?;
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let g = grads_of(&store, &ts)?;
-    let mut gv: Option<Tensor> = None;
-    for (gi, vi) in g.iter().zip(&v.0) {
-        let t = (gi * vi.detach())?.sum_all()?;
-        gv = Some(match gv {
-            None => t,
-            Some(a) => (a + t)?,
-        });
-    }
-    let gv = gv.ok_or_else(|| Error::Empty("no variables".into()))?;
-    let s2 = gv.backward()?;
+    let s2 = graph_dot(&g, v)?.backward()?;
     Ok(ParamVec(grads_of(&s2, &ts)?).detach())
 }

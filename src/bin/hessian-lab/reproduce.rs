@@ -103,6 +103,26 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// Saves `<out>/<name>.png` and `<out>/<name>.json` (with the elapsed seconds) and says so.
+fn save_figure(
+    sh: &Shared,
+    name: &str,
+    fig: &Figure,
+    mut value: serde_json::Value,
+    t0: Instant,
+) -> Result<()> {
+    std::fs::create_dir_all(&sh.out).with_context(|| format!("creating {}", sh.out.display()))?;
+    fig.save(sh.out.join(format!("{name}.png")))?;
+    value["seconds"] = json!(t0.elapsed().as_secs_f64());
+    write_json(&sh.out.join(format!("{name}.json")), &value)?;
+    println!(
+        "wrote {}/{name}.png, {name}.json ({:.0}s)",
+        sh.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 pub fn run(a: ReproduceArgs) -> Result<()> {
     match a.what {
         What::Table9(t) => table9(t),
@@ -236,6 +256,20 @@ fn fig_setup(sh: &Shared) -> Result<FigSetup> {
     })
 }
 
+/// Train and test evaluation sources (first `eval_n` images of each).
+fn eval_sources(f: &FigSetup) -> Result<(DataSource, DataSource)> {
+    Ok((
+        DataSource::Split {
+            split: f.train.first(f.eval_n)?,
+            chunk: 1000,
+        },
+        DataSource::Split {
+            split: f.test.first(f.eval_n)?,
+            chunk: 1000,
+        },
+    ))
+}
+
 /// Clean and robust M1, cached in <out>/models/.
 fn clean_and_robust(sh: &Shared, f: &FigSetup) -> Result<(Model, Model)> {
     let mut s = Table9Settings::quick();
@@ -294,18 +328,13 @@ fn fig13(sh: Shared) -> Result<()> {
             js.push(json!({"model": name, "samples": n, "density": d}));
         }
     }
-    std::fs::create_dir_all(&sh.out)?;
-    Figure::panels(figs, 3)?.save(sh.out.join("fig13.png"))?;
-    write_json(
-        &sh.out.join("fig13.json"),
-        &json!({"spectra": js, "seconds": t0.elapsed().as_secs_f64()}),
-    )?;
-    println!(
-        "wrote {}/fig13.png, fig13.json ({:.0}s)",
-        sh.out.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
+    save_figure(
+        &sh,
+        "fig13",
+        &Figure::panels(figs, 3)?,
+        json!({"spectra": js}),
+        t0,
+    )
 }
 
 fn fig_landscape(sh: Shared, two_d: bool) -> Result<()> {
@@ -324,23 +353,16 @@ fn fig_landscape(sh: Shared, two_d: bool) -> Result<()> {
         },
     )?;
     println!("v₁, v₂ from the Hessian on the first 320 training images: λ = {vals:?}");
-    std::fs::create_dir_all(&sh.out)?;
     let name = if two_d { "fig15" } else { "fig8" };
-    let value = if two_d {
+    let (fig, value) = if two_d {
         let g = landscape::linspace(-1.0, 1.0, if sh.quick { 11 } else { 21 })?;
         let s = landscape::landscape_2d(&clean, &vecs[0], &vecs[1], &g, &g, &batch, true)?;
-        plot::surface_figure(&s, "M1: loss on θ + α v₁ + β v₂ (320 train images)")?
-            .save(sh.out.join("fig15.png"))?;
-        serde_json::to_value(&s)?
+        (
+            plot::surface_figure(&s, "M1: loss on θ + α v₁ + β v₂ (320 train images)")?,
+            serde_json::to_value(&s)?,
+        )
     } else {
-        let tr = DataSource::Split {
-            split: f.train.first(f.eval_n)?,
-            chunk: 1000,
-        };
-        let te = DataSource::Split {
-            split: f.test.first(f.eval_n)?,
-            chunk: 1000,
-        };
+        let (tr, te) = eval_sources(&f)?;
         let g = landscape::linspace(-1.0, 1.0, if sh.quick { 21 } else { 41 })?;
         let c = landscape::landscape_1d(
             &clean,
@@ -349,34 +371,25 @@ fn fig_landscape(sh: Shared, two_d: bool) -> Result<()> {
             &[("batch (320)", &batch), ("train", &tr), ("test", &te)],
             true,
         )?;
-        plot::landscape_figure(&c, "M1: loss along v₁", "ε", false)?
-            .save(sh.out.join("fig8.png"))?;
-        serde_json::to_value(&c)?
+        (
+            plot::landscape_figure(&c, "M1: loss along v₁", "ε", false)?,
+            serde_json::to_value(&c)?,
+        )
     };
-    write_json(
-        &sh.out.join(format!("{name}.json")),
-        &json!({"eigenvalues": vals, "data": value, "seconds": t0.elapsed().as_secs_f64()}),
-    )?;
-    println!(
-        "wrote {}/{name}.png, {name}.json ({:.0}s)",
-        sh.out.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
+    save_figure(
+        &sh,
+        name,
+        &fig,
+        json!({"eigenvalues": vals, "data": value}),
+        t0,
+    )
 }
 
 fn fig11(sh: Shared) -> Result<()> {
     let t0 = Instant::now();
     let f = fig_setup(&sh)?;
     let (clean, robust) = clean_and_robust(&sh, &f)?;
-    let tr = DataSource::Split {
-        split: f.train.first(f.eval_n)?,
-        chunk: 1000,
-    };
-    let te = DataSource::Split {
-        split: f.test.first(f.eval_n)?,
-        chunk: 1000,
-    };
+    let (tr, te) = eval_sources(&f)?;
     let hb = DataSource::Batch(f.train.first(320)?.to_batch(&f.rt)?);
     let lams = landscape::linspace(-0.5, 1.5, if sh.quick { 9 } else { 21 })?;
     let c = landscape::interpolate(
@@ -394,25 +407,14 @@ fn fig11(sh: Shared) -> Result<()> {
         )),
         true,
     )?;
-    std::fs::create_dir_all(&sh.out)?;
-    plot::landscape_figure(&c, "M1: clean (λ=0) → robust (λ=1)", "λ", false)?
-        .save(sh.out.join("fig11.png"))?;
     for (i, l) in lams.iter().enumerate() {
         println!(
             "λ={l:+.2}: train loss {:.4}, test loss {:.4}, λ₁ {:.3}",
             c.series[0].loss[i], c.series[1].loss[i], c.lambda1[i]
         );
     }
-    write_json(
-        &sh.out.join("fig11.json"),
-        &json!({"data": c, "seconds": t0.elapsed().as_secs_f64()}),
-    )?;
-    println!(
-        "wrote {}/fig11.png, fig11.json ({:.0}s)",
-        sh.out.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
+    let fig = plot::landscape_figure(&c, "M1: clean (λ=0) → robust (λ=1)", "λ", false)?;
+    save_figure(&sh, "fig11", &fig, json!({"data": c}), t0)
 }
 
 fn fig17(sh: Shared) -> Result<()> {
@@ -465,8 +467,7 @@ fn fig17(sh: Shared) -> Result<()> {
         l1s.push((name.to_string(), l1));
         gns.push((name.to_string(), gn));
     }
-    std::fs::create_dir_all(&sh.out)?;
-    Figure::panels(
+    let fig = Figure::panels(
         vec![
             plot::per_epoch_figure(
                 "λ₁^θ per epoch (320 train images)",
@@ -477,18 +478,14 @@ fn fig17(sh: Shared) -> Result<()> {
             plot::per_epoch_figure("‖g‖ per epoch", "‖g‖", gns.clone(), true)?,
         ],
         2,
-    )?
-    .save(sh.out.join("fig17.png"))?;
-    write_json(
-        &sh.out.join("fig17.json"),
-        &json!({"lambda1": l1s, "grad_norm": gns, "seconds": t0.elapsed().as_secs_f64()}),
     )?;
-    println!(
-        "wrote {}/fig17.png, fig17.json ({:.0}s)",
-        sh.out.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
+    save_figure(
+        &sh,
+        "fig17",
+        &fig,
+        json!({"lambda1": l1s, "grad_norm": gns}),
+        t0,
+    )
 }
 
 fn table10(a: Table10Args) -> Result<()> {
