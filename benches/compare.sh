@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Side-by-side CPU timings: hessian-lab (candle, both conv implementations) vs PyTorch, same
-# machine, same run. Usage: benches/compare.sh [threads] [python-with-torch]
+# Side-by-side CPU timings: hessian-lab (candle; our im2col convolution and candle's own) vs
+# PyTorch, same machine, same run. Usage: benches/compare.sh [threads] [python-with-torch] [models]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T="${1:-1}"
 PY="${2:-/tmp/torchenv/bin/python}"
+MODELS="${3:-m1 c2}"
 cargo build --release -q
-for m in m1 c2; do
-  ./target/release/hessian-lab bench --model "$m" --batch-size 128 --threads "$T" --conv candle --repeats 7 --json
-  ./target/release/hessian-lab bench --model "$m" --batch-size 128 --threads "$T" --conv im2col --repeats 7 --json
-  "$PY" benches/pytorch_reference.py --model "$m" --batch-size 128 --threads "$T" --repeats 7
+for m in $MODELS; do
+  R=7; [ "$m" = c2 ] && R=2
+  ./target/release/hessian-lab bench --model "$m" --batch-size 128 --threads "$T" --conv candle --repeats $R --json
+  ./target/release/hessian-lab bench --model "$m" --batch-size 128 --threads "$T" --conv im2col --repeats $R --json
+  "$PY" benches/pytorch_reference.py --model "$m" --batch-size 128 --threads "$T" --repeats $R
 done

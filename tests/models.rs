@@ -312,7 +312,11 @@ fn bad_inputs_are_typed_errors() {
 fn im2col_convolution_matches_candle_to_second_order() {
     use hessian_lab::models::layers::{conv_impl, set_conv_impl, ConvImpl};
     hessian_lab::init();
-    assert_eq!(conv_impl(), ConvImpl::Im2col, "im2col is the default");
+    assert_eq!(
+        conv_impl(),
+        ConvImpl::Candle,
+        "candle's conv is the default"
+    );
     for &(cin, cout, k, s, p, h) in &[
         (1, 4, 5, 2, 2, 12),
         (3, 5, 3, 1, 1, 9),
@@ -344,7 +348,7 @@ fn im2col_convolution_matches_candle_to_second_order() {
         };
         let a = run(ConvImpl::Candle);
         let b = run(ConvImpl::Im2col);
-        set_conv_impl(ConvImpl::Im2col);
+        set_conv_impl(ConvImpl::Candle);
         assert!(rel_err(&b.0, &a.0) < 1e-13, "value k{k} s{s} p{p}");
         assert!(rel_err(&b.1, &a.1) < 1e-13, "grad w k{k} s{s} p{p}");
         assert!(rel_err(&b.2, &a.2) < 1e-13, "grad x k{k} s{s} p{p}");

@@ -29,8 +29,8 @@ pub struct BenchArgs {
     /// Trained weights (optional; the eigen comparison is more meaningful on a trained model)
     #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
-    /// Convolution implementation: im2col (default) or candle
-    #[arg(long, default_value = "im2col")]
+    /// Convolution implementation: candle (default) or im2col
+    #[arg(long, default_value = "candle")]
     pub conv: String,
     /// Also count the HVPs power iteration and Lanczos need to reach λ₁ to 1e-3
     #[arg(long)]
