@@ -74,8 +74,8 @@ fn range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
 /// Compact tick labels: 4 significant digits, scientific outside [1e-3, 1e4).
 pub(crate) fn fmt_num(v: &f64) -> String {
     let a = v.abs();
-    if a == 0.0 {
-        return "0".into();
+    if a < 1e-12 {
+        return "0".into(); // also rounding residue such as −5.6e-17 on a grid through 0
     }
     if !(1e-3..1e4).contains(&a) {
         return format!("{v:.1e}");
