@@ -123,6 +123,27 @@ pub struct Curve1d {
     pub lambda1: Vec<f64>,
 }
 
+fn empty_series(sources: &[(&str, &DataSource)]) -> Vec<Series> {
+    sources
+        .iter()
+        .map(|(l, _)| Series {
+            label: l.to_string(),
+            loss: vec![],
+            accuracy: vec![],
+        })
+        .collect()
+}
+
+/// Evaluates the model's current parameters on every source and appends to its series.
+fn push_point(model: &Model, series: &mut [Series], sources: &[(&str, &DataSource)]) -> Result<()> {
+    for (s, (_, src)) in series.iter_mut().zip(sources) {
+        let (l, acc) = evaluate_source(model, src)?;
+        s.loss.push(l);
+        s.accuracy.push(acc);
+    }
+    Ok(())
+}
+
 /// Parses "start:stop:count" (e.g. "-1:1:41") into an inclusive grid.
 pub fn parse_range(s: &str) -> Result<Vec<f64>> {
     let p: Vec<&str> = s.split(':').collect();
@@ -190,23 +211,12 @@ pub fn landscape_1d(
         ));
     }
     let guard = Restore::new(model)?;
-    let mut series: Vec<Series> = sources
-        .iter()
-        .map(|(l, _)| Series {
-            label: l.to_string(),
-            loss: vec![],
-            accuracy: vec![],
-        })
-        .collect();
+    let mut series = empty_series(sources);
     let pb = bar(alphas.len(), progress, "landscape");
     for &a in alphas {
         let p = ParamVec(guard.params.clone()).axpy(a, direction)?;
         model.set_param_values(&p.0)?;
-        for (s, (_, src)) in series.iter_mut().zip(sources) {
-            let (l, acc) = evaluate_source(model, src)?;
-            s.loss.push(l);
-            s.accuracy.push(acc);
-        }
+        push_point(model, &mut series, sources)?;
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -295,14 +305,7 @@ pub fn interpolate(
     let work = a.try_clone()?;
     let (pa, pb_) = (ParamVec(a.param_values()?), ParamVec(b.param_values()?));
     let (ba, bb) = (ParamVec(a.buffer_values()?), ParamVec(b.buffer_values()?));
-    let mut series: Vec<Series> = sources
-        .iter()
-        .map(|(l, _)| Series {
-            label: l.to_string(),
-            loss: vec![],
-            accuracy: vec![],
-        })
-        .collect();
+    let mut series = empty_series(sources);
     let mut l1 = vec![];
     let pbar = bar(lambdas.len(), progress, "interpolate");
     for &t in lambdas {
@@ -310,11 +313,7 @@ pub fn interpolate(
         if !ba.0.is_empty() {
             work.set_buffer_values(&ba.scale(1.0 - t)?.axpy(t, &bb)?.0)?;
         }
-        for (s, (_, src)) in series.iter_mut().zip(sources) {
-            let (l, acc) = evaluate_source(&work, src)?;
-            s.loss.push(l);
-            s.accuracy.push(acc);
-        }
+        push_point(&work, &mut series, sources)?;
         if let Some((src, opts)) = lambda1 {
             let op = HessianOperator::new(&work, src.clone())?;
             l1.push(curvature::lanczos(&op, 1, opts)?.eigenvalues[0]);
