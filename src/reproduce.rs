@@ -159,14 +159,7 @@ pub fn train_m1(
 
 /// λ₁^θ (Lanczos) of the mean loss on `split` (streamed in chunks).
 pub fn lambda1_theta(model: &Model, split: &Split, s: &Table9Settings) -> Result<f64> {
-    let src = if split.len() <= s.chunk {
-        DataSource::Batch(split.to_batch(model.runtime())?)
-    } else {
-        DataSource::Split {
-            split: split.clone(),
-            chunk: s.chunk,
-        }
-    };
+    let src = DataSource::from_split(split, s.chunk, model.runtime())?;
     let op = HessianOperator::new(model, src)?;
     let r = curvature::lanczos(
         &op,
@@ -182,15 +175,13 @@ pub fn lambda1_theta(model: &Model, split: &Split, s: &Table9Settings) -> Result
 
 /// Mean λ₁^x and mean ‖∇ₓJ‖ over the samples of `split` (Theorem 1, chunks of 200).
 pub fn input_means(model: &Model, split: &Split) -> Result<(f64, f64)> {
-    let (mut l, mut g) = (0.0, 0.0);
-    for r in split.chunks(200)? {
-        let b = split.range_batch(r.start, r.len(), model.runtime())?;
-        for s in curvature::input_hessian(model, &b)?.samples {
-            l += s.lambda1;
-            g += s.grad_norm;
-        }
-    }
-    Ok((l / split.len() as f64, g / split.len() as f64))
+    let s = curvature::InputHessianSummary::from_samples(&curvature::input_hessian_split(
+        model,
+        split,
+        200,
+        |_| (),
+    )?);
+    Ok((s.lambda1_x_mean, s.grad_norm_mean))
 }
 
 /// Runs Table 9: one M1 per batch size, then accuracies, λ₁^θ, λ₁^x, ‖∇ₓJ‖ and FGSM accuracy
@@ -303,14 +294,7 @@ pub fn spectra(
     let mut out = vec![];
     for &n in sizes {
         let sub = split.first(n.min(split.len()))?;
-        let src = if sub.len() <= chunk {
-            DataSource::Batch(sub.to_batch(model.runtime())?)
-        } else {
-            DataSource::Split {
-                split: sub.clone(),
-                chunk,
-            }
-        };
+        let src = DataSource::from_split(&sub, chunk, model.runtime())?;
         let op = HessianOperator::new(model, src)?;
         out.push((sub.len(), curvature::density(&op, opts)?));
     }

@@ -122,23 +122,7 @@ impl InputHessian {
     }
     /// Mean and max of λ₁^x and mean ‖∇ₓℓ‖ over the samples.
     pub fn summary(&self) -> InputHessianSummary {
-        let n = self.samples.len().max(1) as f64;
-        InputHessianSummary {
-            samples: self.samples.len(),
-            lambda1_x_mean: self.samples.iter().map(|s| s.lambda1).sum::<f64>() / n,
-            lambda1_x_max: self
-                .samples
-                .iter()
-                .map(|s| s.lambda1)
-                .fold(f64::NEG_INFINITY, f64::max),
-            grad_norm_mean: self.samples.iter().map(|s| s.grad_norm).sum::<f64>() / n,
-            rank_max: self.samples.iter().map(|s| s.rank).max().unwrap_or(0),
-            min_eigenvalue_min: self
-                .samples
-                .iter()
-                .map(|s| s.min_eigenvalue)
-                .fold(f64::INFINITY, f64::min),
-        }
+        InputHessianSummary::from_samples(&self.samples)
     }
 }
 
@@ -151,6 +135,44 @@ pub struct InputHessianSummary {
     pub grad_norm_mean: f64,
     pub rank_max: usize,
     pub min_eigenvalue_min: f64,
+}
+
+impl InputHessianSummary {
+    /// Means and extremes over per-sample results (e.g. several batches' samples together).
+    pub fn from_samples(samples: &[InputHessianSample]) -> Self {
+        let n = samples.len().max(1) as f64;
+        InputHessianSummary {
+            samples: samples.len(),
+            lambda1_x_mean: samples.iter().map(|s| s.lambda1).sum::<f64>() / n,
+            lambda1_x_max: samples
+                .iter()
+                .map(|s| s.lambda1)
+                .fold(f64::NEG_INFINITY, f64::max),
+            grad_norm_mean: samples.iter().map(|s| s.grad_norm).sum::<f64>() / n,
+            rank_max: samples.iter().map(|s| s.rank).max().unwrap_or(0),
+            min_eigenvalue_min: samples
+                .iter()
+                .map(|s| s.min_eigenvalue)
+                .fold(f64::INFINITY, f64::min),
+        }
+    }
+}
+
+/// [`input_hessian`] over a whole split in chunks of `chunk` samples (bounded memory); the
+/// per-sample results in file order. `on_chunk(n)` is called after each chunk (progress).
+pub fn input_hessian_split(
+    model: &Model,
+    split: &crate::data::Split,
+    chunk: usize,
+    mut on_chunk: impl FnMut(usize),
+) -> Result<Vec<InputHessianSample>> {
+    let mut out = Vec::with_capacity(split.len());
+    for r in split.chunks(chunk)? {
+        let b = split.range_batch(r.start, r.len(), model.runtime())?;
+        out.extend(input_hessian(model, &b)?.samples);
+        on_chunk(r.len());
+    }
+    Ok(out)
 }
 
 /// Per-sample logit Jacobians ∂zᵢ/∂xᵢ (C×d each), probabilities and losses, eval mode.

@@ -19,7 +19,8 @@ pub use hvp::{
     gradient, hvp, hvp_closure, hvp_fd, hvp_selected, input_gradient, input_hvp, ParamSelection,
 };
 pub use input::{
-    input_hessian, input_lambda1_power, InputHessian, InputHessianSample, InputHessianSummary,
+    input_hessian, input_hessian_split, input_lambda1_power, InputHessian, InputHessianSample,
+    InputHessianSummary,
 };
 pub use operator::{
     CurvatureOperator, DataSource, DenseOperator, GgnOperator, HessianOperator, WithProgress,

@@ -59,6 +59,19 @@ pub enum DataSource {
 }
 
 impl DataSource {
+    /// A split as one batch when it has at most `chunk` samples (its gradient graph is then
+    /// reused across HVPs), else streamed in chunks of `chunk`.
+    pub fn from_split(split: &Split, chunk: usize, rt: &Runtime) -> Result<Self> {
+        if split.len() <= chunk {
+            Ok(DataSource::Batch(split.to_batch(rt)?))
+        } else {
+            Ok(DataSource::Split {
+                split: split.clone(),
+                chunk,
+            })
+        }
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         match self {

@@ -6,9 +6,7 @@
 //! memory), with a progress bar. The model's original parameters (and buffers) are restored
 //! afterwards, also on error.
 
-use crate::curvature::{
-    self, CurvatureOperator, DataSource, HessianOperator, LanczosOpts, ParamSelection, ParamVec,
-};
+use crate::curvature::{self, DataSource, HessianOperator, LanczosOpts, ParamSelection, ParamVec};
 use crate::models::Model;
 use crate::train::{EpochHook, EpochRecord};
 use crate::{Error, Result};
@@ -339,7 +337,6 @@ pub fn curvature_epoch_hook(source: DataSource, opts: LanczosOpts) -> Box<EpochH
         let g = op.loss_and_gradient()?.1.norm()?;
         rec.extra.insert("lambda1".into(), serde_json::json!(l1));
         rec.extra.insert("grad_norm".into(), serde_json::json!(g));
-        let _ = op.matvecs();
         Ok(())
     })
 }

@@ -55,19 +55,20 @@ fn time_ms(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(median(t))
 }
 
-/// Peak resident set size (VmHWM) in MiB, and a reset of it (Linux; no-ops elsewhere).
-fn peak_rss_mb() -> Option<f64> {
+/// A memory field of /proc/self/status (VmHWM = peak, VmRSS = current) in MiB (Linux only).
+fn status_mb(field: &str) -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+fn peak_rss_mb() -> Option<f64> {
+    status_mb("VmHWM:")
 }
 fn rss_mb() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    status_mb("VmRSS:")
 }
+/// Resets the peak (VmHWM) so the next reading covers what follows only.
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

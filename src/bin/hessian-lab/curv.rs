@@ -61,14 +61,7 @@ pub struct SpectrumArgs {
 pub fn spectrum(a: SpectrumArgs) -> Result<()> {
     let (rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
     let t0 = Instant::now();
-    let source = if split.len() <= a.chunk {
-        DataSource::Batch(split.to_batch(&rt)?)
-    } else {
-        DataSource::Split {
-            split: split.clone(),
-            chunk: a.chunk,
-        }
-    };
+    let source = DataSource::from_split(&split, a.chunk, &rt)?;
     let prefixes: Vec<&str> = a.filter.iter().map(|s| s.as_str()).collect();
     let op: Box<dyn CurvatureOperator> = match a.operator.as_str() {
         "hessian" => Box::new(HessianOperator::with_filter(
@@ -207,40 +200,25 @@ pub struct InputHessianArgs {
 }
 
 pub fn input_hessian(a: InputHessianArgs) -> Result<()> {
-    let (rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
+    let (_rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
     let t0 = Instant::now();
-    let chunks = split.chunks(a.chunk)?;
     let bar = indicatif::ProgressBar::new(split.len() as u64);
-    let mut per = vec![];
-    for r in chunks {
-        let b = split.range_batch(r.start, r.len(), &rt)?;
-        let ih = curvature::input_hessian(&model, &b)?;
-        per.extend(ih.samples);
-        bar.inc(r.len() as u64);
-    }
+    let per = curvature::input_hessian_split(&model, &split, a.chunk, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
-    let n = per.len() as f64;
-    let out = json!({
-        "model": model.kind().name(),
-        "dataset": ds.name(),
-        "split": sk.name(),
-        "samples": per.len(),
-        "lambda1_x_mean": per.iter().map(|s| s.lambda1).sum::<f64>() / n,
-        "lambda1_x_max": per.iter().map(|s| s.lambda1).fold(f64::NEG_INFINITY, f64::max),
-        "grad_norm_mean": per.iter().map(|s| s.grad_norm).sum::<f64>() / n,
-        "rank_max": per.iter().map(|s| s.rank).max().unwrap_or(0),
-        "min_eigenvalue_min": per.iter().map(|s| s.min_eigenvalue).fold(f64::INFINITY, f64::min),
-        "seconds": t0.elapsed().as_secs_f64(),
-        "per_sample": per,
-    });
+    let s = curvature::InputHessianSummary::from_samples(&per);
+    // The summary's keys (samples, lambda1_x_mean, lambda1_x_max, grad_norm_mean, rank_max,
+    // min_eigenvalue_min) at the top level, plus the per-sample values.
+    let mut out = serde_json::to_value(&s)?;
+    out["model"] = json!(model.kind().name());
+    out["dataset"] = json!(ds.name());
+    out["split"] = json!(sk.name());
+    out["seconds"] = json!(t0.elapsed().as_secs_f64());
+    out["per_sample"] = serde_json::to_value(&per)?;
     emit(a.json, &out, || {
         format!(
             "{} on {} {} ({} samples): λ₁^x mean {:.4e} max {:.4e}, ‖∇ₓJ‖ mean {:.4e}, rank ≤ {}, min eigenvalue {:.2e}",
-            model.kind().name(), ds.name(), sk.name(), per.len(),
-            out["lambda1_x_mean"].as_f64().unwrap_or(f64::NAN),
-            out["lambda1_x_max"].as_f64().unwrap_or(f64::NAN),
-            out["grad_norm_mean"].as_f64().unwrap_or(f64::NAN),
-            out["rank_max"], out["min_eigenvalue_min"].as_f64().unwrap_or(f64::NAN)
+            model.kind().name(), ds.name(), sk.name(), s.samples,
+            s.lambda1_x_mean, s.lambda1_x_max, s.grad_norm_mean, s.rank_max, s.min_eigenvalue_min
         )
     })
 }

@@ -47,14 +47,7 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
     let (rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
     let t0 = Instant::now();
     let grid = parse_range(&a.range)?;
-    let batch_src = if split.len() <= a.chunk {
-        DataSource::Batch(split.to_batch(&rt)?)
-    } else {
-        DataSource::Split {
-            split: split.clone(),
-            chunk: a.chunk,
-        }
-    };
+    let batch_src = DataSource::from_split(&split, a.chunk, &rt)?;
     let mut sources: Vec<(String, DataSource)> = vec![];
     for e in &a.eval {
         match e.as_str() {
