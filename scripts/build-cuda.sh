@@ -4,12 +4,16 @@
 # (~40 min on 2 cores); later builds reuse target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/cuda-toolkit.sh)"
+EXPORTS=$(scripts/cuda-toolkit.sh)   # fails loudly if the toolkit cannot be set up
+eval "$EXPORTS"
+# A target dir of its own: the CPU build in target/release stays valid and unlocked.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/cuda}"
+T="$CARGO_TARGET_DIR"
 cargo build --release --features cuda --bin hessian-lab
 cargo test --release --features cuda --test device --no-run 2>&1 | tee /tmp/hl-cuda-test-build.log
 mkdir -p .gpu
-cp target/release/hessian-lab .gpu/
-cp "$(grep -oE 'target/release/deps/device-[0-9a-f]+' /tmp/hl-cuda-test-build.log | tail -1)" .gpu/device-tests
+cp "$T/release/hessian-lab" .gpu/
+cp "$(grep -oE "$T/release/deps/device-[0-9a-f]+" /tmp/hl-cuda-test-build.log | tail -1)" .gpu/device-tests
 strip .gpu/hessian-lab .gpu/device-tests || true
 cp -r data/mnist .gpu/ 2>/dev/null || true
 cp benches/pytorch_reference.py tests/fixtures/export_pytorch.py .gpu/

@@ -20,18 +20,20 @@ if [ ! -f "$ROOT/lib/stubs/libcuda.so" ]; then
   cargo fetch -q >&2 || true
   SYS=$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.* 2>/dev/null | tail -1)
   [ -n "$SYS" ] || { echo "cudarc sources not found (run cargo fetch)" >&2; exit 1; }
-  grep -rhoE 'pub fn cu[A-Za-z0-9_]+' "$SYS/src/driver/sys" | sed 's/pub fn //' | sort -u \
+  grep -rhoE 'fn cu[A-Za-z0-9_]+' "$SYS/src/driver/sys" | sed 's/^fn //' | sort -u \
     | awk '{print "int " $1 "(void) { return 34; }"}' > "$D/cuda_stub.c"
   gcc -shared -fPIC -o "$ROOT/lib/stubs/libcuda.so" -Wl,-soname,libcuda.so.1 "$D/cuda_stub.c" >&2
   # Stubs for the math libraries cudarc links (entry points return an error status).
-  for lib in cublas:cublas cublasLt:cublaslt curand:curand nvrtc:nvrtc; do
-    name=${lib%%:*}; dir=${lib##*:}
+  for lib in cublas:cublas:13 cublasLt:cublaslt:13 curand:curand:10 nvrtc:nvrtc:13; do
+    IFS=: read -r name dir ver <<<"$lib"
     if [ ! -e "$ROOT/lib/lib$name.so" ]; then
-      grep -rhoE "pub fn [a-zA-Z][A-Za-z0-9_]+" "$SYS/src/$dir/sys" 2>/dev/null | sed 's/pub fn //' | sort -u \
+      grep -rhoE "fn [a-zA-Z][A-Za-z0-9_]+" "$SYS/src/$dir/sys" 2>/dev/null | sed 's/^fn //' | sort -u \
         | awk '{print "int " $1 "(void) { return 1; }"}' > "$D/${name}_stub.c"
-      gcc -shared -fPIC -o "$ROOT/lib/stubs/lib$name.so" -Wl,-soname,lib$name.so.13 "$D/${name}_stub.c" >&2
+      gcc -shared -fPIC -o "$ROOT/lib/stubs/lib$name.so" -Wl,-soname,lib$name.so.$ver "$D/${name}_stub.c" >&2
+      ln -sf "lib$name.so" "$ROOT/lib/stubs/lib$name.so.$ver"
     fi
   done
+  ln -sf libcuda.so "$ROOT/lib/stubs/libcuda.so.1"
 fi
 [ -e "$ROOT/lib/libcudart.so" ] || ln -sf "$(ls "$ROOT"/lib/libcudart.so.13* | head -1)" "$ROOT/lib/libcudart.so"
 echo "export CUDA_ROOT=$ROOT CUDA_HOME=$ROOT CUDA_PATH=$ROOT CUDA_COMPUTE_CAP=90"

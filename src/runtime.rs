@@ -9,12 +9,37 @@ use candle_core::{DType, Device, Tensor, Var};
 /// `backward()`. Without it the gradient graph is cut and Hessian-vector products come back
 /// silently wrong. Call this at the very top of `main`, of each test and of each notebook.
 /// Costs nothing; idempotent.
+///
+/// On glibc it also raises malloc's mmap threshold to 1 GiB and turns off heap trimming (skip with
+/// `HESSIAN_LAB_MALLOC_TUNING=0`): activations of CIFAR models at batch 128 are 16–34 MB,
+/// above glibc's 32 MB cap on its adaptive threshold, so every one was a fresh `mmap`, page
+/// faults and `munmap`. Measured on C2 (2 threads): gradient 1.21 → 0.88 s, system time per
+/// run 48 → 11 s; freed memory is kept for reuse rather than returned to the OS.
 pub fn init() {
     if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map(|v| v == "1") != Ok(true) {
         // Edition 2021: set_var is safe. We set it before any backward pass runs in this thread.
         std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
     }
+    tune_malloc();
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    if std::env::var("HESSIAN_LAB_MALLOC_TUNING").as_deref() == Ok("0") {
+        return;
+    }
+    DONE.call_once(|| {
+        // SAFETY: mallopt only changes allocator parameters; it is thread-safe in glibc.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, -1); // never give the heap top back
+        }
+    });
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
 
 /// The probe: d²/dx² (x²)² at x = 1, by double backward. Exact double backward gives 12;
 /// candle's detached mode gives 4. Cost: two tiny backward passes on a scalar (microseconds).

@@ -126,75 +126,81 @@ fn brute_max_pool(
 /// maxima are unique).
 #[test]
 fn pools_match_definition_and_finite_differences() {
+    use hessian_lab::models::layers::{set_kernels, Kernels};
     hessian_lab::init();
-    for &(k, s, p, h, w) in &[
-        (2, 2, 0, 6, 8),
-        (3, 2, 1, 8, 8),
-        (3, 2, 1, 7, 5),
-        (3, 1, 1, 5, 5),
-        (2, 2, 0, 5, 7),
-    ] {
-        let shape = (2, 3, h, w);
-        let x0 = randn(&[2, 3, h, w], 10 + k as u64 + h as u64, DType::F64);
-        let xv = to_vec(&x0);
-        let y = layers::max_pool2d(&x0, k, s, p).unwrap();
-        assert_eq!(
-            max_abs_diff(&to_vec(&y), &brute_max_pool(&xv, shape, k, s, p)),
-            0.0
-        );
-        let wt = randn(y.dims(), 99, DType::F64);
-        let loss = |x: &Tensor| -> Tensor {
-            (layers::max_pool2d(x, k, s, p).unwrap().sqr().unwrap() * &wt)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-        };
-        let lossv = |v: &[f64]| -> f64 {
-            let t = Tensor::from_vec(v.to_vec(), (2, 3, h, w), &Device::Cpu).unwrap();
-            loss(&t).to_scalar::<f64>().unwrap()
-        };
-        let xvar = Var::from_tensor(&x0).unwrap();
-        let g = loss(xvar.as_tensor()).backward().unwrap();
-        let grad = g.get(xvar.as_tensor()).unwrap().clone();
-        let gv = to_vec(&grad);
-        let eps = 1e-6;
-        let mut fd = vec![0.0; xv.len()];
-        for i in 0..xv.len() {
-            let (mut a, mut b) = (xv.clone(), xv.clone());
-            a[i] += eps;
-            b[i] -= eps;
-            fd[i] = (lossv(&a) - lossv(&b)) / (2.0 * eps);
-        }
-        assert!(
-            rel_err(&gv, &fd) < 1e-8,
-            "grad k{k} s{s} p{p}: {}",
-            rel_err(&gv, &fd)
-        );
-        // Second order: Hv by double backward vs finite differences of the gradient.
-        let v = randn(&[2, 3, h, w], 5, DType::F64);
-        let hv = (grad * &v).unwrap().sum_all().unwrap().backward().unwrap();
-        let hv = to_vec(hv.get(xvar.as_tensor()).unwrap());
-        let vv = to_vec(&v);
-        let grad_at = |d: f64| -> Vec<f64> {
-            let xs: Vec<f64> = xv.iter().zip(&vv).map(|(a, b)| a + d * b).collect();
-            let t = Var::from_tensor(&Tensor::from_vec(xs, (2, 3, h, w), &Device::Cpu).unwrap())
-                .unwrap();
-            to_vec(
-                loss(t.as_tensor())
-                    .backward()
+    for kern in [Kernels::Fused, Kernels::Candle] {
+        set_kernels(kern);
+        for &(k, s, p, h, w) in &[
+            (2, 2, 0, 6, 8),
+            (3, 2, 1, 8, 8),
+            (3, 2, 1, 7, 5),
+            (3, 1, 1, 5, 5),
+            (2, 2, 0, 5, 7),
+        ] {
+            let shape = (2, 3, h, w);
+            let x0 = randn(&[2, 3, h, w], 10 + k as u64 + h as u64, DType::F64);
+            let xv = to_vec(&x0);
+            let y = layers::max_pool2d(&x0, k, s, p).unwrap();
+            assert_eq!(
+                max_abs_diff(&to_vec(&y), &brute_max_pool(&xv, shape, k, s, p)),
+                0.0
+            );
+            let wt = randn(y.dims(), 99, DType::F64);
+            let loss = |x: &Tensor| -> Tensor {
+                (layers::max_pool2d(x, k, s, p).unwrap().sqr().unwrap() * &wt)
                     .unwrap()
-                    .get(t.as_tensor())
-                    .unwrap(),
-            )
-        };
-        let (gp, gm) = (grad_at(1e-6), grad_at(-1e-6));
-        let fdh: Vec<f64> = gp.iter().zip(&gm).map(|(a, b)| (a - b) / 2e-6).collect();
-        assert!(
-            rel_err(&hv, &fdh) < 1e-7,
-            "hvp k{k} s{s} p{p}: {}",
-            rel_err(&hv, &fdh)
-        );
+                    .sum_all()
+                    .unwrap()
+            };
+            let lossv = |v: &[f64]| -> f64 {
+                let t = Tensor::from_vec(v.to_vec(), (2, 3, h, w), &Device::Cpu).unwrap();
+                loss(&t).to_scalar::<f64>().unwrap()
+            };
+            let xvar = Var::from_tensor(&x0).unwrap();
+            let g = loss(xvar.as_tensor()).backward().unwrap();
+            let grad = g.get(xvar.as_tensor()).unwrap().clone();
+            let gv = to_vec(&grad);
+            let eps = 1e-6;
+            let mut fd = vec![0.0; xv.len()];
+            for i in 0..xv.len() {
+                let (mut a, mut b) = (xv.clone(), xv.clone());
+                a[i] += eps;
+                b[i] -= eps;
+                fd[i] = (lossv(&a) - lossv(&b)) / (2.0 * eps);
+            }
+            assert!(
+                rel_err(&gv, &fd) < 1e-8,
+                "grad k{k} s{s} p{p}: {}",
+                rel_err(&gv, &fd)
+            );
+            // Second order: Hv by double backward vs finite differences of the gradient.
+            let v = randn(&[2, 3, h, w], 5, DType::F64);
+            let hv = (grad * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            let hv = to_vec(hv.get(xvar.as_tensor()).unwrap());
+            let vv = to_vec(&v);
+            let grad_at = |d: f64| -> Vec<f64> {
+                let xs: Vec<f64> = xv.iter().zip(&vv).map(|(a, b)| a + d * b).collect();
+                let t =
+                    Var::from_tensor(&Tensor::from_vec(xs, (2, 3, h, w), &Device::Cpu).unwrap())
+                        .unwrap();
+                to_vec(
+                    loss(t.as_tensor())
+                        .backward()
+                        .unwrap()
+                        .get(t.as_tensor())
+                        .unwrap(),
+                )
+            };
+            let (gp, gm) = (grad_at(1e-6), grad_at(-1e-6));
+            let fdh: Vec<f64> = gp.iter().zip(&gm).map(|(a, b)| (a - b) / 2e-6).collect();
+            assert!(
+                rel_err(&hv, &fdh) < 1e-7,
+                "hvp k{k} s{s} p{p} {kern:?}: {}",
+                rel_err(&hv, &fdh)
+            );
+        }
     }
+    set_kernels(Kernels::Fused);
 }
 
 #[test]
@@ -306,52 +312,111 @@ fn bad_inputs_are_typed_errors() {
     assert!(m.forward(&x).is_err());
 }
 
-/// The im2col convolution equals candle's conv2d in value, gradient and HVP (f64), for the
-/// strides, paddings and kernels the paper's models use.
+/// The fused CPU kernels equal candle's ops on a convolution (with bias)
+/// → ReLU → 2×2 max pool → BatchNorm (eval) chain, with a loss cubic in the output: value,
+/// gradient and HVP (f64) for the strides, paddings and kernels the paper's models use, for batch 1
+/// (gemm threads) and batch 3 (samples over threads), with the input a variable (input
+/// Hessians) and not (parameter Hessians: its gradient is skipped).
 #[test]
-fn im2col_convolution_matches_candle_to_second_order() {
-    use hessian_lab::models::layers::{conv_impl, set_conv_impl, ConvImpl};
+fn fused_kernels_match_candle_to_second_order() {
+    use hessian_lab::models::layers::{kernels, set_kernels, Kernels};
     hessian_lab::init();
     assert_eq!(
-        conv_impl(),
-        ConvImpl::Candle,
-        "candle's conv is the default"
+        kernels(),
+        Kernels::Fused,
+        "the fused kernels are the default"
     );
-    for &(cin, cout, k, s, p, h) in &[
-        (1, 4, 5, 2, 2, 12),
-        (3, 5, 3, 1, 1, 9),
-        (4, 6, 1, 2, 0, 8),
-        (2, 3, 5, 2, 2, 7),
+    for &(n, cin, cout, k, s, p, h) in &[
+        (3, 1, 4, 5, 2, 2, 12),
+        (1, 3, 5, 3, 1, 1, 9),
+        (3, 4, 6, 1, 2, 0, 8),
+        (2, 2, 3, 5, 2, 2, 7),
+        (3, 3, 4, 3, 2, 1, 8),
     ] {
-        let x = Var::from_tensor(&randn(&[2, cin, h, h], 1, DType::F64)).unwrap();
-        let w = Var::from_tensor(&randn(&[cout, cin, k, k], 2, DType::F64)).unwrap();
-        let u = randn(&[cout, cin, k, k], 3, DType::F64);
-        let ux = randn(&[2, cin, h, h], 4, DType::F64);
-        let run = |imp: ConvImpl| -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
-            set_conv_impl(imp);
-            let y = layers::conv2d(x.as_tensor(), w.as_tensor(), None, s, p).unwrap();
-            let l = y.sqr().unwrap().sum_all().unwrap();
-            let g = l.backward().unwrap();
-            let (gx, gw) = (
-                g.get(x.as_tensor()).unwrap().clone(),
-                g.get(w.as_tensor()).unwrap().clone(),
-            );
-            let gv = ((&gw * &u).unwrap().sum_all().unwrap()
-                + (&gx * &ux).unwrap().sum_all().unwrap())
-            .unwrap();
-            let h2 = gv.backward().unwrap();
-            let hv: Vec<f64> = to_vec(h2.get(w.as_tensor()).unwrap())
-                .into_iter()
-                .chain(to_vec(h2.get(x.as_tensor()).unwrap()))
-                .collect();
-            (to_vec(&y), to_vec(&gw), to_vec(&gx), hv)
-        };
-        let a = run(ConvImpl::Candle);
-        let b = run(ConvImpl::Im2col);
-        set_conv_impl(ConvImpl::Candle);
-        assert!(rel_err(&b.0, &a.0) < 1e-13, "value k{k} s{s} p{p}");
-        assert!(rel_err(&b.1, &a.1) < 1e-13, "grad w k{k} s{s} p{p}");
-        assert!(rel_err(&b.2, &a.2) < 1e-13, "grad x k{k} s{s} p{p}");
-        assert!(rel_err(&b.3, &a.3) < 1e-12, "hvp k{k} s{s} p{p}");
+        for x_is_var in [true, false] {
+            let xt = randn(&[n, cin, h, h], 1, DType::F64);
+            let x = Var::from_tensor(&xt).unwrap();
+            let w = Var::from_tensor(&randn(&[cout, cin, k, k], 2, DType::F64)).unwrap();
+            let b = Var::from_tensor(&randn(&[cout], 5, DType::F64)).unwrap();
+            let u = randn(&[cout, cin, k, k], 3, DType::F64);
+            let ub = randn(&[cout], 6, DType::F64);
+            let ux = randn(&[n, cin, h, h], 4, DType::F64);
+            let bn_g = Var::from_tensor(&randn(&[cout], 7, DType::F64)).unwrap();
+            let bn_b = Var::from_tensor(&randn(&[cout], 8, DType::F64)).unwrap();
+            let rm = Var::from_tensor(&randn(&[cout], 9, DType::F64)).unwrap();
+            let rv =
+                Var::from_tensor(&(randn(&[cout], 10, DType::F64).sqr().unwrap() + 0.5).unwrap())
+                    .unwrap();
+            let bufs = layers::BnBuffers {
+                running_mean: &rm,
+                running_var: &rv,
+            };
+            let ug = randn(&[cout], 11, DType::F64);
+            let run = |imp: Kernels| -> Vec<Vec<f64>> {
+                set_kernels(imp);
+                let xin = if x_is_var {
+                    x.as_tensor().clone()
+                } else {
+                    xt.clone()
+                };
+                let y = layers::conv2d(&xin, w.as_tensor(), Some(b.as_tensor()), s, p).unwrap();
+                let z = layers::relu(&(&y - 0.3).unwrap()).unwrap();
+                // A max pool and BatchNorm in eval mode (running statistics as constants), in
+                // C1's order: ties in a pool window are then only ReLU zeros, whose gradient
+                // is zero whichever tie gets it (candle's reshape+max gives it to all ties).
+                let z = layers::max_pool2d(&z, 2, 2, 0).unwrap();
+                let z = layers::batch_norm(&z, bn_g.as_tensor(), bn_b.as_tensor(), &bufs, false)
+                    .unwrap();
+                // A loss with a non-zero Hessian in w, b and x: Σ z³ + Σ y².
+                let l = (z.powf(3.0).unwrap().sum_all().unwrap()
+                    + y.sqr().unwrap().sum_all().unwrap())
+                .unwrap();
+                let g = l.backward().unwrap();
+                let (gw, gb, gg) = (
+                    g.get(w.as_tensor()).unwrap().clone(),
+                    g.get(b.as_tensor()).unwrap().clone(),
+                    g.get(bn_g.as_tensor()).unwrap().clone(),
+                );
+                let mut gv = ((&gw * &u).unwrap().sum_all().unwrap()
+                    + (&gb * &ub).unwrap().sum_all().unwrap()
+                    + (&gg * &ug).unwrap().sum_all().unwrap())
+                .unwrap();
+                let gbeta = g.get(bn_b.as_tensor()).unwrap().clone();
+                let mut out = vec![
+                    to_vec(&y),
+                    to_vec(&z),
+                    to_vec(&gw),
+                    to_vec(&gb),
+                    to_vec(&gg),
+                    to_vec(&gbeta),
+                ];
+                if x_is_var {
+                    let gx = g.get(x.as_tensor()).unwrap().clone();
+                    gv = (gv + (&gx * &ux).unwrap().sum_all().unwrap()).unwrap();
+                    out.push(to_vec(&gx));
+                } else {
+                    assert!(g.get(x.as_tensor()).is_none());
+                }
+                let h2 = gv.backward().unwrap();
+                out.push(to_vec(h2.get(w.as_tensor()).unwrap()));
+                out.push(to_vec(h2.get(b.as_tensor()).unwrap()));
+                out.push(to_vec(h2.get(bn_g.as_tensor()).unwrap()));
+                if x_is_var {
+                    out.push(to_vec(h2.get(x.as_tensor()).unwrap()));
+                }
+                out
+            };
+            let a = run(Kernels::Candle);
+            let f = run(Kernels::Fused);
+            set_kernels(Kernels::Fused);
+            assert_eq!(a.len(), f.len());
+            for (i, (a, f)) in a.iter().zip(&f).enumerate() {
+                let e = rel_err(f, a);
+                assert!(
+                    e < 1e-12,
+                    "n{n} k{k} s{s} p{p} x_var {x_is_var}: output {i} differs by {e:e}"
+                );
+            }
+        }
     }
 }

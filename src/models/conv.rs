@@ -1,162 +1,538 @@
-//! Convolution as im2col + matmul with hand-written, mutually-adjoint `Im2Col` / `Col2Im`
-//! custom ops (CPU): the backward of im2col is col2im and vice versa, so gradients and
-//! Hessian-vector products are exact to any order, and no backward pass ever calls candle's
-//! naive CPU `conv_transpose2d` (the input gradient becomes a matmul plus a col2im, the weight
-//! gradient a matmul).
+//! Convolution on the CPU as three mutually adjoint custom ops, each one im2col/col2im per
+//! sample plus one gemm, so that no backward pass ever calls candle's naive CPU
+//! `conv_transpose2d` and no im2col matrix outlives the op that built it.
+//!
+//! With Cᵢ = im2col(xᵢ) (in·k² × H'W') and W the weight as an (out × in·k²) matrix:
+//!
+//! | op | value | backward w.r.t. 1st arg | backward w.r.t. 2nd arg |
+//! |---|---|---|---|
+//! | [`ConvFwd`]`(x, W)` | yᵢ = W Cᵢ | `ConvBwdData(ȳ, W)` | `ConvBwdFilter(x, ȳ)` |
+//! | [`ConvBwdData`]`(dy, W)` | dxᵢ = col2im(Wᵀ dyᵢ) | `ConvFwd(ḡ, W)` | `ConvBwdFilter(ḡ, dy)` |
+//! | [`ConvBwdFilter`]`(x, dy)` | dW = Σᵢ dyᵢ Cᵢᵀ | `ConvBwdData(dy, Ḡ)` | `ConvFwd(x, Ḡ)` |
+//!
+//! The family is closed under differentiation, so gradients, Hessian-vector products and any
+//! higher derivative are exact. An argument that does not track gradients (the images in a
+//! parameter-space Hessian) gets no gradient at all: the first layer's input gradient, which
+//! candle computes and throws away, is skipped.
+//!
+//! Memory: each op keeps only its two inputs in the graph (as PyTorch does); the im2col
+//! buffer is per thread and per sample, freed when the op returns.
 
 use crate::{Error, Result};
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-/// Geometry shared by the two ops: kernel k×k, stride s, zero padding p, input H×W.
-#[derive(Clone, Copy, Debug)]
+/// Geometry of one convolution: batch n, in-channels c, input h×w, out-channels co, kernel
+/// k×k, stride s, zero padding p.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    co: usize,
     k: usize,
     s: usize,
     p: usize,
-    h: usize,
-    w: usize,
 }
 
 impl Geom {
-    fn out(&self) -> (usize, usize) {
-        (
-            (self.h + 2 * self.p - self.k) / self.s + 1,
-            (self.w + 2 * self.p - self.k) / self.s + 1,
-        )
+    fn oh(&self) -> usize {
+        (self.h + 2 * self.p - self.k) / self.s + 1
     }
-    /// For output row `o` and kernel offset `d`: the input row, if inside the image.
+    fn ow(&self) -> usize {
+        (self.w + 2 * self.p - self.k) / self.s + 1
+    }
+    /// Output pixels per channel (columns of Cᵢ).
+    fn l(&self) -> usize {
+        self.oh() * self.ow()
+    }
+    /// Rows of Cᵢ.
+    fn ckk(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    fn x_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    fn y_len(&self) -> usize {
+        self.co * self.l()
+    }
+    fn x_shape(&self) -> Shape {
+        Shape::from((self.n, self.c, self.h, self.w))
+    }
+    fn y_shape(&self) -> Shape {
+        Shape::from((self.n, self.co, self.oh(), self.ow()))
+    }
+    fn w_shape(&self) -> Shape {
+        Shape::from((self.co, self.c, self.k, self.k))
+    }
+    /// For kernel offset `d` along an axis of length `len` with `out` outputs: the range of
+    /// output indices o whose input index o·s + d − p lies inside [0, len).
     #[inline]
-    fn src(&self, o: usize, d: usize, len: usize) -> Option<usize> {
-        let i = (o * self.s + d) as isize - self.p as isize;
-        (i >= 0 && (i as usize) < len).then_some(i as usize)
+    fn valid(&self, d: usize, len: usize, out: usize) -> (usize, usize) {
+        let (s, p) = (self.s, self.p);
+        let lo = if p > d { (p - d).div_ceil(s) } else { 0 };
+        let hi = if len + p > d {
+            ((len + p - d - 1) / s + 1).min(out)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
     }
 }
 
-struct Im2Col(Geom);
-struct Col2Im(Geom);
+/// Cᵢ = im2col(xᵢ) into `col` (ckk × L, row-major); `col` is overwritten entirely.
+fn im2col_one<T: WithDType>(x: &[T], col: &mut [T], g: &Geom) {
+    let (oh, ow, l, k) = (g.oh(), g.ow(), g.l(), g.k);
+    col.fill(T::zero());
+    for ci in 0..g.c {
+        for di in 0..k {
+            let (ilo, ihi) = g.valid(di, g.h, oh);
+            for dj in 0..k {
+                let (jlo, jhi) = g.valid(dj, g.w, ow);
+                let row = ((ci * k + di) * k + dj) * l;
+                for oi in ilo..ihi {
+                    let ii = oi * g.s + di - g.p;
+                    let xrow = &x[(ci * g.h + ii) * g.w..(ci * g.h + ii + 1) * g.w];
+                    let dst = &mut col[row + oi * ow..row + (oi + 1) * ow];
+                    if g.s == 1 {
+                        let j0 = jlo + dj - g.p;
+                        dst[jlo..jhi].copy_from_slice(&xrow[j0..j0 + (jhi - jlo)]);
+                    } else {
+                        for oj in jlo..jhi {
+                            dst[oj] = xrow[oj * g.s + dj - g.p];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
 
-fn contiguous<'a, T: WithDType>(v: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+/// xᵢ += col2im(col): the adjoint of [`im2col_one`].
+fn col2im_one<T: WithDType>(col: &[T], x: &mut [T], g: &Geom) {
+    let (oh, ow, l, k) = (g.oh(), g.ow(), g.l(), g.k);
+    for ci in 0..g.c {
+        for di in 0..k {
+            let (ilo, ihi) = g.valid(di, g.h, oh);
+            for dj in 0..k {
+                let (jlo, jhi) = g.valid(dj, g.w, ow);
+                let row = ((ci * k + di) * k + dj) * l;
+                for oi in ilo..ihi {
+                    let ii = oi * g.s + di - g.p;
+                    let xrow = &mut x[(ci * g.h + ii) * g.w..(ci * g.h + ii + 1) * g.w];
+                    let src = &col[row + oi * ow..row + (oi + 1) * ow];
+                    for oj in jlo..jhi {
+                        xrow[oj * g.s + dj - g.p] += src[oj];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A row-major matrix view for [`gemm`]: element (r, c) at `r * rs + c * cs`.
+#[derive(Clone, Copy)]
+struct Mat<'a, T> {
+    v: &'a [T],
+    rs: usize,
+    cs: usize,
+}
+
+fn row_major<T>(v: &[T], cols: usize) -> Mat<'_, T> {
+    Mat { v, rs: cols, cs: 1 }
+}
+
+fn transposed<T>(v: &[T], cols: usize) -> Mat<'_, T> {
+    Mat { v, rs: 1, cs: cols }
+}
+
+/// dst (m×n, row-major) = a (m×kk) · b (kk×n), or dst += a·b when `acc`. Bounds are checked
+/// before the unsafe call; `par` lets gemm use rayon (when there are fewer samples than
+/// threads).
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: WithDType>(
+    m: usize,
+    n: usize,
+    kk: usize,
+    dst: &mut [T],
+    acc: bool,
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    par: bool,
+) -> candle_core::Result<()> {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    if dst.len() < m * n
+        || a.v.len() < last(m, kk, a.rs, a.cs)
+        || b.v.len() < last(kk, n, b.rs, b.cs)
+    {
+        candle_core::bail!("conv gemm: buffer too small for {m}x{kk} · {kk}x{n}");
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if kk == 0 {
+        if !acc {
+            dst[..m * n].fill(T::zero());
+        }
+        return Ok(());
+    }
+    let par = if par {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every index gemm touches is inside the slices (checked above); dst does not
+    // alias a or b (distinct borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            kk,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.v.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.v.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn slice<'a, T: WithDType>(
+    v: &'a [T],
+    l: &Layout,
+    len: usize,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("im2col/col2im need contiguous inputs"),
+        Some((a, b)) if b - a == len => Ok(&v[a..b]),
+        Some(_) => candle_core::bail!("conv: {what} has the wrong number of elements"),
+        None => candle_core::bail!("conv: {what} must be contiguous"),
     }
 }
 
-fn im2col<T: WithDType>(x: &[T], n: usize, c: usize, g: Geom) -> Vec<T> {
-    let (oh, ow) = g.out();
-    let (k, l) = (g.k, oh * ow);
-    let per = c * k * k * l;
-    let mut out = vec![T::zero(); n * per];
-    out.par_chunks_mut(per).enumerate().for_each(|(ni, o)| {
-        let xs = &x[ni * c * g.h * g.w..(ni + 1) * c * g.h * g.w];
-        for ci in 0..c {
-            for di in 0..k {
-                for dj in 0..k {
-                    let row = ((ci * k + di) * k + dj) * l;
-                    for oi in 0..oh {
-                        let Some(ii) = g.src(oi, di, g.h) else {
-                            continue;
-                        };
-                        let xrow = &xs[(ci * g.h + ii) * g.w..(ci * g.h + ii + 1) * g.w];
-                        for oj in 0..ow {
-                            if let Some(jj) = g.src(oj, dj, g.w) {
-                                o[row + oi * ow + oj] = xrow[jj];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    });
-    out
+/// Split the batch over threads when there are enough samples; otherwise let gemm use them.
+fn batch_parallel(g: &Geom) -> bool {
+    g.n >= rayon::current_num_threads()
 }
 
-fn col2im<T: WithDType>(cols: &[T], n: usize, c: usize, g: Geom) -> Vec<T> {
-    let (oh, ow) = g.out();
-    let (k, l) = (g.k, oh * ow);
-    let per = c * g.h * g.w;
-    let mut out = vec![T::zero(); n * per];
-    out.par_chunks_mut(per).enumerate().for_each(|(ni, xs)| {
-        let cs = &cols[ni * c * k * k * l..(ni + 1) * c * k * k * l];
-        for ci in 0..c {
-            for di in 0..k {
-                for dj in 0..k {
-                    let row = ((ci * k + di) * k + dj) * l;
-                    for oi in 0..oh {
-                        let Some(ii) = g.src(oi, di, g.h) else {
-                            continue;
-                        };
-                        let base = (ci * g.h + ii) * g.w;
-                        for oj in 0..ow {
-                            if let Some(jj) = g.src(oj, dj, g.w) {
-                                xs[base + jj] += cs[row + oi * ow + oj];
-                            }
-                        }
-                    }
-                }
-            }
+fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
+    let (yl, xl, ckk, l) = (g.y_len(), g.x_len(), g.ckk(), g.l());
+    let mut y = vec![T::zero(); g.n * yl];
+    let one = |col: &mut Vec<T>, (i, yi): (usize, &mut [T]), par: bool| {
+        im2col_one(&x[i * xl..(i + 1) * xl], col, g);
+        gemm(
+            g.co,
+            l,
+            ckk,
+            yi,
+            false,
+            row_major(w, ckk),
+            row_major(col, l),
+            par,
+        )
+    };
+    if batch_parallel(g) {
+        y.par_chunks_mut(yl)
+            .enumerate()
+            .try_for_each_init(|| vec![T::zero(); ckk * l], |col, t| one(col, t, false))?;
+    } else {
+        let mut col = vec![T::zero(); ckk * l];
+        for t in y.chunks_mut(yl).enumerate() {
+            one(&mut col, t, true)?;
         }
-    });
-    out
+    }
+    Ok(y)
 }
 
-impl CustomOp1 for Im2Col {
+fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
+    let (yl, xl, ckk, l) = (g.y_len(), g.x_len(), g.ckk(), g.l());
+    let mut dx = vec![T::zero(); g.n * xl];
+    let one = |col: &mut Vec<T>, (i, dxi): (usize, &mut [T]), par: bool| {
+        gemm(
+            ckk,
+            l,
+            g.co,
+            col,
+            false,
+            transposed(w, ckk),
+            row_major(&dy[i * yl..(i + 1) * yl], l),
+            par,
+        )?;
+        col2im_one(col, dxi, g);
+        Ok::<(), candle_core::Error>(())
+    };
+    if batch_parallel(g) {
+        dx.par_chunks_mut(xl)
+            .enumerate()
+            .try_for_each_init(|| vec![T::zero(); ckk * l], |col, t| one(col, t, false))?;
+    } else {
+        let mut col = vec![T::zero(); ckk * l];
+        for t in dx.chunks_mut(xl).enumerate() {
+            one(&mut col, t, true)?;
+        }
+    }
+    Ok(dx)
+}
+
+fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
+    let (yl, xl, ckk, l) = (g.y_len(), g.x_len(), g.ckk(), g.l());
+    let wl = g.co * ckk;
+    // dW += dyᵢ (co × L) · Cᵢᵀ (L × ckk)
+    let one = |(acc, col): &mut (Vec<T>, Vec<T>), i: usize, par: bool| {
+        im2col_one(&x[i * xl..(i + 1) * xl], col, g);
+        gemm(
+            g.co,
+            ckk,
+            l,
+            acc,
+            true,
+            row_major(&dy[i * yl..(i + 1) * yl], l),
+            transposed(col, l),
+            par,
+        )
+    };
+    let fresh = || (vec![T::zero(); wl], vec![T::zero(); ckk * l]);
+    if batch_parallel(g) {
+        let per = g.n.div_ceil(rayon::current_num_threads()).max(1);
+        let parts: Vec<Vec<T>> = (0..g.n.div_ceil(per))
+            .into_par_iter()
+            .map(|t| {
+                let mut st = fresh();
+                for i in t * per..((t + 1) * per).min(g.n) {
+                    one(&mut st, i, false)?;
+                }
+                Ok(st.0)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let mut it = parts.into_iter();
+        let mut dw = it.next().unwrap_or_else(|| vec![T::zero(); wl]);
+        for p in it {
+            for (a, b) in dw.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        Ok(dw)
+    } else {
+        let mut st = fresh();
+        for i in 0..g.n {
+            one(&mut st, i, true)?;
+        }
+        Ok(st.0)
+    }
+}
+
+pub(super) fn storage<F>(a: &CpuStorage, b: &CpuStorage, f32f: F) -> candle_core::Result<CpuStorage>
+where
+    F: FnOnce(Either<'_>) -> candle_core::Result<CpuStorage>,
+{
+    match (a, b) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => f32f(Either::F32(a, b)),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => f32f(Either::F64(a, b)),
+        _ => candle_core::bail!("conv: both arguments must be f32 or both f64"),
+    }
+}
+
+pub(super) enum Either<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F64(&'a [f64], &'a [f64]),
+}
+
+/// y = conv(x, W), see the module docs.
+pub struct ConvFwd(Geom);
+/// dx = conv_transpose(dy, W) (the input gradient of a convolution), see the module docs.
+pub struct ConvBwdData(Geom);
+/// dW = Σᵢ dyᵢ im2col(xᵢ)ᵀ (the weight gradient of a convolution), see the module docs.
+pub struct ConvBwdFilter(Geom);
+
+fn tracks(t: &Tensor) -> bool {
+    t.track_op()
+}
+
+impl CustomOp2 for ConvFwd {
     fn name(&self) -> &'static str {
-        "hessian-lab-im2col"
+        "hessian-lab-conv2d"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l.shape().dims4()?;
-        if (h, w) != (self.0.h, self.0.w) {
-            candle_core::bail!("im2col: geometry mismatch");
-        }
-        let (oh, ow) = self.0.out();
-        let shape = Shape::from((n, c * self.0.k * self.0.k, oh * ow));
-        let st = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(im2col(contiguous(v, l)?, n, c, self.0)),
-            CpuStorage::F64(v) => CpuStorage::F64(im2col(contiguous(v, l)?, n, c, self.0)),
-            _ => candle_core::bail!("im2col: f32 or f64 only"),
-        };
-        Ok((st, shape))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let st = storage(s1, s2, |e| {
+            Ok(match e {
+                Either::F32(x, w) => CpuStorage::F32(fwd(
+                    slice(x, l1, g.n * g.x_len(), "x")?,
+                    slice(w, l2, g.co * g.ckk(), "weight")?,
+                    g,
+                )?),
+                Either::F64(x, w) => CpuStorage::F64(fwd(
+                    slice(x, l1, g.n * g.x_len(), "x")?,
+                    slice(w, l2, g.co * g.ckk(), "weight")?,
+                    g,
+                )?),
+            })
+        })?;
+        Ok((st, g.y_shape()))
     }
     fn bwd(
         &self,
-        _arg: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
         _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1(Col2Im(self.0))?))
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = match tracks(x) {
+            true => Some(apply(&dy, w, ConvBwdData(self.0))?),
+            false => None,
+        };
+        let dw = match tracks(w) {
+            true => Some(apply(x, &dy, ConvBwdFilter(self.0))?),
+            false => None,
+        };
+        Ok((dx, dw))
     }
 }
 
-impl CustomOp1 for Col2Im {
+impl CustomOp2 for ConvBwdData {
     fn name(&self) -> &'static str {
-        "hessian-lab-col2im"
+        "hessian-lab-conv2d-bwd-data"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, ckk, _) = l.shape().dims3()?;
-        let c = ckk / (self.0.k * self.0.k);
-        let shape = Shape::from((n, c, self.0.h, self.0.w));
-        let st = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(col2im(contiguous(v, l)?, n, c, self.0)),
-            CpuStorage::F64(v) => CpuStorage::F64(col2im(contiguous(v, l)?, n, c, self.0)),
-            _ => candle_core::bail!("col2im: f32 or f64 only"),
-        };
-        Ok((st, shape))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let st = storage(s1, s2, |e| {
+            Ok(match e {
+                Either::F32(dy, w) => CpuStorage::F32(bwd_data(
+                    slice(dy, l1, g.n * g.y_len(), "dy")?,
+                    slice(w, l2, g.co * g.ckk(), "weight")?,
+                    g,
+                )?),
+                Either::F64(dy, w) => CpuStorage::F64(bwd_data(
+                    slice(dy, l1, g.n * g.y_len(), "dy")?,
+                    slice(w, l2, g.co * g.ckk(), "weight")?,
+                    g,
+                )?),
+            })
+        })?;
+        Ok((st, g.x_shape()))
     }
     fn bwd(
         &self,
-        _arg: &Tensor,
+        dy: &Tensor,
+        w: &Tensor,
         _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1(Im2Col(self.0))?))
+        gx: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let gx = gx.contiguous()?;
+        let d_dy = match tracks(dy) {
+            true => Some(apply(&gx, w, ConvFwd(self.0))?),
+            false => None,
+        };
+        let d_w = match tracks(w) {
+            true => Some(apply(&gx, dy, ConvBwdFilter(self.0))?),
+            false => None,
+        };
+        Ok((d_dy, d_w))
     }
 }
 
-/// y = w ⋆ x (no bias) by im2col + batched matmul on the CPU. Cost: one im2col copy and one
-/// (out × in·k²)·(in·k² × H'W') matmul per sample; backward: two matmuls and one col2im.
-pub fn conv2d_im2col(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+impl CustomOp2 for ConvBwdFilter {
+    fn name(&self) -> &'static str {
+        "hessian-lab-conv2d-bwd-filter"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let st = storage(s1, s2, |e| {
+            Ok(match e {
+                Either::F32(x, dy) => CpuStorage::F32(bwd_filter(
+                    slice(x, l1, g.n * g.x_len(), "x")?,
+                    slice(dy, l2, g.n * g.y_len(), "dy")?,
+                    g,
+                )?),
+                Either::F64(x, dy) => CpuStorage::F64(bwd_filter(
+                    slice(x, l1, g.n * g.x_len(), "x")?,
+                    slice(dy, l2, g.n * g.y_len(), "dy")?,
+                    g,
+                )?),
+            })
+        })?;
+        Ok((st, g.w_shape()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        _res: &Tensor,
+        gw: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let gw = gw.contiguous()?;
+        let d_x = match tracks(x) {
+            true => Some(apply(dy, &gw, ConvBwdData(self.0))?),
+            false => None,
+        };
+        let d_dy = match tracks(dy) {
+            true => Some(apply(x, &gw, ConvFwd(self.0))?),
+            false => None,
+        };
+        Ok((d_x, d_dy))
+    }
+}
+
+pub(super) fn apply<C: CustomOp2 + Send + Sync + 'static>(
+    a: &Tensor,
+    b: &Tensor,
+    op: C,
+) -> candle_core::Result<Tensor> {
+    a.contiguous()?.apply_op2(&b.contiguous()?, op)
+}
+
+/// y = W ⋆ x + b, PyTorch semantics (weight [out, in, k, k], zero padding `padding`), with
+/// the adjoint-op backward described in the module docs (the bias is added inside the op and
+/// its gradient Σ_{i,pixels} dy is one contiguous pass). CPU, f32/f64.
+///
+/// Cost per sample: one im2col copy and one (out × in·k²)·(in·k² × H'W') gemm; its gradient
+/// costs two such gemms, one im2col and one col2im (one gemm and one col2im fewer when x does
+/// not need a gradient); an HVP through it about twice the gradient.
+pub fn conv2d_gemm(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
     let (co, ci, kh, kw) = w.dims4()?;
     if ci != c || kh != kw {
@@ -168,18 +544,83 @@ pub fn conv2d_im2col(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> R
     }
     if stride == 0 || h + 2 * padding < kh || wd + 2 * padding < kw {
         return Err(Error::Shape(format!(
-            "conv2d: input {h}x{wd} too small for kernel {kh}x{kw}"
+            "conv2d: input {h}x{wd} too small for kernel {kh}x{kw} (stride {stride}, padding {padding})"
         )));
     }
     let g = Geom {
+        n,
+        c,
+        h,
+        w: wd,
+        co,
         k: kh,
         s: stride,
         p: padding,
-        h,
-        w: wd,
     };
-    let (oh, ow) = g.out();
-    let cols = x.contiguous()?.apply_op1(Im2Col(g))?;
-    let y = w.reshape((co, c * kh * kw))?.broadcast_matmul(&cols)?;
-    Ok(y.reshape((n, co, oh, ow))?)
+    match b {
+        None => Ok(apply(x, w, ConvFwd(g))?),
+        Some(b) => {
+            if b.dims() != [co] {
+                return Err(Error::Shape(format!(
+                    "conv2d: bias {:?} for {co} output channels",
+                    b.dims()
+                )));
+            }
+            Ok(x.contiguous()?
+                .apply_op3(&w.contiguous()?, &b.contiguous()?, ConvBiasFwd(g))?)
+        }
+    }
+}
+
+/// y = W ⋆ x + b as one op: [`ConvFwd`] plus the bias; db = `fused::ChanSum`(dy).
+pub struct ConvBiasFwd(Geom);
+
+impl CustomOp3 for ConvBiasFwd {
+    fn name(&self) -> &'static str {
+        "hessian-lab-conv2d-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn add_bias<T: WithDType>(mut y: Vec<T>, b: &[T], l: usize) -> Vec<T> {
+            for (j, yc) in y.chunks_mut(l).enumerate() {
+                let bj = b[j % b.len()];
+                yc.iter_mut().for_each(|v| *v += bj);
+            }
+            y
+        }
+        let g = &self.0;
+        let (st, _) = ConvFwd(*g).cpu_fwd(s1, l1, s2, l2)?;
+        let st = match (st, s3) {
+            (CpuStorage::F32(y), CpuStorage::F32(b)) => {
+                CpuStorage::F32(add_bias(y, slice(b, l3, g.co, "bias")?, g.l()))
+            }
+            (CpuStorage::F64(y), CpuStorage::F64(b)) => {
+                CpuStorage::F64(add_bias(y, slice(b, l3, g.co, "bias")?, g.l()))
+            }
+            _ => candle_core::bail!("conv: the bias must have the input's dtype"),
+        };
+        Ok((st, g.y_shape()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = ConvFwd(self.0).bwd(x, w, _res, dy)?;
+        let db = match tracks(b) {
+            true => Some(super::fused::chan_sum_op(dy)?),
+            false => None,
+        };
+        Ok((dx, dw, db))
+    }
 }

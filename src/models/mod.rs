@@ -6,6 +6,7 @@
 //! fixed first step, so inputs are always pixels in [0, 1].
 
 pub mod conv;
+pub mod fused;
 pub mod io;
 pub mod layers;
 pub mod zoo;

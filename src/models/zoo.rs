@@ -29,6 +29,17 @@ pub struct TensorSpec {
     pub init: Init,
 }
 
+/// ReLU through [`super::layers::relu`] (fused CPU kernel unless switched off).
+trait ReluK {
+    fn relu_k(&self) -> Result<Tensor>;
+}
+
+impl ReluK for Tensor {
+    fn relu_k(&self) -> Result<Tensor> {
+        super::layers::relu(self)
+    }
+}
+
 /// Hidden-layer activation of the `mlp` test model (tanh breaks Theorem 1's PSD property).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
@@ -39,7 +50,7 @@ pub enum Activation {
 impl Activation {
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Relu => x.relu()?,
+            Activation::Relu => x.relu_k()?,
             Activation::Tanh => x.tanh()?,
         })
     }
@@ -239,25 +250,25 @@ pub(crate) fn forward<L: Lookup>(
 ) -> Result<Tensor> {
     match kind {
         ModelKind::M1 => {
-            let x = conv(l, "conv1", x, 2, 2)?.relu()?;
-            let x = conv(l, "conv2", &x, 2, 2)?.relu()?;
-            let x = fc(l, "fc1", &x.flatten_from(1)?)?.relu()?;
+            let x = conv(l, "conv1", x, 2, 2)?.relu_k()?;
+            let x = conv(l, "conv2", &x, 2, 2)?.relu_k()?;
+            let x = fc(l, "fc1", &x.flatten_from(1)?)?.relu_k()?;
             fc(l, "fc2", &x)
         }
         ModelKind::C1 => {
-            let x = conv(l, "conv1", x, 2, 2)?.relu()?;
+            let x = conv(l, "conv1", x, 2, 2)?.relu_k()?;
             let x = bn(l, "bn1", &max_pool2d(&x, 3, 2, 1)?, train)?;
-            let x = conv(l, "conv2", &x, 2, 2)?.relu()?;
+            let x = conv(l, "conv2", &x, 2, 2)?.relu_k()?;
             let x = bn(l, "bn2", &max_pool2d(&x, 3, 2, 1)?, train)?;
-            let x = fc(l, "fc1", &x.flatten_from(1)?)?.relu()?;
-            let x = fc(l, "fc2", &x)?.relu()?;
+            let x = fc(l, "fc1", &x.flatten_from(1)?)?.relu_k()?;
+            let x = fc(l, "fc2", &x)?.relu_k()?;
             fc(l, "fc3", &x)
         }
         ModelKind::C2 | ModelKind::C3 => {
             let with_bn = kind == ModelKind::C2;
             let mut x = x.clone();
             for i in 1..=4 {
-                x = conv(l, &format!("conv{i}"), &x, 1, 1)?.relu()?;
+                x = conv(l, &format!("conv{i}"), &x, 1, 1)?.relu_k()?;
                 if with_bn {
                     x = bn(l, &format!("bn{i}"), &x, train)?;
                 }
@@ -265,12 +276,12 @@ pub(crate) fn forward<L: Lookup>(
                     x = max_pool2d(&x, 2, 2, 0)?;
                 }
             }
-            let x = fc(l, "fc1", &x.flatten_from(1)?)?.relu()?;
-            let x = fc(l, "fc2", &x)?.relu()?;
+            let x = fc(l, "fc1", &x.flatten_from(1)?)?.relu_k()?;
+            let x = fc(l, "fc2", &x)?.relu_k()?;
             fc(l, "fc3", &x)
         }
         ModelKind::ResNet18 => {
-            let mut x = bn(l, "bn1", &conv(l, "conv1", x, 1, 1)?, train)?.relu()?;
+            let mut x = bn(l, "bn1", &conv(l, "conv1", x, 1, 1)?, train)?.relu_k()?;
             for (name, inp, planes, stride) in resnet_blocks() {
                 let o = bn(
                     l,
@@ -278,7 +289,7 @@ pub(crate) fn forward<L: Lookup>(
                     &conv(l, &format!("{name}.conv1"), &x, stride, 1)?,
                     train,
                 )?
-                .relu()?;
+                .relu_k()?;
                 let o = bn(
                     l,
                     &format!("{name}.bn2"),
@@ -291,7 +302,7 @@ pub(crate) fn forward<L: Lookup>(
                 } else {
                     x.clone()
                 };
-                x = (o + sc)?.relu()?;
+                x = (o + sc)?.relu_k()?;
             }
             // Global average pool (kuangliu's avg_pool2d(out, 4) on the 4x4 map).
             let x = x.mean(3)?.mean(2)?;

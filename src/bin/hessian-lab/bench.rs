@@ -29,9 +29,10 @@ pub struct BenchArgs {
     /// Trained weights (optional; the eigen comparison is more meaningful on a trained model)
     #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
-    /// Convolution implementation: candle (default) or im2col
-    #[arg(long, default_value = "candle")]
-    pub conv: String,
+    /// CPU kernels for convolution and ReLU: fused (our custom ops, the default) or candle
+    /// (candle's own ops, for comparison)
+    #[arg(long, alias = "conv", default_value = "fused")]
+    pub kernels: String,
     /// Also count the HVPs power iteration and Lanczos need to reach λ₁ to 1e-3
     #[arg(long)]
     pub eig_compare: bool,
@@ -75,10 +76,10 @@ fn reset_peak() {
 
 pub fn bench(a: BenchArgs) -> Result<()> {
     let rt = runtime(&a.common)?;
-    hessian_lab::models::layers::set_conv_impl(match a.conv.as_str() {
-        "im2col" => hessian_lab::models::layers::ConvImpl::Im2col,
-        "candle" => hessian_lab::models::layers::ConvImpl::Candle,
-        o => anyhow::bail!("unknown --conv `{o}` (im2col or candle)"),
+    hessian_lab::models::layers::set_kernels(match a.kernels.as_str() {
+        "fused" => hessian_lab::models::layers::Kernels::Fused,
+        "candle" => hessian_lab::models::layers::Kernels::Candle,
+        o => anyhow::bail!("unknown --kernels `{o}` (fused or candle)"),
     });
     let kind: ModelKind = a.model.parse()?;
     let ds = kind.default_dataset();
@@ -151,7 +152,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "device": format!("{:?}", rt.device),
         "threads": a.threads.unwrap_or_else(candle_core::utils::get_num_threads),
         "parameters": model.num_params(),
-        "conv": a.conv,
+        "kernels": a.kernels,
         "repeats": r,
         "forward_ms": forward_ms,
         "grad_ms": grad_ms,

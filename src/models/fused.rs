@@ -1,0 +1,490 @@
+//! Fused CPU kernels for the elementwise and per-channel layers, each a candle custom op
+//! whose backward is built from ops of this family (or from candle ops), so derivatives of
+//! any order stay exact. They replace chains of candle ops whose backward passes allocate
+//! full-size zero tensors and broadcast buffers (see `layers::Kernels`).
+//!
+//! | op | value | backward |
+//! |---|---|---|
+//! | [`Relu`]`(x)` | max(x, 0) | [`ReluMask`]`(ḡ, x)` |
+//! | [`ReluMask`]`(g, x)` | g·1[x>0] | `ReluMask(ḡ, x)`; none for x (ReLU'' = 0 a.e.) |
+//! | [`ChanAffine`]`(x, a, b)` | x·a_c + b_c | `ChanScale(ḡ, a)`, `ChanDot(ḡ, x)`, `ChanSum(ḡ)` |
+//! | [`ChanScale`]`(t, a)` | t·a_c | `ChanScale(ḡ, a)`, `ChanDot(ḡ, t)` |
+//! | [`ChanDot`]`(u, v)` | Σ_{n,pixels} u·v per channel | `ChanScale(v, ḡ)`, `ChanScale(u, ḡ)` |
+//! | [`ChanSum`]`(t)` | Σ_{n,pixels} t per channel | ḡ broadcast to t's shape |
+//! | [`PoolGather`]`(v, x)` | v at each window's arg-max of x | `PoolScatter(ḡ, x)`; none for x |
+//! | [`PoolScatter`]`(g, x)` | g added at each window's arg-max of x | `PoolGather(ḡ, x)`; none for x |
+//!
+//! Max pooling is `PoolGather(x, x)`: the gradient flows through the first argument only,
+//! to the first maximum of each window (PyTorch's rule; ties are measure-zero except in
+//! all-equal windows, where any choice is a valid subgradient).
+
+use super::conv::{apply, slice, storage, Either};
+use crate::Result;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
+
+/// A tensor seen as (n, c, l): batch, channels (dim 1), everything after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chan {
+    n: usize,
+    c: usize,
+    l: usize,
+}
+
+impl Chan {
+    fn of(shape: &Shape) -> candle_core::Result<Self> {
+        let d = shape.dims();
+        if d.len() < 2 {
+            candle_core::bail!("per-channel op: need at least 2 dims, got {d:?}");
+        }
+        Ok(Chan {
+            n: d[0],
+            c: d[1],
+            l: d[2..].iter().product(),
+        })
+    }
+    fn len(&self) -> usize {
+        self.n * self.c * self.l
+    }
+}
+
+fn unary<F32, F64>(s: &CpuStorage, f32f: F32, f64f: F64) -> candle_core::Result<CpuStorage>
+where
+    F32: FnOnce(&[f32]) -> candle_core::Result<Vec<f32>>,
+    F64: FnOnce(&[f64]) -> candle_core::Result<Vec<f64>>,
+{
+    Ok(match s {
+        CpuStorage::F32(v) => CpuStorage::F32(f32f(v)?),
+        CpuStorage::F64(v) => CpuStorage::F64(f64f(v)?),
+        _ => candle_core::bail!("fused kernels: f32 or f64 only"),
+    })
+}
+
+macro_rules! binary_op {
+    ($s1:expr, $l1:expr, $len1:expr, $s2:expr, $l2:expr, $len2:expr, $f:expr) => {
+        storage($s1, $s2, |e| {
+            Ok(match e {
+                Either::F32(a, b) => CpuStorage::F32($f(
+                    slice(a, $l1, $len1, "first argument")?,
+                    slice(b, $l2, $len2, "second argument")?,
+                )),
+                Either::F64(a, b) => CpuStorage::F64($f(
+                    slice(a, $l1, $len1, "first argument")?,
+                    slice(b, $l2, $len2, "second argument")?,
+                )),
+            })
+        })
+    };
+}
+
+fn tracks(t: &Tensor) -> bool {
+    t.track_op()
+}
+
+// ---------------------------------------------------------------------------------------
+// ReLU
+
+/// max(x, 0) with backward [`ReluMask`]: one pass where candle's ReLU backward makes four
+/// (zeros, ≥, cast, ×). Derivative at 0 is 0, as in PyTorch (candle uses 1).
+pub struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "hessian-lab-relu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let len = l.shape().elem_count();
+        let st = unary(
+            s,
+            |v| Ok(slice(v, l, len, "x")?.iter().map(|&a| a.max(0.0)).collect()),
+            |v| Ok(slice(v, l, len, "x")?.iter().map(|&a| a.max(0.0)).collect()),
+        )?;
+        Ok((st, l.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(apply(g, x, ReluMask)?))
+    }
+}
+
+/// g · 1[x > 0]: linear in g (its backward w.r.t. g is itself), zero derivative w.r.t. x
+/// (ReLU'' = 0 almost everywhere), so ReLU stays exact to any order.
+pub struct ReluMask;
+
+fn mask<T: WithDType>(g: &[T], x: &[T]) -> Vec<T> {
+    g.iter()
+        .zip(x)
+        .map(|(&g, &x)| if x > T::zero() { g } else { T::zero() })
+        .collect()
+}
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "hessian-lab-relu-mask"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l2.shape() != l1.shape() {
+            candle_core::bail!("relu mask: shapes differ");
+        }
+        let len = l1.shape().elem_count();
+        let st = binary_op!(s1, l1, len, s2, l2, len, mask)?;
+        Ok((st, l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        _g: &Tensor,
+        x: &Tensor,
+        _res: &Tensor,
+        gg: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(apply(gg, x, ReluMask)?), None))
+    }
+}
+
+/// max(x, 0) through [`Relu`] (CPU, f32/f64). Cost: one pass; its backward one pass.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Relu)?)
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-channel ops
+
+fn chan_scale<T: WithDType>(t: &[T], a: &[T], ch: Chan) -> Vec<T> {
+    let mut out = Vec::with_capacity(t.len());
+    for (j, blk) in t.chunks(ch.l).enumerate() {
+        let s = a[j % ch.c];
+        out.extend(blk.iter().map(|&v| v * s));
+    }
+    out
+}
+
+fn chan_affine<T: WithDType>(t: &[T], a: &[T], b: &[T], ch: Chan) -> Vec<T> {
+    let mut out = Vec::with_capacity(t.len());
+    for (j, blk) in t.chunks(ch.l).enumerate() {
+        let (s, o) = (a[j % ch.c], b[j % ch.c]);
+        out.extend(blk.iter().map(|&v| v * s + o));
+    }
+    out
+}
+
+fn chan_dot<T: WithDType>(u: &[T], v: &[T], ch: Chan) -> Vec<T> {
+    let mut out = vec![T::zero(); ch.c];
+    for (j, (bu, bv)) in u.chunks(ch.l).zip(v.chunks(ch.l)).enumerate() {
+        out[j % ch.c] += bu.iter().zip(bv).fold(T::zero(), |s, (&a, &b)| s + a * b);
+    }
+    out
+}
+
+fn chan_sum<T: WithDType>(t: &[T], ch: Chan) -> Vec<T> {
+    let mut out = vec![T::zero(); ch.c];
+    for (j, b) in t.chunks(ch.l).enumerate() {
+        out[j % ch.c] += b.iter().fold(T::zero(), |s, &v| s + v);
+    }
+    out
+}
+
+/// y = x·a_c + b_c per channel (BatchNorm in eval mode, a conv bias).
+pub struct ChanAffine;
+/// y = t·a_c per channel.
+pub struct ChanScale;
+/// y_c = Σ_{n, pixels} u·v.
+pub struct ChanDot;
+/// y_c = Σ_{n, pixels} t (a bias gradient); `Shape` is t's, for the broadcast backward.
+pub struct ChanSum(Shape);
+
+impl CustomOp3 for ChanAffine {
+    fn name(&self) -> &'static str {
+        "hessian-lab-channel-affine"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let ch = Chan::of(l1.shape())?;
+        let st = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                CpuStorage::F32(chan_affine(
+                    slice(x, l1, ch.len(), "x")?,
+                    slice(a, l2, ch.c, "scale")?,
+                    slice(b, l3, ch.c, "shift")?,
+                    ch,
+                ))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                CpuStorage::F64(chan_affine(
+                    slice(x, l1, ch.len(), "x")?,
+                    slice(a, l2, ch.c, "scale")?,
+                    slice(b, l3, ch.c, "shift")?,
+                    ch,
+                ))
+            }
+            _ => candle_core::bail!("channel affine: all f32 or all f64"),
+        };
+        Ok((st, l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        Ok((
+            tracks(x).then(|| apply(&g, a, ChanScale)).transpose()?,
+            tracks(a).then(|| apply(&g, x, ChanDot)).transpose()?,
+            tracks(b).then(|| chan_sum_op(&g)).transpose()?,
+        ))
+    }
+}
+
+impl CustomOp2 for ChanScale {
+    fn name(&self) -> &'static str {
+        "hessian-lab-channel-scale"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let ch = Chan::of(l1.shape())?;
+        let st = binary_op!(s1, l1, ch.len(), s2, l2, ch.c, |t, a| chan_scale(t, a, ch))?;
+        Ok((st, l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        t: &Tensor,
+        a: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        Ok((
+            tracks(t).then(|| apply(&g, a, ChanScale)).transpose()?,
+            tracks(a).then(|| apply(&g, t, ChanDot)).transpose()?,
+        ))
+    }
+}
+
+impl CustomOp2 for ChanDot {
+    fn name(&self) -> &'static str {
+        "hessian-lab-channel-dot"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let ch = Chan::of(l1.shape())?;
+        if l2.shape() != l1.shape() {
+            candle_core::bail!("channel dot: shapes differ");
+        }
+        let st = binary_op!(s1, l1, ch.len(), s2, l2, ch.len(), |u, v| chan_dot(
+            u, v, ch
+        ))?;
+        Ok((st, Shape::from(ch.c)))
+    }
+    fn bwd(
+        &self,
+        u: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((
+            tracks(u).then(|| apply(v, g, ChanScale)).transpose()?,
+            tracks(v).then(|| apply(u, g, ChanScale)).transpose()?,
+        ))
+    }
+}
+
+impl CustomOp1 for ChanSum {
+    fn name(&self) -> &'static str {
+        "hessian-lab-channel-sum"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let ch = Chan::of(l.shape())?;
+        let st = unary(
+            s,
+            |v| Ok(chan_sum(slice(v, l, ch.len(), "t")?, ch)),
+            |v| Ok(chan_sum(slice(v, l, ch.len(), "t")?, ch)),
+        )?;
+        Ok((st, Shape::from(ch.c)))
+    }
+    fn bwd(&self, _t: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let d = self.0.dims();
+        let mut sh = vec![1; d.len()];
+        sh[1] = d[1];
+        Ok(Some(
+            g.reshape(sh)?.broadcast_as(self.0.clone())?.contiguous()?,
+        ))
+    }
+}
+
+/// Σ over batch and pixels per channel, as an op (used for bias gradients).
+pub(super) fn chan_sum_op(t: &Tensor) -> candle_core::Result<Tensor> {
+    t.contiguous()?.apply_op1(ChanSum(t.shape().clone()))
+}
+
+/// y = x·a_c + b_c per channel (dim 1). Cost: one pass; backward one pass per argument.
+pub fn channel_affine(x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?
+        .apply_op3(&a.contiguous()?, &b.contiguous()?, ChanAffine)?)
+}
+
+// ---------------------------------------------------------------------------------------
+// Max pooling
+
+/// Window geometry of a k×k max pool with stride s and −∞ padding p over an h×w map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pool {
+    k: usize,
+    s: usize,
+    p: usize,
+    h: usize,
+    w: usize,
+}
+
+impl Pool {
+    fn oh(&self) -> usize {
+        (self.h + 2 * self.p - self.k) / self.s + 1
+    }
+    fn ow(&self) -> usize {
+        (self.w + 2 * self.p - self.k) / self.s + 1
+    }
+    /// For each output pixel of each (n, c) plane: the flat index (in the plane) of the
+    /// window's first maximum, calling `f(out_index, in_index)`.
+    fn argmax<T: WithDType>(&self, x: &[T], mut f: impl FnMut(usize, usize)) {
+        let (oh, ow, hw) = (self.oh(), self.ow(), self.h * self.w);
+        for (pi, plane) in x.chunks(hw).enumerate() {
+            for oi in 0..oh {
+                let r0 = (oi * self.s) as isize - self.p as isize;
+                let (rlo, rhi) = (
+                    r0.max(0) as usize,
+                    ((r0 + self.k as isize) as usize).min(self.h),
+                );
+                for oj in 0..ow {
+                    let c0 = (oj * self.s) as isize - self.p as isize;
+                    let (clo, chi) = (
+                        c0.max(0) as usize,
+                        ((c0 + self.k as isize) as usize).min(self.w),
+                    );
+                    let mut best = rlo * self.w + clo;
+                    for r in rlo..rhi {
+                        for c in clo..chi {
+                            let i = r * self.w + c;
+                            if plane[i] > plane[best] {
+                                best = i;
+                            }
+                        }
+                    }
+                    f((pi * oh + oi) * ow + oj, pi * hw + best);
+                }
+            }
+        }
+    }
+    fn out_shape(&self, x: &Shape) -> candle_core::Result<Shape> {
+        let (n, c, _, _) = x.dims4()?;
+        Ok(Shape::from((n, c, self.oh(), self.ow())))
+    }
+}
+
+/// v at the arg-max positions of x's windows (v and x of x's shape).
+pub struct PoolGather(Pool);
+/// g (output shape) added at the arg-max positions of x's windows (x's shape).
+pub struct PoolScatter(Pool);
+
+impl CustomOp2 for PoolGather {
+    fn name(&self) -> &'static str {
+        "hessian-lab-maxpool-gather"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = self.0.out_shape(l2.shape())?;
+        let (len, olen) = (l2.shape().elem_count(), out.elem_count());
+        let p = self.0;
+        fn go<T: WithDType>(p: Pool, v: &[T], x: &[T], olen: usize) -> Vec<T> {
+            let mut y = vec![T::zero(); olen];
+            p.argmax(x, |o, i| y[o] = v[i]);
+            y
+        }
+        let st = binary_op!(s1, l1, len, s2, l2, len, |v, x| go(p, v, x, olen))?;
+        Ok((st, out))
+    }
+    fn bwd(
+        &self,
+        _v: &Tensor,
+        x: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(apply(g, x, PoolScatter(self.0))?), None))
+    }
+}
+
+impl CustomOp2 for PoolScatter {
+    fn name(&self) -> &'static str {
+        "hessian-lab-maxpool-scatter"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = self.0.out_shape(l2.shape())?;
+        if l1.shape() != &out {
+            candle_core::bail!(
+                "max-pool scatter: gradient shape {:?}, expected {:?}",
+                l1.shape(),
+                out
+            );
+        }
+        let (len, olen) = (l2.shape().elem_count(), out.elem_count());
+        let p = self.0;
+        fn go<T: WithDType>(p: Pool, g: &[T], x: &[T], len: usize) -> Vec<T> {
+            let mut d = vec![T::zero(); len];
+            p.argmax(x, |o, i| d[i] += g[o]);
+            d
+        }
+        let st = binary_op!(s1, l1, olen, s2, l2, len, |g, x| go(p, g, x, len))?;
+        Ok((st, l2.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        _g: &Tensor,
+        x: &Tensor,
+        _res: &Tensor,
+        gg: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(apply(gg, x, PoolGather(self.0))?), None))
+    }
+}
+
+/// PyTorch's `MaxPool2d(k, s, p)` (floor mode) as `PoolGather(x, x)`. The caller checks the
+/// arguments. Cost: one pass over every window; backward one scatter pass.
+pub(super) fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let x = x.contiguous()?;
+    Ok(x.apply_op2(&x, PoolGather(Pool { k, s, p, h, w }))?)
+}
