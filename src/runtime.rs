@@ -117,12 +117,18 @@ impl Runtime {
         let device = match Device::cuda_if_available(0) {
             Ok(d) => d,
             Err(e) => {
-                eprintln!("hessian-lab: no usable CUDA device ({e}); running on CPU");
+                // First line only: candle appends a backtrace when RUST_BACKTRACE is set.
+                let e = e.to_string();
+                let first = e.lines().next().unwrap_or("unknown error");
+                eprintln!("hessian-lab: no usable CUDA device ({first}); running on CPU");
                 Device::Cpu
             }
         };
         if cfg!(feature = "cuda") && device.is_cpu() {
-            eprintln!("hessian-lab: built with `cuda` but no GPU is usable; running on CPU");
+            eprintln!(
+                "hessian-lab: built with `cuda` but no GPU is usable (driver, libraries or \
+                 device missing); running on CPU"
+            );
         }
         Runtime { device, dtype }
     }
