@@ -95,3 +95,47 @@ fn table10_without_data_says_what_is_needed() {
         "{err}"
     );
 }
+
+/// `table10 --sample` runs the whole pipeline (baseline, LR scaling, robust training of C1)
+/// on the shipped sample and writes a table whose accuracies are fractions on the balanced
+/// held-out fifth (a multiple of 1/400).
+#[test]
+fn table10_sample_runs_end_to_end() {
+    let out = std::env::temp_dir().join(format!("hl-t10-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_hessian-lab"))
+        .args([
+            "reproduce",
+            "table10",
+            "--sample",
+            "--batch-sizes",
+            "400,1600",
+            "--epochs",
+            "1",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains("| 400 |") && stdout.contains("| 1600 |"),
+        "{stdout}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table10.json")).unwrap()).unwrap();
+    let rows = j["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        for k in ["baseline", "lr_scaling", "robust"] {
+            let a = r[k].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&a), "{k} = {a}");
+            assert!(
+                (a * 400.0 - (a * 400.0).round()).abs() < 1e-6,
+                "{k} = {a} not k/400"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

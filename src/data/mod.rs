@@ -237,6 +237,35 @@ impl Split {
         h
     }
 
+    /// The samples at `idx`, in that order (a held-out subset, a class-balanced split).
+    /// Errors when `idx` is empty or an index is out of range.
+    pub fn select(&self, idx: &[usize]) -> Result<Split> {
+        if idx.is_empty() {
+            return Err(Error::invalid("samples", "no indices selected"));
+        }
+        if let Some(&i) = idx.iter().find(|&&i| i >= self.len()) {
+            return Err(Error::invalid(
+                "samples",
+                format!(
+                    "index {i} but the {} split has {}",
+                    self.kind.name(),
+                    self.len()
+                ),
+            ));
+        }
+        let d = self.sample_size();
+        let mut images = Vec::with_capacity(idx.len() * d);
+        for &i in idx {
+            images.extend_from_slice(&self.images[i * d..(i + 1) * d]);
+        }
+        Ok(Split {
+            dataset: self.dataset,
+            kind: self.kind,
+            images,
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+        })
+    }
+
     /// The first `n` samples in file order (deterministic; what every CLI `--samples N` means).
     /// Errors when `n` is 0 or larger than the split.
     pub fn first(&self, n: usize) -> Result<Split> {
