@@ -313,7 +313,7 @@ fn bad_inputs_are_typed_errors() {
 }
 
 /// The fused CPU kernels equal candle's ops on a convolution (with bias)
-/// → ReLU → 2×2 max pool → BatchNorm (eval) chain, with a loss cubic in the output: value,
+/// → ReLU → 2×2 max pool → BatchNorm (eval) → linear chain, with a loss cubic in the output: value,
 /// gradient and HVP (f64) for the strides, paddings and kernels the paper's models use, for batch 1
 /// (gemm threads) and batch 3 (samples over threads), with the input a variable (input
 /// Hessians) and not (parameter Hessians: its gradient is skipped).
@@ -352,6 +352,10 @@ fn fused_kernels_match_candle_to_second_order() {
                 running_var: &rv,
             };
             let ug = randn(&[cout], 11, DType::F64);
+            let ph = ((h + 2 * p - k) / s + 1) / 2;
+            let lw = Var::from_tensor(&randn(&[3, cout * ph * ph], 12, DType::F64)).unwrap();
+            let lb = Var::from_tensor(&randn(&[3], 13, DType::F64)).unwrap();
+            let ul = randn(&[3, cout * ph * ph], 14, DType::F64);
             let run = |imp: Kernels| -> Vec<Vec<f64>> {
                 set_kernels(imp);
                 let xin = if x_is_var {
@@ -367,9 +371,16 @@ fn fused_kernels_match_candle_to_second_order() {
                 let z = layers::max_pool2d(&z, 2, 2, 0).unwrap();
                 let z = layers::batch_norm(&z, bn_g.as_tensor(), bn_b.as_tensor(), &bufs, false)
                     .unwrap();
-                // A loss with a non-zero Hessian in w, b and x: Σ z³ + Σ y².
+                // A linear layer on top; a loss with a non-zero Hessian in every argument.
+                let o = layers::linear(
+                    &z.flatten_from(1).unwrap(),
+                    lw.as_tensor(),
+                    Some(lb.as_tensor()),
+                )
+                .unwrap();
                 let l = (z.powf(3.0).unwrap().sum_all().unwrap()
-                    + y.sqr().unwrap().sum_all().unwrap())
+                    + y.sqr().unwrap().sum_all().unwrap()
+                    + o.sqr().unwrap().sqr().unwrap().sum_all().unwrap())
                 .unwrap();
                 let g = l.backward().unwrap();
                 let (gw, gb, gg) = (
@@ -382,6 +393,9 @@ fn fused_kernels_match_candle_to_second_order() {
                     + (&gg * &ug).unwrap().sum_all().unwrap())
                 .unwrap();
                 let gbeta = g.get(bn_b.as_tensor()).unwrap().clone();
+                let glw = g.get(lw.as_tensor()).unwrap().clone();
+                let glb = g.get(lb.as_tensor()).unwrap().clone();
+                gv = (gv + (&glw * &ul).unwrap().sum_all().unwrap()).unwrap();
                 let mut out = vec![
                     to_vec(&y),
                     to_vec(&z),
@@ -389,6 +403,9 @@ fn fused_kernels_match_candle_to_second_order() {
                     to_vec(&gb),
                     to_vec(&gg),
                     to_vec(&gbeta),
+                    to_vec(&o),
+                    to_vec(&glw),
+                    to_vec(&glb),
                 ];
                 if x_is_var {
                     let gx = g.get(x.as_tensor()).unwrap().clone();
@@ -401,6 +418,8 @@ fn fused_kernels_match_candle_to_second_order() {
                 out.push(to_vec(h2.get(w.as_tensor()).unwrap()));
                 out.push(to_vec(h2.get(b.as_tensor()).unwrap()));
                 out.push(to_vec(h2.get(bn_g.as_tensor()).unwrap()));
+                out.push(to_vec(h2.get(lw.as_tensor()).unwrap()));
+                out.push(to_vec(h2.get(lb.as_tensor()).unwrap()));
                 if x_is_var {
                     out.push(to_vec(h2.get(x.as_tensor()).unwrap()));
                 }

@@ -133,17 +133,17 @@ fn col2im_one<T: WithDType>(col: &[T], x: &mut [T], g: &Geom) {
 
 /// A row-major matrix view for [`gemm`]: element (r, c) at `r * rs + c * cs`.
 #[derive(Clone, Copy)]
-struct Mat<'a, T> {
+pub(super) struct Mat<'a, T> {
     v: &'a [T],
     rs: usize,
     cs: usize,
 }
 
-fn row_major<T>(v: &[T], cols: usize) -> Mat<'_, T> {
+pub(super) fn row_major<T>(v: &[T], cols: usize) -> Mat<'_, T> {
     Mat { v, rs: cols, cs: 1 }
 }
 
-fn transposed<T>(v: &[T], cols: usize) -> Mat<'_, T> {
+pub(super) fn transposed<T>(v: &[T], cols: usize) -> Mat<'_, T> {
     Mat { v, rs: 1, cs: cols }
 }
 
@@ -151,7 +151,7 @@ fn transposed<T>(v: &[T], cols: usize) -> Mat<'_, T> {
 /// before the unsafe call; `par` lets gemm use rayon (when there are fewer samples than
 /// threads).
 #[allow(clippy::too_many_arguments)]
-fn gemm<T: WithDType>(
+pub(super) fn gemm<T: WithDType>(
     m: usize,
     n: usize,
     kk: usize,
@@ -589,10 +589,13 @@ impl CustomOp3 for ConvBiasFwd {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         fn add_bias<T: WithDType>(mut y: Vec<T>, b: &[T], l: usize) -> Vec<T> {
-            for (j, yc) in y.chunks_mut(l).enumerate() {
-                let bj = b[j % b.len()];
-                yc.iter_mut().for_each(|v| *v += bj);
-            }
+            y.par_chunks_mut(l)
+                .with_min_len(super::fused::min_chunks(l))
+                .enumerate()
+                .for_each(|(j, yc)| {
+                    let bj = b[j % b.len()];
+                    yc.iter_mut().for_each(|v| *v += bj);
+                });
             y
         }
         let g = &self.0;

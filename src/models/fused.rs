@@ -11,6 +11,7 @@
 //! | [`ChanScale`]`(t, a)` | t·a_c | `ChanScale(ḡ, a)`, `ChanDot(ḡ, t)` |
 //! | [`ChanDot`]`(u, v)` | Σ_{n,pixels} u·v per channel | `ChanScale(v, ḡ)`, `ChanScale(u, ḡ)` |
 //! | [`ChanSum`]`(t)` | Σ_{n,pixels} t per channel | ḡ broadcast to t's shape |
+//! | [`LinearFwd`]`(x, W, b)` | x Wᵀ + b | ḡ W, ḡᵀ x, Σₙ ḡ (candle matmuls) |
 //! | [`PoolGather`]`(v, x)` | v at each window's arg-max of x | `PoolScatter(ḡ, x)`; none for x |
 //! | [`PoolScatter`]`(g, x)` | g added at each window's arg-max of x | `PoolGather(ḡ, x)`; none for x |
 //!
@@ -18,9 +19,10 @@
 //! to the first maximum of each window (PyTorch's rule; ties are measure-zero except in
 //! all-equal windows, where any choice is a valid subgradient).
 
-use super::conv::{apply, slice, storage, Either};
+use super::conv::{apply, gemm, row_major, slice, storage, transposed, Either};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
+use rayon::prelude::*;
 
 /// A tensor seen as (n, c, l): batch, channels (dim 1), everything after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +82,23 @@ fn tracks(t: &Tensor) -> bool {
     t.track_op()
 }
 
+/// Elements per rayon task for the elementwise kernels (below this, threads cost more than
+/// they save).
+const GRAIN: usize = 1 << 14;
+
+/// Minimum number of `len`-sized chunks per rayon task.
+pub(super) fn min_chunks(len: usize) -> usize {
+    (GRAIN / len.max(1)).max(1)
+}
+
+fn par_map<T: WithDType>(v: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); v.len()];
+    out.par_chunks_mut(GRAIN)
+        .zip(v.par_chunks(GRAIN))
+        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &i)| *o = f(i)));
+    out
+}
+
 // ---------------------------------------------------------------------------------------
 // ReLU
 
@@ -95,8 +114,8 @@ impl CustomOp1 for Relu {
         let len = l.shape().elem_count();
         let st = unary(
             s,
-            |v| Ok(slice(v, l, len, "x")?.iter().map(|&a| a.max(0.0)).collect()),
-            |v| Ok(slice(v, l, len, "x")?.iter().map(|&a| a.max(0.0)).collect()),
+            |v| Ok(par_map(slice(v, l, len, "x")?, |a| a.max(0.0))),
+            |v| Ok(par_map(slice(v, l, len, "x")?, |a| a.max(0.0))),
         )?;
         Ok((st, l.shape().clone()))
     }
@@ -110,10 +129,17 @@ impl CustomOp1 for Relu {
 pub struct ReluMask;
 
 fn mask<T: WithDType>(g: &[T], x: &[T]) -> Vec<T> {
-    g.iter()
-        .zip(x)
-        .map(|(&g, &x)| if x > T::zero() { g } else { T::zero() })
-        .collect()
+    let mut out = vec![T::zero(); g.len()];
+    out.par_chunks_mut(GRAIN)
+        .zip(g.par_chunks(GRAIN).zip(x.par_chunks(GRAIN)))
+        .for_each(|(o, (g, x))| {
+            for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
+                if x > T::zero() {
+                    *o = g;
+                }
+            }
+        });
+    out
 }
 
 impl CustomOp2 for ReluMask {
@@ -154,37 +180,55 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 // Per-channel ops
 
 fn chan_scale<T: WithDType>(t: &[T], a: &[T], ch: Chan) -> Vec<T> {
-    let mut out = Vec::with_capacity(t.len());
-    for (j, blk) in t.chunks(ch.l).enumerate() {
-        let s = a[j % ch.c];
-        out.extend(blk.iter().map(|&v| v * s));
-    }
+    let mut out = vec![T::zero(); t.len()];
+    out.par_chunks_mut(ch.l.max(1))
+        .zip(t.par_chunks(ch.l.max(1)))
+        .with_min_len(min_chunks(ch.l))
+        .enumerate()
+        .for_each(|(j, (o, i))| {
+            let s = a[j % ch.c];
+            o.iter_mut().zip(i).for_each(|(o, &v)| *o = v * s);
+        });
     out
 }
 
 fn chan_affine<T: WithDType>(t: &[T], a: &[T], b: &[T], ch: Chan) -> Vec<T> {
-    let mut out = Vec::with_capacity(t.len());
-    for (j, blk) in t.chunks(ch.l).enumerate() {
-        let (s, o) = (a[j % ch.c], b[j % ch.c]);
-        out.extend(blk.iter().map(|&v| v * s + o));
-    }
+    let mut out = vec![T::zero(); t.len()];
+    out.par_chunks_mut(ch.l.max(1))
+        .zip(t.par_chunks(ch.l.max(1)))
+        .with_min_len(min_chunks(ch.l))
+        .enumerate()
+        .for_each(|(j, (o, i))| {
+            let (s, sh) = (a[j % ch.c], b[j % ch.c]);
+            o.iter_mut().zip(i).for_each(|(o, &v)| *o = v * s + sh);
+        });
     out
+}
+
+/// Per channel j: Σ over samples and pixels of f(block) (parallel over channels).
+fn chan_reduce<T: WithDType>(ch: Chan, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    (0..ch.c)
+        .into_par_iter()
+        .map(|j| (0..ch.n).fold(T::zero(), |s, i| s + f(i * ch.c + j)))
+        .collect()
 }
 
 fn chan_dot<T: WithDType>(u: &[T], v: &[T], ch: Chan) -> Vec<T> {
-    let mut out = vec![T::zero(); ch.c];
-    for (j, (bu, bv)) in u.chunks(ch.l).zip(v.chunks(ch.l)).enumerate() {
-        out[j % ch.c] += bu.iter().zip(bv).fold(T::zero(), |s, (&a, &b)| s + a * b);
-    }
-    out
+    chan_reduce(ch, |k| {
+        let r = k * ch.l..(k + 1) * ch.l;
+        u[r.clone()]
+            .iter()
+            .zip(&v[r])
+            .fold(T::zero(), |s, (&a, &b)| s + a * b)
+    })
 }
 
 fn chan_sum<T: WithDType>(t: &[T], ch: Chan) -> Vec<T> {
-    let mut out = vec![T::zero(); ch.c];
-    for (j, b) in t.chunks(ch.l).enumerate() {
-        out[j % ch.c] += b.iter().fold(T::zero(), |s, &v| s + v);
-    }
-    out
+    chan_reduce(ch, |k| {
+        t[k * ch.l..(k + 1) * ch.l]
+            .iter()
+            .fold(T::zero(), |s, &v| s + v)
+    })
 }
 
 /// y = x·a_c + b_c per channel (BatchNorm in eval mode, a conv bias).
@@ -366,34 +410,32 @@ impl Pool {
     fn ow(&self) -> usize {
         (self.w + 2 * self.p - self.k) / self.s + 1
     }
-    /// For each output pixel of each (n, c) plane: the flat index (in the plane) of the
+    /// For each output pixel of one (n, c) plane: the flat index (in the plane) of the
     /// window's first maximum, calling `f(out_index, in_index)`.
-    fn argmax<T: WithDType>(&self, x: &[T], mut f: impl FnMut(usize, usize)) {
-        let (oh, ow, hw) = (self.oh(), self.ow(), self.h * self.w);
-        for (pi, plane) in x.chunks(hw).enumerate() {
-            for oi in 0..oh {
-                let r0 = (oi * self.s) as isize - self.p as isize;
-                let (rlo, rhi) = (
-                    r0.max(0) as usize,
-                    ((r0 + self.k as isize) as usize).min(self.h),
+    fn argmax<T: WithDType>(&self, plane: &[T], mut f: impl FnMut(usize, usize)) {
+        let (oh, ow) = (self.oh(), self.ow());
+        for oi in 0..oh {
+            let r0 = (oi * self.s) as isize - self.p as isize;
+            let (rlo, rhi) = (
+                r0.max(0) as usize,
+                ((r0 + self.k as isize) as usize).min(self.h),
+            );
+            for oj in 0..ow {
+                let c0 = (oj * self.s) as isize - self.p as isize;
+                let (clo, chi) = (
+                    c0.max(0) as usize,
+                    ((c0 + self.k as isize) as usize).min(self.w),
                 );
-                for oj in 0..ow {
-                    let c0 = (oj * self.s) as isize - self.p as isize;
-                    let (clo, chi) = (
-                        c0.max(0) as usize,
-                        ((c0 + self.k as isize) as usize).min(self.w),
-                    );
-                    let mut best = rlo * self.w + clo;
-                    for r in rlo..rhi {
-                        for c in clo..chi {
-                            let i = r * self.w + c;
-                            if plane[i] > plane[best] {
-                                best = i;
-                            }
+                let mut best = rlo * self.w + clo;
+                for r in rlo..rhi {
+                    for c in clo..chi {
+                        let i = r * self.w + c;
+                        if plane[i] > plane[best] {
+                            best = i;
                         }
                     }
-                    f((pi * oh + oi) * ow + oj, pi * hw + best);
                 }
+                f(oi * ow + oj, best);
             }
         }
     }
@@ -423,8 +465,12 @@ impl CustomOp2 for PoolGather {
         let (len, olen) = (l2.shape().elem_count(), out.elem_count());
         let p = self.0;
         fn go<T: WithDType>(p: Pool, v: &[T], x: &[T], olen: usize) -> Vec<T> {
+            let (hw, ohw) = ((p.h * p.w).max(1), (p.oh() * p.ow()).max(1));
             let mut y = vec![T::zero(); olen];
-            p.argmax(x, |o, i| y[o] = v[i]);
+            y.par_chunks_mut(ohw.max(1))
+                .zip(v.par_chunks(hw).zip(x.par_chunks(hw)))
+                .with_min_len(min_chunks(hw))
+                .for_each(|(y, (v, x))| p.argmax(x, |o, i| y[o] = v[i]));
             y
         }
         let st = binary_op!(s1, l1, len, s2, l2, len, |v, x| go(p, v, x, olen))?;
@@ -463,8 +509,12 @@ impl CustomOp2 for PoolScatter {
         let (len, olen) = (l2.shape().elem_count(), out.elem_count());
         let p = self.0;
         fn go<T: WithDType>(p: Pool, g: &[T], x: &[T], len: usize) -> Vec<T> {
+            let (hw, ohw) = ((p.h * p.w).max(1), (p.oh() * p.ow()).max(1));
             let mut d = vec![T::zero(); len];
-            p.argmax(x, |o, i| d[i] += g[o]);
+            d.par_chunks_mut(hw)
+                .zip(g.par_chunks(ohw.max(1)).zip(x.par_chunks(hw)))
+                .with_min_len(min_chunks(hw))
+                .for_each(|(d, (g, x))| p.argmax(x, |o, i| d[i] += g[o]));
             d
         }
         let st = binary_op!(s1, l1, olen, s2, l2, len, |g, x| go(p, g, x, len))?;
@@ -487,4 +537,113 @@ pub(super) fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Ten
     let (_, _, h, w) = x.dims4()?;
     let x = x.contiguous()?;
     Ok(x.apply_op2(&x, PoolGather(Pool { k, s, p, h, w }))?)
+}
+
+// ---------------------------------------------------------------------------------------
+// Linear
+
+/// y = x Wᵀ + b for x (n, in), W (out, in), b (out): one gemm plus the bias; backward
+/// dx = dy W, dW = dyᵀ x, db = Σₙ dy with candle's (differentiable) matmul and sum, so W's
+/// gradient comes out in W's layout with no transpose copy and the bias costs no broadcast
+/// buffers.
+pub struct LinearFwd;
+
+impl CustomOp3 for LinearFwd {
+    fn name(&self) -> &'static str {
+        "hessian-lab-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn go<T: WithDType>(
+            x: &[T],
+            w: &[T],
+            b: &[T],
+            n: usize,
+            i: usize,
+            o: usize,
+        ) -> candle_core::Result<Vec<T>> {
+            let mut y = vec![T::zero(); n * o];
+            gemm(
+                n,
+                o,
+                i,
+                &mut y,
+                false,
+                row_major(x, i),
+                transposed(w, i),
+                n * o * i > 1 << 16,
+            )?;
+            for row in y.chunks_mut(o) {
+                row.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb);
+            }
+            Ok(y)
+        }
+        let (n, i) = l1.shape().dims2()?;
+        let (o, i2) = l2.shape().dims2()?;
+        if i2 != i || l3.shape().dims() != [o] {
+            candle_core::bail!(
+                "linear: x {:?}, weight {:?}, bias {:?}",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            );
+        }
+        let st = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(go(
+                slice(x, l1, n * i, "x")?,
+                slice(w, l2, o * i, "weight")?,
+                slice(b, l3, o, "bias")?,
+                n,
+                i,
+                o,
+            )?),
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(go(
+                slice(x, l1, n * i, "x")?,
+                slice(w, l2, o * i, "weight")?,
+                slice(b, l3, o, "bias")?,
+                n,
+                i,
+                o,
+            )?),
+            _ => candle_core::bail!("linear: all f32 or all f64"),
+        };
+        Ok((st, Shape::from((n, o))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((
+            tracks(x).then(|| dy.matmul(w)).transpose()?,
+            tracks(w).then(|| dy.t()?.matmul(x)).transpose()?,
+            tracks(b).then(|| dy.sum(0)).transpose()?,
+        ))
+    }
+}
+
+/// y = x Wᵀ + b through [`LinearFwd`] (x 2-D). Cost: one gemm; backward two.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (_, i) = x.dims2()?;
+    let (o, i2) = w.dims2()?;
+    if i2 != i || b.dims() != [o] {
+        return Err(crate::Error::Shape(format!(
+            "linear: input {:?}, weight {:?}, bias {:?}",
+            x.dims(),
+            w.dims(),
+            b.dims()
+        )));
+    }
+    Ok(x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, LinearFwd)?)
 }
