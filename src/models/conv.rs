@@ -95,13 +95,15 @@ fn im2col_one<T: WithDType>(x: &[T], col: &mut [T], g: &Geom) {
                     let ii = oi * g.s + di - g.p;
                     let xrow = &x[(ci * g.h + ii) * g.w..(ci * g.h + ii + 1) * g.w];
                     let dst = &mut col[row + oi * ow..row + (oi + 1) * ow];
+                    if jhi == jlo {
+                        continue;
+                    }
+                    let j0 = jlo * g.s + dj - g.p;
                     if g.s == 1 {
-                        let j0 = jlo + dj - g.p;
                         dst[jlo..jhi].copy_from_slice(&xrow[j0..j0 + (jhi - jlo)]);
                     } else {
-                        for oj in jlo..jhi {
-                            dst[oj] = xrow[oj * g.s + dj - g.p];
-                        }
+                        let src = xrow[j0..].iter().step_by(g.s);
+                        dst[jlo..jhi].iter_mut().zip(src).for_each(|(d, &v)| *d = v);
                     }
                 }
             }
@@ -122,8 +124,10 @@ fn col2im_one<T: WithDType>(col: &[T], x: &mut [T], g: &Geom) {
                     let ii = oi * g.s + di - g.p;
                     let xrow = &mut x[(ci * g.h + ii) * g.w..(ci * g.h + ii + 1) * g.w];
                     let src = &col[row + oi * ow..row + (oi + 1) * ow];
-                    for oj in jlo..jhi {
-                        xrow[oj * g.s + dj - g.p] += src[oj];
+                    if jhi > jlo {
+                        let j0 = jlo * g.s + dj - g.p;
+                        let dst = xrow[j0..].iter_mut().step_by(g.s);
+                        dst.zip(&src[jlo..jhi]).for_each(|(d, &v)| *d += v);
                     }
                 }
             }

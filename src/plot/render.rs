@@ -143,6 +143,8 @@ fn draw_lines<DB: DrawingBackend>(
                 .label_style(("sans-serif", 12))
                 .axis_desc_style(("sans-serif", 14))
                 .light_line_style(RGBColor(235, 235, 235))
+                // plotters' log axis packs its light lines into a grey band: draw none there
+                .y_max_light_lines(if log_y { 0 } else { 10 })
                 .x_label_formatter(&fmt_num)
                 .y_label_formatter(&fmt_num)
                 .draw()
