@@ -11,8 +11,8 @@ use candle_core::{DType, Tensor, Var, D};
 /// Which kernels [`conv2d`], [`linear`], [`relu`], [`max_pool2d`] and eval-mode
 /// [`batch_norm`] use on the CPU (both exact to any order).
 ///
-/// Measured in BENCHMARKS.md: on M1 (1 thread) the fused kernels cut a gradient from 142 to
-/// 57 ms and a graph-reusing HVP from 327 to 101 ms, with no more memory than candle's.
+/// Measured in BENCHMARKS.md (same run, 1 thread): on M1 the fused kernels cut a gradient
+/// from 124 to 37 ms and a graph-reusing HVP from 251 to 76 ms, with less memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernels {
     /// Our custom ops (the default): convolution as im2col + gemm per sample with the bias
