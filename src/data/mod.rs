@@ -282,13 +282,7 @@ impl Split {
                 ),
             ));
         }
-        let d = self.sample_size();
-        Ok(Split {
-            dataset: self.dataset,
-            kind: self.kind,
-            images: self.images[..n * d].to_vec(),
-            labels: self.labels[..n].to_vec(),
-        })
+        self.select(&(0..n).collect::<Vec<_>>())
     }
 
     /// Samples at `idx` as a batch on the runtime's device, pixels scaled to [0, 1].

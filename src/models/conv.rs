@@ -36,12 +36,17 @@ struct Geom {
     p: usize,
 }
 
+/// Output length of a window of `k` sliding with stride `s` over `len` + 2·`p` (floor mode).
+pub(super) fn out_len(len: usize, k: usize, s: usize, p: usize) -> usize {
+    (len + 2 * p - k) / s + 1
+}
+
 impl Geom {
     fn oh(&self) -> usize {
-        (self.h + 2 * self.p - self.k) / self.s + 1
+        out_len(self.h, self.k, self.s, self.p)
     }
     fn ow(&self) -> usize {
-        (self.w + 2 * self.p - self.k) / self.s + 1
+        out_len(self.w, self.k, self.s, self.p)
     }
     /// Output pixels per channel (columns of Cᵢ).
     fn l(&self) -> usize {
@@ -233,9 +238,73 @@ pub(super) fn slice<'a, T: WithDType>(
     }
 }
 
+/// `$f(a, b)` on the contiguous slices of two f32 (or two f64) storages of `$len1`/`$len2`
+/// elements, as a `CpuStorage` of the same dtype; `$f` returns `candle_core::Result<Vec<T>>`
+/// and is expanded once per dtype. Bails from the enclosing `cpu_fwd` on mixed or other dtypes.
+macro_rules! binary_op {
+    ($s1:expr, $l1:expr, $len1:expr, $s2:expr, $l2:expr, $len2:expr, $f:expr) => {
+        match ($s1, $s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32($f(
+                slice(a, $l1, $len1, "first argument")?,
+                slice(b, $l2, $len2, "second argument")?,
+            )?),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64($f(
+                slice(a, $l1, $len1, "first argument")?,
+                slice(b, $l2, $len2, "second argument")?,
+            )?),
+            _ => candle_core::bail!("fused kernels: arguments must be all f32 or all f64"),
+        }
+    };
+}
+pub(super) use binary_op;
+
+/// [`binary_op!`] for three storages.
+macro_rules! ternary_op {
+    ($s1:expr, $l1:expr, $len1:expr, $s2:expr, $l2:expr, $len2:expr,
+     $s3:expr, $l3:expr, $len3:expr, $f:expr) => {
+        match ($s1, $s2, $s3) {
+            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32($f(
+                slice(a, $l1, $len1, "first argument")?,
+                slice(b, $l2, $len2, "second argument")?,
+                slice(c, $l3, $len3, "third argument")?,
+            )?),
+            (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => CpuStorage::F64($f(
+                slice(a, $l1, $len1, "first argument")?,
+                slice(b, $l2, $len2, "second argument")?,
+                slice(c, $l3, $len3, "third argument")?,
+            )?),
+            _ => candle_core::bail!("fused kernels: arguments must be all f32 or all f64"),
+        }
+    };
+}
+pub(super) use ternary_op;
+
 /// Split the batch over threads when there are enough samples; otherwise let gemm use them.
 fn batch_parallel(g: &Geom) -> bool {
     g.n >= rayon::current_num_threads()
+}
+
+/// Calls `one(scratch, (i, out_i), gemm_parallel)` for every sample's `chunk` of `out`: samples
+/// over threads (each with its own `scratch` buffer of `scratch_len`) when there are enough of
+/// them, otherwise one after another with a parallel gemm.
+fn per_sample<T: WithDType>(
+    out: &mut [T],
+    chunk: usize,
+    scratch_len: usize,
+    g: &Geom,
+    one: impl Fn(&mut Vec<T>, (usize, &mut [T]), bool) -> candle_core::Result<()> + Sync,
+) -> candle_core::Result<()> {
+    let chunk = chunk.max(1);
+    if batch_parallel(g) {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .try_for_each_init(|| vec![T::zero(); scratch_len], |col, t| one(col, t, false))
+    } else {
+        let mut col = vec![T::zero(); scratch_len];
+        out.chunks_mut(chunk)
+            .enumerate()
+            .try_for_each(|t| one(&mut col, t, true))
+    }
 }
 
 fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
@@ -254,16 +323,7 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> 
             par,
         )
     };
-    if batch_parallel(g) {
-        y.par_chunks_mut(yl)
-            .enumerate()
-            .try_for_each_init(|| vec![T::zero(); ckk * l], |col, t| one(col, t, false))?;
-    } else {
-        let mut col = vec![T::zero(); ckk * l];
-        for t in y.chunks_mut(yl).enumerate() {
-            one(&mut col, t, true)?;
-        }
-    }
+    per_sample(&mut y, yl, ckk * l, g, one)?;
     Ok(y)
 }
 
@@ -282,18 +342,9 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Ve
             par,
         )?;
         col2im_one(col, dxi, g);
-        Ok::<(), candle_core::Error>(())
+        Ok(())
     };
-    if batch_parallel(g) {
-        dx.par_chunks_mut(xl)
-            .enumerate()
-            .try_for_each_init(|| vec![T::zero(); ckk * l], |col, t| one(col, t, false))?;
-    } else {
-        let mut col = vec![T::zero(); ckk * l];
-        for t in dx.chunks_mut(xl).enumerate() {
-            one(&mut col, t, true)?;
-        }
-    }
+    per_sample(&mut dx, xl, ckk * l, g, one)?;
     Ok(dx)
 }
 
@@ -344,32 +395,12 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
     }
 }
 
-pub(super) fn storage<F>(a: &CpuStorage, b: &CpuStorage, f32f: F) -> candle_core::Result<CpuStorage>
-where
-    F: FnOnce(Either<'_>) -> candle_core::Result<CpuStorage>,
-{
-    match (a, b) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => f32f(Either::F32(a, b)),
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => f32f(Either::F64(a, b)),
-        _ => candle_core::bail!("conv: both arguments must be f32 or both f64"),
-    }
-}
-
-pub(super) enum Either<'a> {
-    F32(&'a [f32], &'a [f32]),
-    F64(&'a [f64], &'a [f64]),
-}
-
 /// y = conv(x, W), see the module docs.
 pub struct ConvFwd(Geom);
 /// dx = conv_transpose(dy, W) (the input gradient of a convolution), see the module docs.
 pub struct ConvBwdData(Geom);
 /// dW = Σᵢ dyᵢ im2col(xᵢ)ᵀ (the weight gradient of a convolution), see the module docs.
 pub struct ConvBwdFilter(Geom);
-
-fn tracks(t: &Tensor) -> bool {
-    t.track_op()
-}
 
 impl CustomOp2 for ConvFwd {
     fn name(&self) -> &'static str {
@@ -383,20 +414,9 @@ impl CustomOp2 for ConvFwd {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = &self.0;
-        let st = storage(s1, s2, |e| {
-            Ok(match e {
-                Either::F32(x, w) => CpuStorage::F32(fwd(
-                    slice(x, l1, g.n * g.x_len(), "x")?,
-                    slice(w, l2, g.co * g.ckk(), "weight")?,
-                    g,
-                )?),
-                Either::F64(x, w) => CpuStorage::F64(fwd(
-                    slice(x, l1, g.n * g.x_len(), "x")?,
-                    slice(w, l2, g.co * g.ckk(), "weight")?,
-                    g,
-                )?),
-            })
-        })?;
+        let st = binary_op!(s1, l1, g.n * g.x_len(), s2, l2, g.co * g.ckk(), |a, b| fwd(
+            a, b, g
+        ));
         Ok((st, g.y_shape()))
     }
     fn bwd(
@@ -407,14 +427,14 @@ impl CustomOp2 for ConvFwd {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = match tracks(x) {
-            true => Some(apply(&dy, w, ConvBwdData(self.0))?),
-            false => None,
-        };
-        let dw = match tracks(w) {
-            true => Some(apply(x, &dy, ConvBwdFilter(self.0))?),
-            false => None,
-        };
+        let dx = x
+            .track_op()
+            .then(|| apply(&dy, w, ConvBwdData(self.0)))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| apply(x, &dy, ConvBwdFilter(self.0)))
+            .transpose()?;
         Ok((dx, dw))
     }
 }
@@ -431,20 +451,9 @@ impl CustomOp2 for ConvBwdData {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = &self.0;
-        let st = storage(s1, s2, |e| {
-            Ok(match e {
-                Either::F32(dy, w) => CpuStorage::F32(bwd_data(
-                    slice(dy, l1, g.n * g.y_len(), "dy")?,
-                    slice(w, l2, g.co * g.ckk(), "weight")?,
-                    g,
-                )?),
-                Either::F64(dy, w) => CpuStorage::F64(bwd_data(
-                    slice(dy, l1, g.n * g.y_len(), "dy")?,
-                    slice(w, l2, g.co * g.ckk(), "weight")?,
-                    g,
-                )?),
-            })
-        })?;
+        let st = binary_op!(s1, l1, g.n * g.y_len(), s2, l2, g.co * g.ckk(), |a, b| {
+            bwd_data(a, b, g)
+        });
         Ok((st, g.x_shape()))
     }
     fn bwd(
@@ -455,14 +464,14 @@ impl CustomOp2 for ConvBwdData {
         gx: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let gx = gx.contiguous()?;
-        let d_dy = match tracks(dy) {
-            true => Some(apply(&gx, w, ConvFwd(self.0))?),
-            false => None,
-        };
-        let d_w = match tracks(w) {
-            true => Some(apply(&gx, dy, ConvBwdFilter(self.0))?),
-            false => None,
-        };
+        let d_dy = dy
+            .track_op()
+            .then(|| apply(&gx, w, ConvFwd(self.0)))
+            .transpose()?;
+        let d_w = w
+            .track_op()
+            .then(|| apply(&gx, dy, ConvBwdFilter(self.0)))
+            .transpose()?;
         Ok((d_dy, d_w))
     }
 }
@@ -479,20 +488,9 @@ impl CustomOp2 for ConvBwdFilter {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = &self.0;
-        let st = storage(s1, s2, |e| {
-            Ok(match e {
-                Either::F32(x, dy) => CpuStorage::F32(bwd_filter(
-                    slice(x, l1, g.n * g.x_len(), "x")?,
-                    slice(dy, l2, g.n * g.y_len(), "dy")?,
-                    g,
-                )?),
-                Either::F64(x, dy) => CpuStorage::F64(bwd_filter(
-                    slice(x, l1, g.n * g.x_len(), "x")?,
-                    slice(dy, l2, g.n * g.y_len(), "dy")?,
-                    g,
-                )?),
-            })
-        })?;
+        let st = binary_op!(s1, l1, g.n * g.x_len(), s2, l2, g.n * g.y_len(), |a, b| {
+            bwd_filter(a, b, g)
+        });
         Ok((st, g.w_shape()))
     }
     fn bwd(
@@ -503,14 +501,14 @@ impl CustomOp2 for ConvBwdFilter {
         gw: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let gw = gw.contiguous()?;
-        let d_x = match tracks(x) {
-            true => Some(apply(dy, &gw, ConvBwdData(self.0))?),
-            false => None,
-        };
-        let d_dy = match tracks(dy) {
-            true => Some(apply(x, &gw, ConvFwd(self.0))?),
-            false => None,
-        };
+        let d_x = x
+            .track_op()
+            .then(|| apply(dy, &gw, ConvBwdData(self.0)))
+            .transpose()?;
+        let d_dy = dy
+            .track_op()
+            .then(|| apply(x, &gw, ConvFwd(self.0)))
+            .transpose()?;
         Ok((d_x, d_dy))
     }
 }
@@ -624,10 +622,10 @@ impl CustomOp3 for ConvBiasFwd {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = ConvFwd(self.0).bwd(x, w, _res, dy)?;
-        let db = match tracks(b) {
-            true => Some(super::fused::chan_sum_op(dy)?),
-            false => None,
-        };
+        let db = b
+            .track_op()
+            .then(|| super::fused::chan_sum_op(dy))
+            .transpose()?;
         Ok((dx, dw, db))
     }
 }

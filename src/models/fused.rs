@@ -19,7 +19,7 @@
 //! to the first maximum of each window (PyTorch's rule; ties are measure-zero except in
 //! all-equal windows, where any choice is a valid subgradient).
 
-use super::conv::{apply, gemm, row_major, slice, storage, transposed, Either};
+use super::conv::{apply, binary_op, gemm, out_len, row_major, slice, ternary_op, transposed};
 use crate::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -61,25 +61,9 @@ where
     })
 }
 
-macro_rules! binary_op {
-    ($s1:expr, $l1:expr, $len1:expr, $s2:expr, $l2:expr, $len2:expr, $f:expr) => {
-        storage($s1, $s2, |e| {
-            Ok(match e {
-                Either::F32(a, b) => CpuStorage::F32($f(
-                    slice(a, $l1, $len1, "first argument")?,
-                    slice(b, $l2, $len2, "second argument")?,
-                )),
-                Either::F64(a, b) => CpuStorage::F64($f(
-                    slice(a, $l1, $len1, "first argument")?,
-                    slice(b, $l2, $len2, "second argument")?,
-                )),
-            })
-        })
-    };
-}
-
-fn tracks(t: &Tensor) -> bool {
-    t.track_op()
+/// Wraps a kernel's output for [`binary_op!`] / [`ternary_op!`].
+fn ok<T>(v: Vec<T>) -> candle_core::Result<Vec<T>> {
+    Ok(v)
 }
 
 /// Elements per rayon task for the elementwise kernels (below this, threads cost more than
@@ -157,7 +141,7 @@ impl CustomOp2 for ReluMask {
             candle_core::bail!("relu mask: shapes differ");
         }
         let len = l1.shape().elem_count();
-        let st = binary_op!(s1, l1, len, s2, l2, len, mask)?;
+        let st = binary_op!(s1, l1, len, s2, l2, len, |g, x| ok(mask(g, x)));
         Ok((st, l1.shape().clone()))
     }
     fn bwd(
@@ -254,25 +238,9 @@ impl CustomOp3 for ChanAffine {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let ch = Chan::of(l1.shape())?;
-        let st = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                CpuStorage::F32(chan_affine(
-                    slice(x, l1, ch.len(), "x")?,
-                    slice(a, l2, ch.c, "scale")?,
-                    slice(b, l3, ch.c, "shift")?,
-                    ch,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                CpuStorage::F64(chan_affine(
-                    slice(x, l1, ch.len(), "x")?,
-                    slice(a, l2, ch.c, "scale")?,
-                    slice(b, l3, ch.c, "shift")?,
-                    ch,
-                ))
-            }
-            _ => candle_core::bail!("channel affine: all f32 or all f64"),
-        };
+        let st = ternary_op!(s1, l1, ch.len(), s2, l2, ch.c, s3, l3, ch.c, |x, a, b| ok(
+            chan_affine(x, a, b, ch)
+        ));
         Ok((st, l1.shape().clone()))
     }
     fn bwd(
@@ -285,9 +253,9 @@ impl CustomOp3 for ChanAffine {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
         Ok((
-            tracks(x).then(|| apply(&g, a, ChanScale)).transpose()?,
-            tracks(a).then(|| apply(&g, x, ChanDot)).transpose()?,
-            tracks(b).then(|| chan_sum_op(&g)).transpose()?,
+            x.track_op().then(|| apply(&g, a, ChanScale)).transpose()?,
+            a.track_op().then(|| apply(&g, x, ChanDot)).transpose()?,
+            b.track_op().then(|| chan_sum_op(&g)).transpose()?,
         ))
     }
 }
@@ -304,7 +272,9 @@ impl CustomOp2 for ChanScale {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let ch = Chan::of(l1.shape())?;
-        let st = binary_op!(s1, l1, ch.len(), s2, l2, ch.c, |t, a| chan_scale(t, a, ch))?;
+        let st = binary_op!(s1, l1, ch.len(), s2, l2, ch.c, |t, a| ok(chan_scale(
+            t, a, ch
+        )));
         Ok((st, l1.shape().clone()))
     }
     fn bwd(
@@ -316,8 +286,8 @@ impl CustomOp2 for ChanScale {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
         Ok((
-            tracks(t).then(|| apply(&g, a, ChanScale)).transpose()?,
-            tracks(a).then(|| apply(&g, t, ChanDot)).transpose()?,
+            t.track_op().then(|| apply(&g, a, ChanScale)).transpose()?,
+            a.track_op().then(|| apply(&g, t, ChanDot)).transpose()?,
         ))
     }
 }
@@ -337,9 +307,9 @@ impl CustomOp2 for ChanDot {
         if l2.shape() != l1.shape() {
             candle_core::bail!("channel dot: shapes differ");
         }
-        let st = binary_op!(s1, l1, ch.len(), s2, l2, ch.len(), |u, v| chan_dot(
+        let st = binary_op!(s1, l1, ch.len(), s2, l2, ch.len(), |u, v| ok(chan_dot(
             u, v, ch
-        ))?;
+        )));
         Ok((st, Shape::from(ch.c)))
     }
     fn bwd(
@@ -350,8 +320,8 @@ impl CustomOp2 for ChanDot {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         Ok((
-            tracks(u).then(|| apply(v, g, ChanScale)).transpose()?,
-            tracks(v).then(|| apply(u, g, ChanScale)).transpose()?,
+            u.track_op().then(|| apply(v, g, ChanScale)).transpose()?,
+            v.track_op().then(|| apply(u, g, ChanScale)).transpose()?,
         ))
     }
 }
@@ -405,10 +375,10 @@ struct Pool {
 
 impl Pool {
     fn oh(&self) -> usize {
-        (self.h + 2 * self.p - self.k) / self.s + 1
+        out_len(self.h, self.k, self.s, self.p)
     }
     fn ow(&self) -> usize {
-        (self.w + 2 * self.p - self.k) / self.s + 1
+        out_len(self.w, self.k, self.s, self.p)
     }
     /// For each output pixel of one (n, c) plane: the flat index (in the plane) of the
     /// window's first maximum, calling `f(out_index, in_index)`.
@@ -473,7 +443,7 @@ impl CustomOp2 for PoolGather {
                 .for_each(|(y, (v, x))| p.argmax(x, |o, i| y[o] = v[i]));
             y
         }
-        let st = binary_op!(s1, l1, len, s2, l2, len, |v, x| go(p, v, x, olen))?;
+        let st = binary_op!(s1, l1, len, s2, l2, len, |v, x| ok(go(p, v, x, olen)));
         Ok((st, out))
     }
     fn bwd(
@@ -517,7 +487,7 @@ impl CustomOp2 for PoolScatter {
                 .for_each(|(d, (g, x))| p.argmax(x, |o, i| d[i] += g[o]));
             d
         }
-        let st = binary_op!(s1, l1, olen, s2, l2, len, |g, x| go(p, g, x, len))?;
+        let st = binary_op!(s1, l1, olen, s2, l2, len, |g, x| ok(go(p, g, x, len)));
         Ok((st, l2.shape().clone()))
     }
     fn bwd(
@@ -595,25 +565,9 @@ impl CustomOp3 for LinearFwd {
                 l3.shape()
             );
         }
-        let st = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(go(
-                slice(x, l1, n * i, "x")?,
-                slice(w, l2, o * i, "weight")?,
-                slice(b, l3, o, "bias")?,
-                n,
-                i,
-                o,
-            )?),
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(go(
-                slice(x, l1, n * i, "x")?,
-                slice(w, l2, o * i, "weight")?,
-                slice(b, l3, o, "bias")?,
-                n,
-                i,
-                o,
-            )?),
-            _ => candle_core::bail!("linear: all f32 or all f64"),
-        };
+        let st = ternary_op!(s1, l1, n * i, s2, l2, o * i, s3, l3, o, |x, w, b| go(
+            x, w, b, n, i, o
+        ));
         Ok((st, Shape::from((n, o))))
     }
     fn bwd(
@@ -625,9 +579,9 @@ impl CustomOp3 for LinearFwd {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         Ok((
-            tracks(x).then(|| dy.matmul(w)).transpose()?,
-            tracks(w).then(|| dy.t()?.matmul(x)).transpose()?,
-            tracks(b).then(|| dy.sum(0)).transpose()?,
+            x.track_op().then(|| dy.matmul(w)).transpose()?,
+            w.track_op().then(|| dy.t()?.matmul(x)).transpose()?,
+            b.track_op().then(|| dy.sum(0)).transpose()?,
         ))
     }
 }
