@@ -10,9 +10,10 @@ use hessian_lab::{Error, Runtime};
 fn curvature_calls_fail_loudly_when_double_backward_is_off() {
     std::env::remove_var("CANDLE_GRAD_DO_NOT_DETACH");
     let d2 = hessian_lab::runtime::probe_second_derivative().unwrap();
+    // Upstream candle's detached mode gives 4, the vendored one 0; exact is 12.
     assert!(
-        (d2 - 4.0).abs() < 1e-12,
-        "detached candle gives 4, got {d2}"
+        (d2 - 4.0).abs() < 1e-12 || d2 == 0.0,
+        "detached candle gives 4 or 0, got {d2}"
     );
     assert!(!hessian_lab::double_backward_enabled().unwrap());
     let rt = Runtime::cpu_f64();

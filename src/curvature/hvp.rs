@@ -9,6 +9,7 @@
 use super::vector::ParamVec;
 use crate::data::Batch;
 use crate::models::{layers, Model};
+use crate::runtime::backward_detached;
 use crate::{ensure_double_backward, Error, Result};
 use candle_core::{DType, Tensor, Var};
 
@@ -92,10 +93,16 @@ pub fn gradient_with_graph(
     Ok((lv, grads_of(&store, &sel.tensors(model))?))
 }
 
-/// Mean-loss gradient ∇θ (1/N)Σᵢ ℓᵢ (eval mode), detached. Cost: 1 forward + 1 backward.
+/// Mean-loss gradient ∇θ (1/N)Σᵢ ℓᵢ (eval mode), detached; the backward pass records no
+/// graph ([`backward_detached`]). Cost: 1 forward + 1 backward.
 pub fn gradient(model: &Model, batch: &Batch, sel: &ParamSelection) -> Result<(f64, ParamVec)> {
-    let (l, g) = gradient_with_graph(model, batch, sel)?;
-    Ok((l, ParamVec(g).detach()))
+    let loss = model.loss(batch)?;
+    let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if !lv.is_finite() {
+        return Err(Error::NonFinite("loss".into()));
+    }
+    let store = backward_detached(&loss)?;
+    Ok((lv, ParamVec(grads_of(&store, &sel.tensors(model))?).detach()))
 }
 
 /// ⟨g, v⟩ = Σᵢ Σ gᵢ⊙vᵢ as a graph node (g keeps its graph, v is a constant).
@@ -124,7 +131,7 @@ pub fn hvp_from_graph(
             "vector does not match the selected parameters".into(),
         ));
     }
-    let store = graph_dot(grads, v)?.backward()?;
+    let store = backward_detached(&graph_dot(grads, v)?)?;
     Ok(ParamVec(grads_of(&store, &sel.tensors(model))?).detach())
 }
 
@@ -218,7 +225,7 @@ pub fn hvp_fd(
 pub fn input_gradient(model: &Model, batch: &Batch) -> Result<(Tensor, Tensor)> {
     let x = Var::from_tensor(&batch.x.detach())?;
     let losses = layers::cross_entropy_per_sample(&model.forward(x.as_tensor())?, &batch.y)?;
-    let store = losses.sum_all()?.backward()?;
+    let store = backward_detached(&losses.sum_all()?)?;
     let g = match store.get(x.as_tensor()) {
         Some(g) => g.detach(),
         None => x.as_tensor().zeros_like()?,
@@ -246,7 +253,7 @@ pub fn input_hvp(model: &Model, batch: &Batch, v: &Tensor) -> Result<Tensor> {
         .ok_or_else(|| Error::Unsupported("the loss does not depend on the input".into()))?
         .clone();
     let s = (g * v.detach().to_dtype(batch.x.dtype())?)?.sum_all()?;
-    let store2 = s.backward()?;
+    let store2 = backward_detached(&s)?;
     match store2.get(x.as_tensor()) {
         Some(h) => Ok(h.detach()),
         None => Ok(x.as_tensor().zeros_like()?),
@@ -275,6 +282,6 @@ pub fn hvp_closure(
     let store = l.sum_all()?.backward()?;
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let g = grads_of(&store, &ts)?;
-    let s2 = graph_dot(&g, v)?.backward()?;
+    let s2 = backward_detached(&graph_dot(&g, v)?)?;
     Ok(ParamVec(grads_of(&s2, &ts)?).detach())
 }

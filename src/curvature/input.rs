@@ -188,7 +188,7 @@ pub fn logit_jacobians(model: &Model, batch: &Batch) -> Result<(Vec<DMatrix<f64>
         .to_vec2()?;
     let mut jac = vec![DMatrix::<f64>::zeros(c, d); n];
     for k in 0..c {
-        let store = z.narrow(1, k, 1)?.sum_all()?.backward()?;
+        let store = crate::runtime::backward_detached(&z.narrow(1, k, 1)?.sum_all()?)?;
         let g = match store.get(x.as_tensor()) {
             Some(g) => g.to_dtype(DType::F64)?.reshape((n, d))?.to_vec2::<f64>()?,
             None => vec![vec![0.0; d]; n],

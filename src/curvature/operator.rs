@@ -2,7 +2,7 @@
 //! dense matrix operator for tests and small problems. Eigen solvers, trace and density
 //! estimators take any [`CurvatureOperator`].
 
-use super::hvp::{gradient_with_graph, hvp_from_graph, ParamSelection};
+use super::hvp::{gradient, gradient_with_graph, hvp_from_graph, ParamSelection};
 use super::vector::ParamVec;
 use crate::data::{Batch, Split};
 use crate::models::{layers, Model};
@@ -160,8 +160,7 @@ impl HessianOperator {
         let mut loss = 0.0;
         let mut acc: Option<ParamVec> = None;
         self.source.for_each(self.model.runtime(), |b, w| {
-            let (l, g) = gradient_with_graph(&self.model, b, &self.sel)?;
-            let g = ParamVec(g).detach();
+            let (l, g) = gradient(&self.model, b, &self.sel)?;
             loss += w * l;
             acc = Some(match acc.take() {
                 None => g.scale(w)?,
@@ -256,15 +255,14 @@ impl GgnOperator {
             }
         }
         let t = t.ok_or_else(|| Error::Empty("no parameter reaches the logits".into()))?;
-        let jv = t
-            .backward()?
+        let jv = crate::runtime::backward_detached(&t)?
             .get(u.as_tensor())
             .ok_or_else(|| Error::Unsupported("Jv: no gradient".into()))?
             .detach();
         let p = layers::softmax(&z.detach())?;
         let pjv = (&p * &jv)?;
         let r = ((&pjv - p.broadcast_mul(&pjv.sum_keepdim(1)?)?)? / b.len() as f64)?;
-        let st2 = (&z * r.detach())?.sum_all()?.backward()?;
+        let st2 = crate::runtime::backward_detached(&(&z * r.detach())?.sum_all()?)?;
         Ok(ParamVec(
             ts.iter()
                 .map(|p| match st2.get(p) {

@@ -146,7 +146,7 @@ pub fn batch_gradient(
             ));
         }
         loss_sum += lv * w;
-        let store = (loss * w)?.backward()?;
+        let store = crate::runtime::backward_detached(&(loss * w)?)?;
         let g: Vec<Tensor> = model
             .params()
             .iter()

@@ -723,14 +723,19 @@ impl GradStore {
     /// itself when there is none yet. Upstream candle inserts a zero tensor and adds to it,
     /// which costs an allocation, a memset and an add per node and, with
     /// CANDLE_GRAD_DO_NOT_DETACH=1, keeps the zero tensor alive in the gradient's graph.
+    /// In detached mode (the default) the stored gradient is detached: upstream only detached
+    /// a gradient when it was taken out again, so each pending gradient kept the tensors it was
+    /// computed from alive (another activation-sized buffer per pending gradient).
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
+        let keep_graph = CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);
+        let store = |t: Tensor| if keep_graph { t } else { t.detach() };
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
                 let sum = entry.get().add(grad)?;
-                entry.insert(sum);
+                entry.insert(store(sum));
             }
             Entry::Vacant(entry) => {
-                entry.insert(grad.clone());
+                entry.insert(store(grad.clone()));
             }
         }
         Ok(())
