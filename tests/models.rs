@@ -332,6 +332,9 @@ fn fused_kernels_match_candle_to_second_order() {
         (3, 4, 6, 1, 2, 0, 8),
         (2, 2, 3, 5, 2, 2, 7),
         (3, 3, 4, 3, 2, 1, 8),
+        // several samples per gemm (grouping) with a short last group, see below
+        (7, 2, 3, 3, 1, 1, 6),
+        (9, 3, 2, 5, 2, 2, 7),
     ] {
         for x_is_var in [true, false] {
             let xt = randn(&[n, cin, h, h], 1, DType::F64);
@@ -426,15 +429,25 @@ fn fused_kernels_match_candle_to_second_order() {
                 out
             };
             let a = run(Kernels::Candle);
-            let f = run(Kernels::Fused);
-            set_kernels(Kernels::Fused);
-            assert_eq!(a.len(), f.len());
-            for (i, (a, f)) in a.iter().zip(&f).enumerate() {
-                let e = rel_err(f, a);
-                assert!(
-                    e < 1e-12,
-                    "n{n} k{k} s{s} p{p} x_var {x_is_var}: output {i} differs by {e:e}"
-                );
+            // The conv kernels put up to n/threads samples side by side in one gemm: run them
+            // in pools of 1, 2 and 3 threads (one group of all samples; groups with a shorter
+            // last one; groups over threads).
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let f = pool.install(|| run(Kernels::Fused));
+                set_kernels(Kernels::Fused);
+                assert_eq!(a.len(), f.len());
+                for (i, (a, f)) in a.iter().zip(&f).enumerate() {
+                    let e = rel_err(f, a);
+                    assert!(
+                        e < 1e-12,
+                        "n{n} k{k} s{s} p{p} x_var {x_is_var} threads {threads}: output {i} \
+                         differs by {e:e}"
+                    );
+                }
             }
         }
     }
