@@ -22,13 +22,14 @@ use candle_core::{DType, Device, Tensor, Var};
 /// it switches `CANDLE_GRAD_DO_NOT_DETACH` off for a moment, so call it before other threads
 /// run backward passes.
 pub fn init() {
+    // Allocator first: threads started before M_ARENA_MAX would keep arenas of their own.
+    tune_malloc();
     static WORKERS: std::sync::Once = std::sync::Once::new();
     WORKERS.call_once(detached::start);
     if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map(|v| v == "1") != Ok(true) {
         // Edition 2021: set_var is safe. We set it before any backward pass runs in this thread.
         std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
     }
-    tune_malloc();
 }
 
 /// A backward pass whose gradients will not be differentiated again: `t.backward()` run on a

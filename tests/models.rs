@@ -136,6 +136,8 @@ fn pools_match_definition_and_finite_differences() {
             (3, 2, 1, 7, 5),
             (3, 1, 1, 5, 5),
             (2, 2, 0, 5, 7),
+            (3, 2, 0, 7, 9),
+            (3, 1, 0, 5, 6),
         ] {
             let shape = (2, 3, h, w);
             let x0 = randn(&[2, 3, h, w], 10 + k as u64 + h as u64, DType::F64);
@@ -451,4 +453,78 @@ fn fused_kernels_match_candle_to_second_order() {
             }
         }
     }
+}
+
+#[test]
+fn max_pool_gradient_goes_to_the_first_tied_maximum() {
+    // PyTorch's rule: within a window the first maximum in row-major order takes the whole
+    // gradient. Windows: all equal; maximum twice (positions 1 and 3); unique maximum last.
+    use hessian_lab::models::layers::{set_kernels, Kernels};
+    hessian_lab::init();
+    set_kernels(Kernels::Fused);
+    for (k, s, p) in [(2, 2, 0), (2, 2, 1)] {
+        let vals = [
+            0.0, 0.0, 5.0, 7.0, 1.0, 2.0, //
+            0.0, 0.0, 7.0, 3.0, 3.0, 9.0,
+        ];
+        let x = Var::from_tensor(
+            &candle_core::Tensor::from_vec(vals.to_vec(), (1, 1, 2, 6), &candle_core::Device::Cpu)
+                .unwrap(),
+        )
+        .unwrap();
+        let y = layers::max_pool2d(x.as_tensor(), k, s, p).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gx = to_vec(g.get(x.as_tensor()).unwrap());
+        let mut want = vec![0.0; 12];
+        if p == 0 {
+            // windows (cols 0-1), (2-3), (4-5): first of four zeros; 7 at (0,3) before (1,2)
+            // in row-major order; 9 at (1,5)
+            want[0] = 1.0;
+            want[3] = 1.0;
+            want[11] = 1.0;
+        } else {
+            // padded (−∞ outside): windows are clipped at the border; expected by brute force
+            let shape = (1, 1, 2, 6);
+            let y_bf = brute_max_pool(&vals, shape, k, s, p);
+            assert_eq!(max_abs_diff(&to_vec(&y), &y_bf), 0.0);
+            want = brute_first_argmax_grad(&vals, shape, k, s, p);
+        }
+        assert_eq!(gx, want, "k{k} s{s} p{p}");
+    }
+}
+
+/// ∂(Σ maxpool)/∂x with PyTorch's first-maximum rule, by brute force.
+fn brute_first_argmax_grad(
+    x: &[f64],
+    (n, c, h, w): (usize, usize, usize, usize),
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Vec<f64> {
+    let oh = (h + 2 * p - k) / s + 1;
+    let ow = (w + 2 * p - k) / s + 1;
+    let mut g = vec![0.0; x.len()];
+    for b in 0..n * c {
+        for oi in 0..oh {
+            for oj in 0..ow {
+                let mut best: Option<usize> = None;
+                for r in 0..k {
+                    for q in 0..k {
+                        let (i, j) = ((oi * s + r) as isize - p as isize, (oj * s + q) as isize - p as isize);
+                        if i < 0 || j < 0 || i >= h as isize || j >= w as isize {
+                            continue;
+                        }
+                        let idx = b * h * w + i as usize * w + j as usize;
+                        if best.is_none_or(|bi| x[idx] > x[bi]) {
+                            best = Some(idx);
+                        }
+                    }
+                }
+                if let Some(bi) = best {
+                    g[bi] += 1.0;
+                }
+            }
+        }
+    }
+    g
 }
