@@ -9,14 +9,16 @@ use candle_core::{DType, Device, Tensor, Var};
 /// candle 0.11 reads `CANDLE_GRAD_DO_NOT_DETACH` once per thread, at that thread's first
 /// `backward()`. Without it the gradient graph is cut and Hessian-vector products come back
 /// silently wrong. Call this at the very top of `main`, of each test and of each notebook.
-/// Costs nothing; idempotent.
+/// Idempotent; the first call spawns the backward workers (about a millisecond), later calls
+/// cost nothing.
 ///
 /// On glibc it also raises malloc's mmap threshold to 1 GiB and turns off heap trimming (skip with
 /// `HESSIAN_LAB_MALLOC_TUNING=0`): activations of CIFAR models at batch 128 are 16–34 MB,
 /// above glibc's 32 MB cap on its adaptive threshold, so every one was a fresh `mmap`, page
 /// faults and `munmap`. Measured on C2 (2 threads): gradient 1.21 → 0.88 s, system time per
 /// run 48 → 11 s; freed memory is kept for reuse rather than returned to the OS. All threads
-/// share one malloc arena (see [`backward_detached`]).
+/// share one malloc arena (`M_ARENA_MAX` = 1), so memory freed by the backward workers is
+/// reused by the calling thread and vice versa (see [`backward_detached`]).
 ///
 /// The first call also starts the detached backward workers ([`backward_detached`]); to do so
 /// it switches `CANDLE_GRAD_DO_NOT_DETACH` off for a moment, so call it before other threads
@@ -40,7 +42,8 @@ pub fn init() {
 /// is dropped. That is needed for the *first* backward of a Hessian-vector product and for
 /// nothing else: the second backward, plain gradients (training, attacks) and Jacobian rows
 /// run here instead, freeing each intermediate gradient as soon as it is used. Measured
-/// (BENCHMARKS.md): C2 HVP memory above baseline 1.6 → 0.9 GB.
+/// (BENCHMARKS.md, with the vendored candle-core, which also detaches pending gradients):
+/// C2 HVP memory above baseline 1.6 → 0.64 GB, PyTorch's level.
 ///
 /// Values are identical either way (detaching changes which graph is *recorded*, not what is
 /// computed). Runs inline — same values, more memory — when [`init`] has not started the

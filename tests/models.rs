@@ -361,6 +361,8 @@ fn fused_kernels_match_candle_to_second_order() {
             let lw = Var::from_tensor(&randn(&[3, cout * ph * ph], 12, DType::F64)).unwrap();
             let lb = Var::from_tensor(&randn(&[3], 13, DType::F64)).unwrap();
             let ul = randn(&[3, cout * ph * ph], 14, DType::F64);
+            let oh = (h + 2 * p - k) / s + 1;
+            let yr_coef = randn(&[n, cout, oh, oh], 15, DType::F64);
             let run = |imp: Kernels| -> Vec<Vec<f64>> {
                 set_kernels(imp);
                 let xin = if x_is_var {
@@ -369,6 +371,9 @@ fn fused_kernels_match_candle_to_second_order() {
                     xt.clone()
                 };
                 let y = layers::conv2d(&xin, w.as_tensor(), Some(b.as_tensor()), s, p).unwrap();
+                // conv+bias+ReLU as one op (fused) vs conv then ReLU (candle's ops)
+                let yr = layers::conv2d_relu(&xin, w.as_tensor(), Some(b.as_tensor()), s, p)
+                    .unwrap();
                 let z = layers::relu(&(&y - 0.3).unwrap()).unwrap();
                 // A max pool and BatchNorm in eval mode (running statistics as constants), in
                 // C1's order: ties in a pool window are then only ReLU zeros, whose gradient
@@ -385,6 +390,10 @@ fn fused_kernels_match_candle_to_second_order() {
                 .unwrap();
                 let l = (z.powf(3.0).unwrap().sum_all().unwrap()
                     + y.sqr().unwrap().sum_all().unwrap()
+                    + (yr.powf(3.0).unwrap().sum_all().unwrap() * 0.5).unwrap()
+                    // a linear term: its gradient is non-zero where the ReLU clamps, so a
+                    // missing mask shows
+                    + (&yr * &yr_coef).unwrap().sum_all().unwrap()
                     + o.sqr().unwrap().sqr().unwrap().sum_all().unwrap())
                 .unwrap();
                 let g = l.backward().unwrap();
@@ -403,6 +412,7 @@ fn fused_kernels_match_candle_to_second_order() {
                 gv = (gv + (&glw * &ul).unwrap().sum_all().unwrap()).unwrap();
                 let mut out = vec![
                     to_vec(&y),
+                    to_vec(&yr),
                     to_vec(&z),
                     to_vec(&gw),
                     to_vec(&gb),

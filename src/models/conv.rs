@@ -415,7 +415,26 @@ fn sample_major<T: WithDType>(b: &[T], a: &mut [T], m: usize, r: usize, l: usize
     }
 }
 
-fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
+/// What [`fwd`] does to each output block while it is still in cache: start from the bias
+/// (the gemm then accumulates onto it) and/or clamp at zero.
+#[derive(Clone, Copy)]
+struct Epilogue<'a, T> {
+    bias: Option<&'a [T]>,
+    relu: bool,
+}
+
+/// Rows of `l` elements of `y` (channel-major, `co` channels) set to the channel's bias.
+fn fill_bias<T: WithDType>(y: &mut [T], bias: &[T], l: usize) {
+    for (j, row) in y.chunks_mut(l.max(1)).enumerate() {
+        row.fill(bias[j % bias.len()]);
+    }
+}
+
+fn relu_in_place<T: WithDType>(y: &mut [T]) {
+    y.iter_mut().for_each(|v| *v = v.max(T::zero()));
+}
+
+fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core::Result<Vec<T>> {
     let (yl, ckk, l, gs) = (g.y_len(), g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
     let mut y = vec![T::zero(); g.n * yl];
@@ -425,12 +444,26 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> 
         let (col, tmp) = sc.split_at_mut(ckk * gs * l);
         let col = &mut col[..ckk * m * l];
         im2col_group(x, &idx, t * gs, m, col, g);
-        if m == 1 {
-            return gemm(g.co, l, ckk, yg, false, row_major(w, ckk), row_major(col, l), par);
+        let out: &mut [T] = if m == 1 { yg } else { &mut tmp[..g.co * m * l] };
+        if let Some(b) = ep.bias {
+            fill_bias(out, b, m * l);
         }
-        let tmp = &mut tmp[..g.co * m * l];
-        gemm(g.co, m * l, ckk, tmp, false, row_major(w, ckk), row_major(col, m * l), par)?;
-        sample_major(tmp, yg, m, g.co, l);
+        gemm(
+            g.co,
+            m * l,
+            ckk,
+            out,
+            ep.bias.is_some(),
+            row_major(w, ckk),
+            row_major(col, m * l),
+            par,
+        )?;
+        if m > 1 {
+            sample_major(&tmp[..g.co * m * l], yg, m, g.co, l);
+        }
+        if ep.relu {
+            relu_in_place(yg);
+        }
         Ok(())
     };
     per_group(&mut y, yl, gs, (ckk + g.co) * gs * l, one)?;
@@ -542,7 +575,13 @@ impl CustomOp2 for ConvFwd {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = &self.0;
         let st = binary_op!(s1, l1, g.n * g.x_len(), s2, l2, g.co * g.ckk(), |a, b| fwd(
-            a, b, g
+            a,
+            b,
+            g,
+            Epilogue {
+                bias: None,
+                relu: false
+            }
         ));
         Ok((st, g.y_shape()))
     }
@@ -662,6 +701,30 @@ pub fn conv2d_gemm(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    conv2d_gemm_act(x, w, b, stride, padding, false)
+}
+
+/// relu(W ⋆ x + b) as one op (see [`ConvBiasFwd`]): no pre-activation tensor is stored and
+/// the clamp costs no pass of its own. Same cost otherwise as [`conv2d_gemm`]; without a bias
+/// it is [`conv2d_gemm`] followed by the fused ReLU.
+pub fn conv2d_gemm_relu(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    conv2d_gemm_act(x, w, b, stride, padding, true)
+}
+
+fn conv2d_gemm_act(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+) -> Result<Tensor> {
     let (n, c, h, wd) = x.dims4()?;
     let (co, ci, kh, kw) = w.dims4()?;
     if ci != c || kh != kw {
@@ -669,6 +732,11 @@ pub fn conv2d_gemm(
             "conv2d: weight {:?} for input {:?}",
             w.dims(),
             x.dims()
+        )));
+    }
+    if c * h * wd >= u32::MAX as usize {
+        return Err(Error::Shape(format!(
+            "conv2d: one sample of {c}x{h}x{wd} values is too large for the CPU kernels (< 2^32)"
         )));
     }
     if stride == 0 || h + 2 * padding < kh || wd + 2 * padding < kw {
@@ -687,6 +755,7 @@ pub fn conv2d_gemm(
         p: padding,
     };
     match b {
+        None if relu => super::fused::relu(&apply(x, w, ConvFwd(g))?),
         None => Ok(apply(x, w, ConvFwd(g))?),
         Some(b) => {
             if b.dims() != [co] {
@@ -695,18 +764,31 @@ pub fn conv2d_gemm(
                     b.dims()
                 )));
             }
-            Ok(x.contiguous()?
-                .apply_op3(&w.contiguous()?, &b.contiguous()?, ConvBiasFwd(g))?)
+            Ok(x.contiguous()?.apply_op3(
+                &w.contiguous()?,
+                &b.contiguous()?,
+                ConvBiasFwd { g, relu },
+            )?)
         }
     }
 }
 
-/// y = W ⋆ x + b as one op: [`ConvFwd`] plus the bias; db = `fused::ChanSum`(dy).
-pub struct ConvBiasFwd(Geom);
+/// y = W ⋆ x + b as one op, or relu(W ⋆ x + b) when `relu`: [`ConvFwd`] with the bias as the
+/// gemm's starting value and the clamp applied to each sample's block while it is in cache.
+/// Backward: ḡ = ḡ_y·1[y > 0] (`fused::ReluMask` on the output, when `relu`), then
+/// [`ConvFwd`]'s backward and db = `fused::ChanSum`(ḡ).
+pub struct ConvBiasFwd {
+    g: Geom,
+    relu: bool,
+}
 
 impl CustomOp3 for ConvBiasFwd {
     fn name(&self) -> &'static str {
-        "hessian-lab-conv2d-bias"
+        if self.relu {
+            "hessian-lab-conv2d-bias-relu"
+        } else {
+            "hessian-lab-conv2d-bias"
+        }
     }
     fn cpu_fwd(
         &self,
@@ -717,27 +799,18 @@ impl CustomOp3 for ConvBiasFwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        fn add_bias<T: WithDType>(mut y: Vec<T>, b: &[T], l: usize) -> Vec<T> {
-            y.par_chunks_mut(l)
-                .with_min_len(super::fused::min_chunks(l))
-                .enumerate()
-                .for_each(|(j, yc)| {
-                    let bj = b[j % b.len()];
-                    yc.iter_mut().for_each(|v| *v += bj);
-                });
-            y
-        }
-        let g = &self.0;
-        let (st, _) = ConvFwd(*g).cpu_fwd(s1, l1, s2, l2)?;
-        let st = match (st, s3) {
-            (CpuStorage::F32(y), CpuStorage::F32(b)) => {
-                CpuStorage::F32(add_bias(y, slice(b, l3, g.co, "bias")?, g.l()))
+        let g = &self.g;
+        let relu = self.relu;
+        let (xl, wl) = (g.n * g.x_len(), g.co * g.ckk());
+        let st = ternary_op!(s1, l1, xl, s2, l2, wl, s3, l3, g.co, |x, w, b| fwd(
+            x,
+            w,
+            g,
+            Epilogue {
+                bias: Some(b),
+                relu
             }
-            (CpuStorage::F64(y), CpuStorage::F64(b)) => {
-                CpuStorage::F64(add_bias(y, slice(b, l3, g.co, "bias")?, g.l()))
-            }
-            _ => candle_core::bail!("conv: the bias must have the input's dtype"),
-        };
+        ));
         Ok((st, g.y_shape()))
     }
     fn bwd(
@@ -745,13 +818,19 @@ impl CustomOp3 for ConvBiasFwd {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = ConvFwd(self.0).bwd(x, w, _res, dy)?;
+        let dy = if self.relu {
+            // y > 0 exactly where the pre-activation is > 0; the mask's own derivative is 0
+            apply(dy, res, super::fused::ReluMask)?
+        } else {
+            dy.clone()
+        };
+        let (dx, dw) = ConvFwd(self.g).bwd(x, w, res, &dy)?;
         let db = b
             .track_op()
-            .then(|| super::fused::chan_sum_op(dy))
+            .then(|| super::fused::chan_sum_op(&dy))
             .transpose()?;
         Ok((dx, dw, db))
     }

@@ -62,6 +62,22 @@ pub fn conv2d(
     }
 }
 
+/// relu(conv2d(x, w, b)) (see [`conv2d`]). On the fused CPU kernels one op: the bias and the
+/// clamp are applied to each output block inside the convolution, and no pre-activation
+/// tensor is kept. Cost: as [`conv2d`]; the ReLU adds no pass forward and one in its backward.
+pub fn conv2d_relu(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if fused_on(x) {
+        return super::conv::conv2d_gemm_relu(x, w, b, stride, padding);
+    }
+    relu(&conv2d(x, w, b, stride, padding)?)
+}
+
 /// max(x, 0). Cost: one pass (fused kernels) and one pass in its backward.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     if fused_on(x) {

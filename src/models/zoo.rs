@@ -7,7 +7,7 @@
 //! (HessianFlow `c2_model`) pools after conv2 and conv4 and uses 64 channels — 63 is a typo.
 //! With the pools, fc1 has 128·8·8 = 8192 inputs.
 
-use super::layers::{batch_norm, conv2d, linear, max_pool2d, BnBuffers};
+use super::layers::{batch_norm, conv2d, conv2d_relu, linear, max_pool2d, BnBuffers};
 use super::ModelKind;
 use crate::{Error, Result};
 use candle_core::Tensor;
@@ -232,6 +232,12 @@ fn conv<L: Lookup>(l: &L, name: &str, x: &Tensor, stride: usize, pad: usize) -> 
     conv2d(x, l.p(&format!("{name}.weight"))?, b, stride, pad)
 }
 
+/// relu(conv(…)) as one fused op where the kernels allow.
+fn conv_relu<L: Lookup>(l: &L, name: &str, x: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    let b = l.p(&format!("{name}.bias")).ok();
+    conv2d_relu(x, l.p(&format!("{name}.weight"))?, b, stride, pad)
+}
+
 fn fc<L: Lookup>(l: &L, name: &str, x: &Tensor) -> Result<Tensor> {
     linear(
         x,
@@ -250,15 +256,15 @@ pub(crate) fn forward<L: Lookup>(
 ) -> Result<Tensor> {
     match kind {
         ModelKind::M1 => {
-            let x = conv(l, "conv1", x, 2, 2)?.relu_k()?;
-            let x = conv(l, "conv2", &x, 2, 2)?.relu_k()?;
+            let x = conv_relu(l, "conv1", x, 2, 2)?;
+            let x = conv_relu(l, "conv2", &x, 2, 2)?;
             let x = fc(l, "fc1", &x.flatten_from(1)?)?.relu_k()?;
             fc(l, "fc2", &x)
         }
         ModelKind::C1 => {
-            let x = conv(l, "conv1", x, 2, 2)?.relu_k()?;
+            let x = conv_relu(l, "conv1", x, 2, 2)?;
             let x = bn(l, "bn1", &max_pool2d(&x, 3, 2, 1)?, train)?;
-            let x = conv(l, "conv2", &x, 2, 2)?.relu_k()?;
+            let x = conv_relu(l, "conv2", &x, 2, 2)?;
             let x = bn(l, "bn2", &max_pool2d(&x, 3, 2, 1)?, train)?;
             let x = fc(l, "fc1", &x.flatten_from(1)?)?.relu_k()?;
             let x = fc(l, "fc2", &x)?.relu_k()?;
@@ -268,7 +274,7 @@ pub(crate) fn forward<L: Lookup>(
             let with_bn = kind == ModelKind::C2;
             let mut x = x.clone();
             for i in 1..=4 {
-                x = conv(l, &format!("conv{i}"), &x, 1, 1)?.relu_k()?;
+                x = conv_relu(l, &format!("conv{i}"), &x, 1, 1)?;
                 if with_bn {
                     x = bn(l, &format!("bn{i}"), &x, train)?;
                 }

@@ -1,0 +1,44 @@
+"""Summarises benches/compare.sh output: per model, threads and implementation the median over
+rounds of each metric, and the median over rounds of the paired ratio fused / torch (both runs
+of a round are back to back, so the ratio cancels most of a shared machine's drift).
+Usage: python3 benches/summarize.py runs.jsonl [more.jsonl …]"""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+KEYS = ["forward_ms", "grad_ms", "hvp_ms", "hvp_reuse_graph_ms", "hvp_grad_ratio", "power20_ms",
+        "peak_rss_mb", "hvp_peak_rss_above_baseline_mb"]
+
+
+def impl(d):
+    return d.get("kernels") or d.get("framework", "torch").split("+")[0]
+
+
+runs = defaultdict(list)
+for path in sys.argv[1:]:
+    for line in open(path):
+        line = line.strip()
+        if line.startswith("{"):
+            d = json.loads(line)
+            runs[(d["model"], d["threads"])].append(d)
+
+for (model, threads), ds in sorted(runs.items()):
+    print(f"\n## {model}, {threads} thread(s)")
+    print("| implementation | rounds | " + " | ".join(KEYS) + " |")
+    print("|---" * (len(KEYS) + 2) + "|")
+    by = defaultdict(list)
+    for d in ds:
+        by[impl(d)].append(d)
+    for name, xs in by.items():
+        med = [statistics.median(x[k] for x in xs if x.get(k) is not None) for k in KEYS]
+        print(f"| {name} | {len(xs)} | " + " | ".join(f"{v:.1f}" if v >= 10 else f"{v:.2f}" for v in med) + " |")
+    fused = {d["round"]: d for d in by.get("fused", [])}
+    torch = {d["round"]: d for d in ds if impl(d).startswith("torch")}
+    pairs = [(fused[r], torch[r]) for r in sorted(fused) if r in torch]
+    if pairs:
+        print(f"\nfused / torch, median of {len(pairs)} paired rounds (each round's ratios in brackets):")
+        for k in KEYS:
+            rs = [f[k] / t[k] for f, t in pairs if f.get(k) and t.get(k)]
+            if rs:
+                print(f"- {k}: **{statistics.median(rs):.2f}** [" + ", ".join(f"{r:.2f}" for r in rs) + "]")
