@@ -76,7 +76,8 @@ impl Geom {
     #[inline]
     fn valid1(&self, d: usize, len: usize, out: usize) -> (usize, usize) {
         let p = self.p;
-        let lo = p.saturating_sub(d);
+        // clamped: with padding ≥ half the kernel a window can lie wholly in the padding
+        let lo = p.saturating_sub(d).min(out);
         let hi = if len + p > d { (len + p - d).min(out) } else { 0 };
         (lo, hi.max(lo))
     }
@@ -146,8 +147,10 @@ fn im2col_into<T: WithDType>(
                         let d = &mut dst[oi * ow..(oi + 1) * ow];
                         d[..jlo].fill(T::zero());
                         d[jhi..].fill(T::zero());
-                        let j0 = jlo + dj - g.p;
-                        d[jlo..jhi].copy_from_slice(&xrow[j0..j0 + (jhi - jlo)]);
+                        if jhi > jlo {
+                            let j0 = jlo + dj - g.p;
+                            d[jlo..jhi].copy_from_slice(&xrow[j0..j0 + (jhi - jlo)]);
+                        }
                     }
                 }
             }
@@ -186,6 +189,9 @@ fn col2im_from<T: WithDType>(
                 let (ilo, ihi) = g.valid1(di, g.h, g.oh());
                 for dj in 0..k {
                     let (jlo, jhi) = g.valid1(dj, g.w, ow);
+                    if jhi == jlo {
+                        continue; // this kernel column only ever sees padding
+                    }
                     let row = ((ci * k + di) * k + dj) * ld + off;
                     for oi in ilo..ihi {
                         let ii = oi + di - g.p;
