@@ -372,8 +372,8 @@ fn fused_kernels_match_candle_to_second_order() {
                 };
                 let y = layers::conv2d(&xin, w.as_tensor(), Some(b.as_tensor()), s, p).unwrap();
                 // conv+bias+ReLU as one op (fused) vs conv then ReLU (candle's ops)
-                let yr = layers::conv2d_relu(&xin, w.as_tensor(), Some(b.as_tensor()), s, p)
-                    .unwrap();
+                let yr =
+                    layers::conv2d_relu(&xin, w.as_tensor(), Some(b.as_tensor()), s, p).unwrap();
                 let z = layers::relu(&(&y - 0.3).unwrap()).unwrap();
                 // A max pool and BatchNorm in eval mode (running statistics as constants), in
                 // C1's order: ties in a pool window are then only ReLU zeros, whose gradient
@@ -520,7 +520,10 @@ fn brute_first_argmax_grad(
                 let mut best: Option<usize> = None;
                 for r in 0..k {
                     for q in 0..k {
-                        let (i, j) = ((oi * s + r) as isize - p as isize, (oj * s + q) as isize - p as isize);
+                        let (i, j) = (
+                            (oi * s + r) as isize - p as isize,
+                            (oj * s + q) as isize - p as isize,
+                        );
                         if i < 0 || j < 0 || i >= h as isize || j >= w as isize {
                             continue;
                         }
@@ -544,14 +547,19 @@ fn conv_with_windows_wholly_in_the_padding_matches_candle() {
     // padding ≥ half the kernel: some windows see only padding (stride 1 and 2)
     use hessian_lab::models::layers::{set_kernels, Kernels};
     hessian_lab::init();
-    for &(h, w, k, s, p) in &[(1, 1, 5, 1, 2), (2, 3, 3, 1, 2), (3, 2, 3, 2, 2), (1, 4, 3, 1, 3)] {
+    for &(h, w, k, s, p) in &[
+        (1, 1, 5, 1, 2),
+        (2, 3, 3, 1, 2),
+        (3, 2, 3, 2, 2),
+        (1, 4, 3, 1, 3),
+    ] {
         let x = Var::from_tensor(&randn(&[2, 2, h, w], 21, DType::F64)).unwrap();
         let wt = Var::from_tensor(&randn(&[3, 2, k, k], 22, DType::F64)).unwrap();
         let b = Var::from_tensor(&randn(&[3], 23, DType::F64)).unwrap();
         let run = |imp: Kernels| {
             set_kernels(imp);
-            let y = layers::conv2d(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), s, p)
-                .unwrap();
+            let y =
+                layers::conv2d(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), s, p).unwrap();
             let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
             vec![
                 to_vec(&y),
@@ -566,10 +574,16 @@ fn conv_with_windows_wholly_in_the_padding_matches_candle() {
         // the input gradient also against central differences of the loss (f64)
         let xv = to_vec(x.as_tensor());
         let loss = |v: &[f64]| -> f64 {
-            let xt = candle_core::Tensor::from_vec(v.to_vec(), (2, 2, h, w), &candle_core::Device::Cpu)
-                .unwrap();
+            let xt =
+                candle_core::Tensor::from_vec(v.to_vec(), (2, 2, h, w), &candle_core::Device::Cpu)
+                    .unwrap();
             let y = layers::conv2d(&xt, wt.as_tensor(), Some(b.as_tensor()), s, p).unwrap();
-            y.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+            y.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
         };
         let fd: Vec<f64> = (0..xv.len())
             .map(|i| {
@@ -579,12 +593,18 @@ fn conv_with_windows_wholly_in_the_padding_matches_candle() {
                 (loss(&up) - loss(&dn)) / 2e-5
             })
             .collect();
-        assert!(rel_err(&f[1], &fd) < 1e-7, "h{h} w{w} k{k} s{s} p{p}: input gradient vs FD");
+        assert!(
+            rel_err(&f[1], &fd) < 1e-7,
+            "h{h} w{w} k{k} s{s} p{p}: input gradient vs FD"
+        );
         // Value, weight and bias gradients against candle. Not the input gradient: candle
         // 0.11's (conv_transpose2d) is wrong for stride 2 with padding 2 on a 3×2 map
         // (relative error 1.1 against these finite differences; ours 1e-10).
         for i in [0, 2, 3] {
-            assert!(rel_err(&f[i], &a[i]) < 1e-12, "h{h} w{w} k{k} s{s} p{p}: output {i}");
+            assert!(
+                rel_err(&f[i], &a[i]) < 1e-12,
+                "h{h} w{w} k{k} s{s} p{p}: output {i}"
+            );
         }
     }
 }

@@ -20,10 +20,19 @@ fn f(x: &Tensor) -> Tensor {
 #[test]
 fn workers_start_and_give_candles_gradient_without_a_graph() {
     let _ = rt64();
-    assert!(detached_workers_active(), "init() starts the workers on Linux");
+    assert!(
+        detached_workers_active(),
+        "init() starts the workers on Linux"
+    );
     let x = Var::new(&[0.3f64, -1.2, 2.5], &candle_core::Device::Cpu).unwrap();
     let y = f(x.as_tensor());
-    let inline = y.backward().unwrap().get(x.as_tensor()).unwrap().to_vec1::<f64>().unwrap();
+    let inline = y
+        .backward()
+        .unwrap()
+        .get(x.as_tensor())
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     let store = backward_detached(&y).unwrap();
     let g = store.get(x.as_tensor()).unwrap();
     assert_eq!(g.to_vec1::<f64>().unwrap(), inline, "bit-identical values");
@@ -35,9 +44,18 @@ fn workers_start_and_give_candles_gradient_without_a_graph() {
     // Inline (this thread keeps graphs) the gradient can be differentiated again; from the
     // workers it cannot: no graph was recorded.
     let inline_g = y.backward().unwrap().get(x.as_tensor()).unwrap().clone();
-    assert!(inline_g.sum_all().unwrap().backward().unwrap().get(x.as_tensor()).is_some());
+    assert!(inline_g
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+        .get(x.as_tensor())
+        .is_some());
     let again = g.sum_all().unwrap().backward().unwrap();
-    assert!(again.get(x.as_tensor()).is_none(), "detached gradient has no graph");
+    assert!(
+        again.get(x.as_tensor()).is_none(),
+        "detached gradient has no graph"
+    );
 }
 
 #[test]
@@ -45,7 +63,13 @@ fn works_from_rayon_threads_and_many_threads_at_once() {
     use rayon::prelude::*;
     let _ = rt64();
     let x = Var::new(&[0.7f64, 1.1], &candle_core::Device::Cpu).unwrap();
-    let want = f(x.as_tensor()).backward().unwrap().get(x.as_tensor()).unwrap().to_vec1::<f64>().unwrap();
+    let want = f(x.as_tensor())
+        .backward()
+        .unwrap()
+        .get(x.as_tensor())
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     // Inside the pool it runs inline (no deadlock); from plain threads it queues.
     let from_pool: Vec<Vec<f64>> = (0..8)
         .into_par_iter()
@@ -63,7 +87,10 @@ fn works_from_rayon_threads_and_many_threads_at_once() {
             })
         })
         .collect();
-    for g in from_pool.into_iter().chain(handles.into_iter().map(|h| h.join().unwrap())) {
+    for g in from_pool
+        .into_iter()
+        .chain(handles.into_iter().map(|h| h.join().unwrap()))
+    {
         assert_eq!(g, want);
     }
 }
@@ -93,7 +120,10 @@ fn hvp_with_detached_second_backward_matches_inline_and_finite_differences() {
             .collect(),
     );
     let diff = hv.axpy(-1.0, &inline).unwrap().norm().unwrap();
-    assert!(diff <= 1e-12 * inline.norm().unwrap(), "workers vs inline: {diff}");
+    assert!(
+        diff <= 1e-12 * inline.norm().unwrap(),
+        "workers vs inline: {diff}"
+    );
     let fd = curvature::hvp_fd(&m, &b, &sel, &v, None).unwrap();
     let rel = hv.axpy(-1.0, &fd).unwrap().norm().unwrap() / fd.norm().unwrap();
     assert!(rel < 1e-6, "vs finite differences: {rel}");

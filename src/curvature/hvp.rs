@@ -84,11 +84,7 @@ pub fn gradient_with_graph(
     batch: &Batch,
     sel: &ParamSelection,
 ) -> Result<(f64, Vec<Tensor>)> {
-    let loss = model.loss(batch)?;
-    let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    if !lv.is_finite() {
-        return Err(Error::NonFinite("loss".into()));
-    }
+    let (loss, lv) = finite_loss(model, batch)?;
     let store = loss.backward()?;
     Ok((lv, grads_of(&store, &sel.tensors(model))?))
 }
@@ -96,13 +92,22 @@ pub fn gradient_with_graph(
 /// Mean-loss gradient ∇θ (1/N)Σᵢ ℓᵢ (eval mode), detached; the backward pass records no
 /// graph ([`backward_detached`]). Cost: 1 forward + 1 backward.
 pub fn gradient(model: &Model, batch: &Batch, sel: &ParamSelection) -> Result<(f64, ParamVec)> {
+    let (loss, lv) = finite_loss(model, batch)?;
+    let store = backward_detached(&loss)?;
+    Ok((
+        lv,
+        ParamVec(grads_of(&store, &sel.tensors(model))?).detach(),
+    ))
+}
+
+/// The mean loss (graph node) and its value; an error when it is NaN or infinite.
+fn finite_loss(model: &Model, batch: &Batch) -> Result<(Tensor, f64)> {
     let loss = model.loss(batch)?;
     let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if !lv.is_finite() {
         return Err(Error::NonFinite("loss".into()));
     }
-    let store = backward_detached(&loss)?;
-    Ok((lv, ParamVec(grads_of(&store, &sel.tensors(model))?).detach()))
+    Ok((loss, lv))
 }
 
 /// ⟨g, v⟩ = Σᵢ Σ gᵢ⊙vᵢ as a graph node (g keeps its graph, v is a constant).

@@ -78,7 +78,11 @@ impl Geom {
         let p = self.p;
         // clamped: with padding ≥ half the kernel a window can lie wholly in the padding
         let lo = p.saturating_sub(d).min(out);
-        let hi = if len + p > d { (len + p - d).min(out) } else { 0 };
+        let hi = if len + p > d {
+            (len + p - d).min(out)
+        } else {
+            0
+        };
         (lo, hi.max(lo))
     }
 }
@@ -107,7 +111,8 @@ fn im2col_index(g: &Geom) -> Vec<u32> {
                     for oj in 0..ow {
                         let jj = (oj * g.s + dj) as isize - g.p as isize;
                         if jj >= 0 && jj < g.w as isize {
-                            row[oi * ow + oj] = ((ci * g.h + ii as usize) * g.w + jj as usize) as u32;
+                            row[oi * ow + oj] =
+                                ((ci * g.h + ii as usize) * g.w + jj as usize) as u32;
                         }
                     }
                 }
@@ -401,6 +406,25 @@ fn im2col_group<T: WithDType>(x: &[T], idx: &[u32], i0: usize, m: usize, col: &m
     }
 }
 
+/// Output gradients of samples `i0..i0 + m` side by side (co × m·L): a slice of `dy` itself
+/// for one sample, otherwise copied into `buf`.
+fn dy_group<'a, T: WithDType>(
+    dy: &'a [T],
+    i0: usize,
+    m: usize,
+    buf: &'a mut [T],
+    g: &Geom,
+) -> &'a [T] {
+    let (yl, l) = (g.y_len(), g.l());
+    let dys = &dy[i0 * yl..(i0 + m) * yl];
+    if m == 1 {
+        return dys;
+    }
+    let buf = &mut buf[..g.co * m * l];
+    side_by_side(dys, buf, m, g.co, l);
+    buf
+}
+
 /// Sample-major `a` (m × r × L) → side by side `b` (r × m·L).
 fn side_by_side<T: WithDType>(a: &[T], b: &mut [T], m: usize, r: usize, l: usize) {
     for j in 0..m {
@@ -477,7 +501,7 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core
 }
 
 fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
-    let (yl, xl, ckk, l, gs) = (g.y_len(), g.x_len(), g.ckk(), g.l(), group_size(g));
+    let (xl, ckk, l, gs) = (g.x_len(), g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
     let mut dx = vec![T::zero(); g.n * xl];
     // scratch: the group's column gradient, then (groups of ≥ 2) its dy side by side
@@ -485,18 +509,28 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Ve
         let m = dxg.len() / xl.max(1);
         let (col, dyg) = sc.split_at_mut(ckk * gs * l);
         let col = &mut col[..ckk * m * l];
-        let dys = &dy[t * gs * yl..(t * gs + m) * yl];
-        let b = if m == 1 {
-            dys
-        } else {
-            let dyg = &mut dyg[..g.co * m * l];
-            side_by_side(dys, dyg, m, g.co, l);
-            &*dyg
-        };
-        gemm(ckk, m * l, g.co, col, false, transposed(w, ckk), row_major(b, m * l), par)?;
+        let b = dy_group(dy, t * gs, m, dyg, g);
+        gemm(
+            ckk,
+            m * l,
+            g.co,
+            col,
+            false,
+            transposed(w, ckk),
+            row_major(b, m * l),
+            par,
+        )?;
         let mut xz = Vec::with_capacity(xl + 1);
         for j in 0..m {
-            col2im_from(col, &idx, &mut xz, m * l, j * l, &mut dxg[j * xl..(j + 1) * xl], g);
+            col2im_from(
+                col,
+                &idx,
+                &mut xz,
+                m * l,
+                j * l,
+                &mut dxg[j * xl..(j + 1) * xl],
+                g,
+            );
         }
         Ok(())
     };
@@ -505,7 +539,7 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Ve
 }
 
 fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
-    let (yl, ckk, l, gs) = (g.y_len(), g.ckk(), g.l(), group_size(g));
+    let (ckk, l, gs) = (g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
     let wl = g.co * ckk;
     // dW += [dy_i …] (co × m·L) · [C_i …]ᵀ (m·L × ckk), group by group
@@ -514,15 +548,17 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
         let m = gs.min(g.n - i0);
         let col = &mut col[..ckk * m * l];
         im2col_group(x, &idx, i0, m, col, g);
-        let dys = &dy[i0 * yl..(i0 + m) * yl];
-        let a = if m == 1 {
-            dys
-        } else {
-            let dyg = &mut dyg[..g.co * m * l];
-            side_by_side(dys, dyg, m, g.co, l);
-            &*dyg
-        };
-        gemm(g.co, ckk, m * l, acc, true, row_major(a, m * l), transposed(col, m * l), par)
+        let a = dy_group(dy, i0, m, dyg, g);
+        gemm(
+            g.co,
+            ckk,
+            m * l,
+            acc,
+            true,
+            row_major(a, m * l),
+            transposed(col, m * l),
+            par,
+        )
     };
     let fresh = || {
         (

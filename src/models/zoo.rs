@@ -233,7 +233,13 @@ fn conv<L: Lookup>(l: &L, name: &str, x: &Tensor, stride: usize, pad: usize) -> 
 }
 
 /// relu(conv(…)) as one fused op where the kernels allow.
-fn conv_relu<L: Lookup>(l: &L, name: &str, x: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+fn conv_relu<L: Lookup>(
+    l: &L,
+    name: &str,
+    x: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
     let b = l.p(&format!("{name}.bias")).ok();
     conv2d_relu(x, l.p(&format!("{name}.weight"))?, b, stride, pad)
 }
