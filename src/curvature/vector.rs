@@ -3,6 +3,67 @@
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+/// Elements per partial sum of [`host_dot`] (fixed, so results do not depend on threads).
+const DOT_CHUNK: usize = 1 << 14;
+
+/// Σ aᵢbᵢ in f64 over two contiguous CPU tensors of the same dtype (f32 or f64), or Σ aᵢ²
+/// when `b` is `None`; `None` for anything else (the caller falls back to candle ops).
+fn host_dot(a: &Tensor, b: Option<&Tensor>) -> Option<f64> {
+    use candle_core::{CpuStorage, Storage};
+    fn chunked<T: Copy + Into<f64> + Sync>(x: &[T], y: &[T]) -> f64 {
+        let part = |(x, y): (&[T], &[T])| {
+            // 4 independent sums: no single dependent chain of additions
+            let mut acc = [0f64; 4];
+            let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
+            let (xr, yr) = (xc.remainder(), yc.remainder());
+            for (u, v) in xc.zip(yc) {
+                for j in 0..4 {
+                    acc[j] += u[j].into() * v[j].into();
+                }
+            }
+            let tail: f64 = xr.iter().zip(yr).map(|(&u, &v)| u.into() * v.into()).sum();
+            (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+        };
+        let parts: Vec<f64> = if x.len() > DOT_CHUNK {
+            x.par_chunks(DOT_CHUNK)
+                .zip(y.par_chunks(DOT_CHUNK))
+                .map(part)
+                .collect()
+        } else {
+            vec![part((x, y))]
+        };
+        parts.iter().sum()
+    }
+    if b.is_some_and(|b| b.id() == a.id()) {
+        return host_dot(a, None);
+    }
+    let (sa, la) = a.storage_and_layout();
+    let (a0, a1) = la.contiguous_offsets()?;
+    let Some(b) = b else {
+        // one lock: a read lock is not re-entrant
+        return match &*sa {
+            Storage::Cpu(CpuStorage::F32(x)) => Some(chunked(&x[a0..a1], &x[a0..a1])),
+            Storage::Cpu(CpuStorage::F64(x)) => Some(chunked(&x[a0..a1], &x[a0..a1])),
+            _ => None,
+        };
+    };
+    if a.dims() != b.dims() {
+        return None;
+    }
+    let (sb, lb) = b.storage_and_layout();
+    let (b0, b1) = lb.contiguous_offsets()?;
+    match (&*sa, &*sb) {
+        (Storage::Cpu(CpuStorage::F32(x)), Storage::Cpu(CpuStorage::F32(y))) => {
+            Some(chunked(&x[a0..a1], &y[b0..b1]))
+        }
+        (Storage::Cpu(CpuStorage::F64(x)), Storage::Cpu(CpuStorage::F64(y))) => {
+            Some(chunked(&x[a0..a1], &y[b0..b1]))
+        }
+        _ => None,
+    }
+}
 
 /// A vector in parameter space (or any list of tensors treated as one long vector).
 /// All reductions are accumulated in f64.
@@ -57,27 +118,34 @@ impl ParamVec {
         }
         Ok(ParamVec(out))
     }
-    /// ⟨a, b⟩ = Σ aᵢbᵢ (f64).
+    /// ⟨a, b⟩ = Σ aᵢbᵢ, accumulated in f64. One read of each vector, no temporaries (CPU;
+    /// other devices use candle ops). Deterministic: fixed-size chunks summed in order,
+    /// whatever the thread count.
     pub fn dot(&self, o: &ParamVec) -> Result<f64> {
         self.check(o)?;
         let mut s = 0.0;
         for (a, b) in self.0.iter().zip(&o.0) {
-            s += (a * b)?
-                .to_dtype(DType::F64)?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            s += match host_dot(a, Some(b)) {
+                Some(d) => d,
+                None => (a.to_dtype(DType::F64)? * b.to_dtype(DType::F64)?)?
+                    .sum_all()?
+                    .to_scalar::<f64>()?,
+            };
         }
         Ok(s)
     }
-    /// ‖a‖₂.
+    /// ‖a‖₂ (f64 accumulation, one read; see [`ParamVec::dot`]).
     pub fn norm(&self) -> Result<f64> {
         let mut s = 0.0;
         for a in &self.0 {
-            s += a
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
+            s += match host_dot(a, None) {
+                Some(d) => d,
+                None => a
+                    .to_dtype(DType::F64)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_scalar::<f64>()?,
+            };
         }
         Ok(s.sqrt())
     }
