@@ -542,23 +542,40 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
     let (ckk, l, gs) = (g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
     let wl = g.co * ckk;
-    // dW += [dy_i …] (co × m·L) · [C_i …]ᵀ (m·L × ckk), group by group
+    // gemm's speed depends on which operand it must repack: with ckk > co (every layer but
+    // the first), accumulating dWᵀ = C·dyᵀ row by row measured 1.1-1.5x faster than dW = dy·Cᵀ
+    // (C2's 64→64 layer: 70 → 105 GFLOP/s on one core); the first layer keeps dW.
+    let wt = ckk > g.co;
+    // dW += [dy_i …] (co × m·L) · [C_i …]ᵀ (m·L × ckk), group by group (or its transpose)
     let one = |(acc, col, dyg): &mut (Vec<T>, Vec<T>, Vec<T>), t: usize, par: bool| {
         let i0 = t * gs;
         let m = gs.min(g.n - i0);
         let col = &mut col[..ckk * m * l];
         im2col_group(x, &idx, i0, m, col, g);
         let a = dy_group(dy, i0, m, dyg, g);
-        gemm(
-            g.co,
-            ckk,
-            m * l,
-            acc,
-            true,
-            row_major(a, m * l),
-            transposed(col, m * l),
-            par,
-        )
+        if wt {
+            gemm(
+                ckk,
+                g.co,
+                m * l,
+                acc,
+                true,
+                row_major(col, m * l),
+                transposed(a, m * l),
+                par,
+            )
+        } else {
+            gemm(
+                g.co,
+                ckk,
+                m * l,
+                acc,
+                true,
+                row_major(a, m * l),
+                transposed(col, m * l),
+                par,
+            )
+        }
     };
     let fresh = || {
         (
@@ -568,7 +585,7 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
         )
     };
     let groups = g.n.div_ceil(gs);
-    if groups >= 2 {
+    let dw = if groups >= 2 {
         let per = groups.div_ceil(rayon::current_num_threads()).max(1);
         let parts: Vec<Vec<T>> = (0..groups.div_ceil(per))
             .into_par_iter()
@@ -587,14 +604,25 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
                 *a += b;
             }
         }
-        Ok(dw)
+        dw
     } else {
         let mut st = fresh();
         for t in 0..groups {
             one(&mut st, t, true)?;
         }
-        Ok(st.0)
+        st.0
+    };
+    if !wt {
+        return Ok(dw);
     }
+    // dWᵀ (ckk × co) → dW (co × ckk)
+    let mut out = vec![T::zero(); wl];
+    for (r, row) in dw.chunks_exact(g.co).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * ckk + r] = v;
+        }
+    }
+    Ok(out)
 }
 
 /// y = conv(x, W), see the module docs.

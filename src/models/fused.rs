@@ -10,7 +10,8 @@
 //! | [`ChanAffine`]`(x, a, b)` | x·a_c + b_c | `ChanScale(ḡ, a)`, `ChanDot(ḡ, x)`, `ChanSum(ḡ)` |
 //! | [`ChanScale`]`(t, a)` | t·a_c | `ChanScale(ḡ, a)`, `ChanDot(ḡ, t)` |
 //! | [`ChanDot`]`(u, v)` | Σ_{n,pixels} u·v per channel | `ChanScale(v, ḡ)`, `ChanScale(u, ḡ)` |
-//! | [`ChanSum`]`(t)` | Σ_{n,pixels} t per channel | ḡ broadcast to t's shape |
+//! | [`ChanSum`]`(t)` | Σ_{n,pixels} t per channel | `ChanBroadcast(ḡ)` |
+//! | [`ChanBroadcast`]`(g)` | g_c at every sample and pixel of channel c | `ChanSum(ḡ)` |
 //! | [`LinearFwd`]`(x, W, b)` | x Wᵀ + b | ḡ W, ḡᵀ x, Σₙ ḡ (candle matmuls) |
 //! | [`PoolGather`]`(v, x)` | v at each window's arg-max of x | `PoolScatter(ḡ, x)`; none for x |
 //! | [`PoolScatter`]`(g, x)` | g added at each window's arg-max of x | `PoolGather(ḡ, x)`; none for x |
@@ -242,6 +243,8 @@ pub struct ChanScale;
 pub struct ChanDot;
 /// y_c = Σ_{n, pixels} t (a bias gradient); `Shape` is t's, for the broadcast backward.
 pub struct ChanSum(Shape);
+/// g_c repeated over batch and pixels: a tensor of the given shape (ChanSum's adjoint).
+pub struct ChanBroadcast(Shape);
 
 impl CustomOp3 for ChanAffine {
     fn name(&self) -> &'static str {
@@ -359,12 +362,35 @@ impl CustomOp1 for ChanSum {
         Ok((st, Shape::from(ch.c)))
     }
     fn bwd(&self, _t: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let d = self.0.dims();
-        let mut sh = vec![1; d.len()];
-        sh[1] = d[1];
         Ok(Some(
-            g.reshape(sh)?.broadcast_as(self.0.clone())?.contiguous()?,
+            g.contiguous()?.apply_op1(ChanBroadcast(self.0.clone()))?,
         ))
+    }
+}
+
+impl CustomOp1 for ChanBroadcast {
+    fn name(&self) -> &'static str {
+        "hessian-lab-channel-broadcast"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let ch = Chan::of(&self.0)?;
+        fn go<T: WithDType>(g: &[T], ch: Chan) -> Vec<T> {
+            let mut out = vec![T::zero(); ch.len()];
+            out.par_chunks_mut(ch.l.max(1))
+                .with_min_len(min_chunks(ch.l))
+                .enumerate()
+                .for_each(|(j, o)| o.fill(g[j % ch.c]));
+            out
+        }
+        let st = unary(
+            s,
+            |v| Ok(go(slice(v, l, ch.c, "g")?, ch)),
+            |v| Ok(go(slice(v, l, ch.c, "g")?, ch)),
+        )?;
+        Ok((st, self.0.clone()))
+    }
+    fn bwd(&self, _g: &Tensor, _res: &Tensor, gg: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(chan_sum_op(gg)?))
     }
 }
 
