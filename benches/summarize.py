@@ -7,7 +7,8 @@ import statistics
 import sys
 from collections import defaultdict
 
-KEYS = ["forward_ms", "grad_ms", "hvp_ms", "hvp_reuse_graph_ms", "hvp_grad_ratio", "power20_ms",
+KEYS = ["forward_ms", "grad_ms", "hvp_ms", "hvp_reuse_graph_ms", "hvp_grad_ratio", "hvp_reuse_grad_ratio",
+        "power20_ms",
         "peak_rss_mb", "hvp_peak_rss_above_baseline_mb"]
 
 

@@ -159,6 +159,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "hvp_ms": hvp_ms,
         "hvp_reuse_graph_ms": hvp_reuse_ms,
         "hvp_grad_ratio": hvp_ms / grad_ms,
+        "hvp_reuse_grad_ratio": hvp_reuse_ms / grad_ms,
         "power20_ms": power20_ms,
         "power20_hvps": op2.matvecs(),
         "peak_rss_mb": peak_rss_mb(),
