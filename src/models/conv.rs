@@ -92,9 +92,13 @@ impl Geom {
 /// Built once per op call and shared by every sample (ckk·L u32); a gather through it is
 /// 1.3× faster than strided row copies on LeNet's second layer (7-element rows). Empty for
 /// stride 1, whose rows are copied whole.
-fn im2col_index(g: &Geom) -> Vec<u32> {
+fn im2col_index(g: &Geom) -> GatherIndex {
     if g.s == 1 {
-        return vec![]; // stride 1 copies row segments instead
+        // stride 1 copies row segments instead
+        return GatherIndex {
+            v: vec![],
+            bound: 0,
+        };
     }
     let (oh, ow, k, l) = (g.oh(), g.ow(), g.k, g.l());
     let pad = g.x_len() as u32;
@@ -119,7 +123,19 @@ fn im2col_index(g: &Geom) -> Vec<u32> {
             }
         }
     }
-    idx
+    GatherIndex {
+        v: idx,
+        bound: g.x_len() + 1,
+    }
+}
+
+/// The gather index of a strided im2col: every entry of `v` is < `bound` (= one image plus the
+/// padding zero), by construction in [`im2col_index`], the only place that builds one. The
+/// gather and scatter loops check their buffer against `bound` once and then index without
+/// per-element bounds checks (which kept them from vectorising: 15 % of an M1 gradient).
+struct GatherIndex {
+    v: Vec<u32>,
+    bound: usize,
 }
 
 /// Cᵢ = im2col(xᵢ) into columns `off..off + L` of `col` (ckk rows, row stride `ld`), every
@@ -128,7 +144,7 @@ fn im2col_index(g: &Geom) -> Vec<u32> {
 #[allow(clippy::too_many_arguments)]
 fn im2col_into<T: WithDType>(
     x: &[T],
-    idx: &[u32],
+    idx: &GatherIndex,
     xz: &mut Vec<T>,
     col: &mut [T],
     ld: usize,
@@ -166,10 +182,15 @@ fn im2col_into<T: WithDType>(
     xz.extend_from_slice(x);
     xz.push(T::zero());
     let xz = &xz[..];
-    for (r, ir) in idx.chunks_exact(l.max(1)).enumerate() {
+    assert!(
+        xz.len() >= idx.bound,
+        "im2col: index built for another geometry"
+    );
+    for (r, ir) in idx.v.chunks_exact(l.max(1)).enumerate() {
         let dst = &mut col[r * ld + off..r * ld + off + l];
         for (d, &i) in dst.iter_mut().zip(ir) {
-            *d = xz[i as usize];
+            // SAFETY: i < idx.bound ≤ xz.len() (GatherIndex invariant, checked above)
+            *d = unsafe { *xz.get_unchecked(i as usize) };
         }
     }
 }
@@ -180,7 +201,7 @@ fn im2col_into<T: WithDType>(
 #[allow(clippy::too_many_arguments)]
 fn col2im_from<T: WithDType>(
     col: &[T],
-    idx: &[u32],
+    idx: &GatherIndex,
     xz: &mut Vec<T>,
     ld: usize,
     off: usize,
@@ -213,10 +234,15 @@ fn col2im_from<T: WithDType>(
     }
     xz.clear();
     xz.resize(x.len() + 1, T::zero());
-    for (r, ir) in idx.chunks_exact(l.max(1)).enumerate() {
+    assert!(
+        xz.len() >= idx.bound,
+        "col2im: index built for another geometry"
+    );
+    for (r, ir) in idx.v.chunks_exact(l.max(1)).enumerate() {
         let src = &col[r * ld + off..r * ld + off + l];
         for (&v, &i) in src.iter().zip(ir) {
-            xz[i as usize] += v;
+            // SAFETY: i < idx.bound ≤ xz.len() (GatherIndex invariant, checked above)
+            unsafe { *xz.get_unchecked_mut(i as usize) += v };
         }
     }
     x.iter_mut().zip(xz.iter()).for_each(|(d, &v)| *d += v);
@@ -397,7 +423,14 @@ fn per_group<T: WithDType>(
 }
 
 /// Samples `i0..i0 + m` of a group side by side: `col` (ckk × m·L) = [C_i0 … C_i0+m−1].
-fn im2col_group<T: WithDType>(x: &[T], idx: &[u32], i0: usize, m: usize, col: &mut [T], g: &Geom) {
+fn im2col_group<T: WithDType>(
+    x: &[T],
+    idx: &GatherIndex,
+    i0: usize,
+    m: usize,
+    col: &mut [T],
+    g: &Geom,
+) {
     let (xl, l) = (g.x_len(), g.l());
     let mut xz = Vec::with_capacity(xl + 1);
     for j in 0..m {
