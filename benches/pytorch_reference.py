@@ -60,8 +60,12 @@ def data(model, n):
 SYNC = lambda: None  # noqa: E731  (replaced by torch.cuda.synchronize on a GPU)
 
 
+WARMUP = 3  # untimed calls before each measurement, as in `hessian-lab bench`
+
+
 def timeit(f, repeats):
-    f()
+    for _ in range(WARMUP):
+        f()
     SYNC()
     t = []
     for _ in range(repeats):

@@ -214,3 +214,52 @@ fn bad_input_gives_clear_errors_not_panics() {
     ]);
     assert!(!ok && err.contains("k"), "{err}");
 }
+
+#[test]
+fn bench_json_has_the_issue_keys() {
+    // #7's contract: forward_ms, grad_ms, hvp_ms, power20_ms, peak_rss_mb (plus ours).
+    let (ok, v, err) = run(&[
+        "bench",
+        "--model",
+        "m1",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    keys(
+        &v,
+        &[
+            "forward_ms",
+            "grad_ms",
+            "hvp_ms",
+            "power20_ms",
+            "peak_rss_mb",
+            "hvp_reuse_graph_ms",
+            "hvp_grad_ratio",
+            "hvp_reuse_grad_ratio",
+        ],
+    );
+    for k in [
+        "forward_ms",
+        "grad_ms",
+        "hvp_ms",
+        "hvp_reuse_graph_ms",
+        "power20_ms",
+    ] {
+        let t = v[k].as_f64().unwrap_or(-1.0);
+        assert!(t > 0.0 && t.is_finite(), "{k} = {t}");
+    }
+    let r = v["hvp_reuse_grad_ratio"].as_f64().unwrap_or(-1.0);
+    let want =
+        v["hvp_reuse_graph_ms"].as_f64().unwrap_or(0.0) / v["grad_ms"].as_f64().unwrap_or(1.0);
+    assert!(
+        (r - want).abs() <= 1e-9 * want.abs().max(1.0),
+        "{r} vs {want}"
+    );
+    assert_eq!(v["power20_hvps"].as_u64(), Some(21));
+}
