@@ -9,6 +9,11 @@ use hessian_lab::curvature::{self, ParamSelection, ParamVec};
 use hessian_lab::models::{Model, ModelConfig, ModelKind};
 use hessian_lab::runtime::{backward_detached, detached_workers_active};
 
+/// x's gradient in `store` as a vector.
+fn grad_of(store: &candle_core::backprop::GradStore, x: &Var) -> Vec<f64> {
+    store.get(x.as_tensor()).unwrap().to_vec1::<f64>().unwrap()
+}
+
 /// f(x) = Σ sin(x)² · x³ on a few values: a graph with several consumers per node.
 fn f(x: &Tensor) -> Tensor {
     (x.sin().unwrap().sqr().unwrap() * x.powf(3.0).unwrap())
@@ -26,16 +31,10 @@ fn workers_start_and_give_candles_gradient_without_a_graph() {
     );
     let x = Var::new(&[0.3f64, -1.2, 2.5], &candle_core::Device::Cpu).unwrap();
     let y = f(x.as_tensor());
-    let inline = y
-        .backward()
-        .unwrap()
-        .get(x.as_tensor())
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let inline = grad_of(&y.backward().unwrap(), &x);
     let store = backward_detached(&y).unwrap();
     let g = store.get(x.as_tensor()).unwrap();
-    assert_eq!(g.to_vec1::<f64>().unwrap(), inline, "bit-identical values");
+    assert_eq!(grad_of(&store, &x), inline, "bit-identical values");
     // The analytic derivative, so the comparison is not code against itself.
     for (xi, gi) in [0.3f64, -1.2, 2.5].iter().zip(&inline) {
         let d = 2.0 * xi.sin() * xi.cos() * xi.powi(3) + 3.0 * xi.sin().powi(2) * xi.powi(2);
@@ -63,28 +62,16 @@ fn works_from_rayon_threads_and_many_threads_at_once() {
     use rayon::prelude::*;
     let _ = rt64();
     let x = Var::new(&[0.7f64, 1.1], &candle_core::Device::Cpu).unwrap();
-    let want = f(x.as_tensor())
-        .backward()
-        .unwrap()
-        .get(x.as_tensor())
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
+    let want = grad_of(&f(x.as_tensor()).backward().unwrap(), &x);
     // Inside the pool it runs inline (no deadlock); from plain threads it queues.
     let from_pool: Vec<Vec<f64>> = (0..8)
         .into_par_iter()
-        .map(|_| {
-            let s = backward_detached(&f(x.as_tensor())).unwrap();
-            s.get(x.as_tensor()).unwrap().to_vec1::<f64>().unwrap()
-        })
+        .map(|_| grad_of(&backward_detached(&f(x.as_tensor())).unwrap(), &x))
         .collect();
     let handles: Vec<_> = (0..6)
         .map(|_| {
             let x = x.clone();
-            std::thread::spawn(move || {
-                let s = backward_detached(&f(x.as_tensor())).unwrap();
-                s.get(x.as_tensor()).unwrap().to_vec1::<f64>().unwrap()
-            })
+            std::thread::spawn(move || grad_of(&backward_detached(&f(x.as_tensor())).unwrap(), &x))
         })
         .collect();
     for g in from_pool

@@ -586,29 +586,21 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
         let col = &mut col[..ckk * m * l];
         im2col_group(x, &idx, i0, m, col, g);
         let a = dy_group(dy, i0, m, dyg, g);
-        if wt {
-            gemm(
-                ckk,
-                g.co,
-                m * l,
-                acc,
-                true,
-                row_major(col, m * l),
-                transposed(a, m * l),
-                par,
-            )
+        let (rows, cols, lhs, rhs) = if wt {
+            (ckk, g.co, &*col, a)
         } else {
-            gemm(
-                g.co,
-                ckk,
-                m * l,
-                acc,
-                true,
-                row_major(a, m * l),
-                transposed(col, m * l),
-                par,
-            )
-        }
+            (g.co, ckk, a, &*col)
+        };
+        gemm(
+            rows,
+            cols,
+            m * l,
+            acc,
+            true,
+            row_major(lhs, m * l),
+            transposed(rhs, m * l),
+            par,
+        )
     };
     let fresh = || {
         (
