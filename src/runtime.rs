@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 /// candle 0.11 reads `CANDLE_GRAD_DO_NOT_DETACH` once per thread, at that thread's first
 /// `backward()`. Without it the gradient graph is cut and Hessian-vector products come back
 /// silently wrong. Call this at the very top of `main`, of each test and of each notebook.
-/// Idempotent; the first call spawns the backward workers (about a millisecond), later calls
+/// Idempotent; the first call starts the worker pools (about a millisecond), later calls
 /// cost nothing.
 ///
 /// On glibc it also raises malloc's mmap threshold to 1 GiB and turns off heap trimming (skip with
@@ -24,9 +24,11 @@ use candle_core::{DType, Device, Tensor, Var};
 /// (`CANDLE_BARRIER_POOL_SPIN_LIMIT=0` unless set): M1 forward on 2 cores 5.9 → 5.2 ms, user
 /// time −10 %.
 ///
-/// The first call also starts the detached backward workers ([`backward_detached`]); to do so
-/// it switches `CANDLE_GRAD_DO_NOT_DETACH` off for a moment, so call it before other threads
-/// run backward passes.
+/// The first call also starts two rayon pools as large as rayon's global one (so set
+/// `RAYON_NUM_THREADS` before it): the detached workers ([`backward_detached`],
+/// [`on_detached`]) and the graph-keeping workers ([`on_graph_keeping`]). To do so it switches
+/// `CANDLE_GRAD_DO_NOT_DETACH` off for a moment, so call it before other threads run backward
+/// passes.
 pub fn init() {
     // Allocator first: threads started before M_ARENA_MAX would keep arenas of their own.
     tune_malloc();
@@ -37,7 +39,7 @@ pub fn init() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
     }
     static WORKERS: std::sync::Once = std::sync::Once::new();
-    WORKERS.call_once(detached::start);
+    WORKERS.call_once(workers::start);
     if std::env::var("CANDLE_GRAD_DO_NOT_DETACH").map(|v| v == "1") != Ok(true) {
         // Edition 2021: set_var is safe. We set it before any backward pass runs in this thread.
         std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
@@ -57,125 +59,152 @@ pub fn init() {
 ///
 /// Values are identical either way (detaching changes which graph is *recorded*, not what is
 /// computed). Runs inline — same values, more memory — when [`init`] has not started the
-/// detached workers, for non-CPU tensors, and when called from inside a rayon pool thread
-/// (where blocking on another thread that itself uses the pool could deadlock).
-/// Cost: one backward pass plus a thread hand-off (microseconds).
+/// detached workers and for non-CPU tensors. Safe from any thread, rayon's pools included.
+/// Cost: one backward pass plus a thread hand-off (microseconds; none on a worker).
 pub fn backward_detached(t: &Tensor) -> Result<GradStore> {
-    detached::backward(t)
+    workers::backward(t)
 }
 
 /// Whether [`backward_detached`] runs on detached worker threads in this process (off with
 /// `HESSIAN_LAB_DETACHED_WORKERS=0`, for comparisons).
 pub fn detached_workers_active() -> bool {
-    detached::active()
+    workers::DETACHED.active()
 }
 
-mod detached {
-    //! A small pool of threads that ran their first backward pass while
+/// Runs `f` on the detached backward workers ([`backward_detached`]) when `device` is the
+/// CPU: every backward pass inside records no graph, and the rayon-parallel kernels `f` calls
+/// run on the workers' own pool, so that a one-thread run hands no kernel between threads (M1
+/// gradient, one thread, in-process: −2.4 %). Runs inline for other devices, when [`init`] has
+/// not started the workers, or when called on one already. Cost: one hand-off to a worker
+/// and back (microseconds).
+pub fn on_detached<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    workers::DETACHED.install(device, f)
+}
+
+/// Runs `f` on the graph-keeping workers when `device` is the CPU: a rayon pool whose threads
+/// run exact double backward (as the thread that called [`init`] does), for the first backward
+/// of a Hessian-vector product; its kernels run on that pool as in [`on_detached`]. Runs inline
+/// otherwise (as there). Cost: one hand-off.
+pub fn on_graph_keeping<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    workers::KEEPING.install(device, f)
+}
+
+/// Runs `f` where its rayon-parallel kernels need no hand-off: inline on a thread of any rayon
+/// pool, otherwise (CPU only) on the detached workers. For work that runs no backward pass,
+/// such as a forward pass. Cost: at most one hand-off.
+pub fn on_workers<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        workers::DETACHED.install(device, f)
+    }
+}
+
+mod workers {
+    //! Two rayon thread pools as large as rayon's global pool (`RAYON_NUM_THREADS`, else one
+    //! thread per core): on [`DETACHED`] every thread ran its first backward pass while
     //! `CANDLE_GRAD_DO_NOT_DETACH` was off, so candle's thread-local switch is off there for
-    //! good. Jobs are boxed closures; results come back on a per-call channel.
+    //! good; on [`KEEPING`] while it was on. Each thread proves its mode with the probe before
+    //! the pool is used; a pool that cannot be built or proven is absent, and work meant for
+    //! it runs inline on the calling thread.
     use super::*;
-    use std::sync::{mpsc, Arc, Mutex, OnceLock};
+    use std::sync::OnceLock;
 
-    type Job = Box<dyn FnOnce() + Send + 'static>;
-
-    struct Pool {
-        jobs: Mutex<mpsc::Sender<Job>>,
+    pub(super) struct Workers {
+        pool: OnceLock<Option<rayon::ThreadPool>>,
+        keeps_graph: bool,
     }
 
-    static POOL: OnceLock<Option<Pool>> = OnceLock::new();
+    pub(super) static DETACHED: Workers = Workers {
+        pool: OnceLock::new(),
+        keeps_graph: false,
+    };
+    pub(super) static KEEPING: Workers = Workers {
+        pool: OnceLock::new(),
+        keeps_graph: true,
+    };
 
     const VAR: &str = "CANDLE_GRAD_DO_NOT_DETACH";
 
-    /// Starts the workers with the variable switched off and restores it afterwards. Each
-    /// worker proves it detaches (the probe does not give 12) before it is used; if any does
-    /// not, or a thread cannot be spawned, there is no pool and every call runs inline.
+    /// rayon's own rule for its global pool's size, read without starting that pool.
+    fn threads() -> usize {
+        std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+    }
+
+    /// Starts both pools (`HESSIAN_LAB_DETACHED_WORKERS=0`: neither), with the variable set
+    /// for each while its threads run the probe, and restores the variable afterwards.
     pub(super) fn start() {
-        if std::env::var("HESSIAN_LAB_DETACHED_WORKERS").as_deref() == Ok("0") {
-            let _ = POOL.set(None);
-            return;
-        }
+        let off = std::env::var("HESSIAN_LAB_DETACHED_WORKERS").as_deref() == Ok("0");
         let before = std::env::var_os(VAR);
-        std::env::set_var(VAR, "0");
-        let n = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(2, 16);
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        let (ready_tx, ready_rx) = mpsc::channel::<bool>();
-        let mut spawned = 0;
-        for i in 0..n {
-            let rx = Arc::clone(&rx);
-            let ready = ready_tx.clone();
-            let ok = std::thread::Builder::new()
-                .name(format!("hessian-lab-backward-{i}"))
-                .spawn(move || {
-                    let detaches =
-                        matches!(probe_second_derivative(), Ok(d) if (d - 12.0).abs() > 1e-9);
-                    let _ = ready.send(detaches);
-                    loop {
-                        // The guard is dropped before the job runs.
-                        let job = match rx.lock() {
-                            Ok(guard) => guard.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
-                        }
-                    }
-                })
-                .is_ok();
-            if ok {
-                spawned += 1;
-            }
+        for w in [&DETACHED, &KEEPING] {
+            let pool = if off { None } else { w.build() };
+            let _ = w.pool.set(pool);
         }
-        drop(ready_tx);
-        let all_detach = spawned == n && ready_rx.iter().take(n).filter(|&d| d).count() == n;
         match before {
             Some(v) => std::env::set_var(VAR, v),
             None => std::env::remove_var(VAR),
         }
-        let pool = all_detach.then(|| Pool {
-            jobs: Mutex::new(tx),
-        });
-        let _ = POOL.set(pool);
     }
 
-    pub(super) fn active() -> bool {
-        matches!(POOL.get(), Some(Some(_)))
+    impl Workers {
+        fn build(&self) -> Option<rayon::ThreadPool> {
+            std::env::set_var(VAR, if self.keeps_graph { "1" } else { "0" });
+            let kind = if self.keeps_graph {
+                "graph"
+            } else {
+                "backward"
+            };
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads())
+                .thread_name(move |i| format!("hessian-lab-{kind}-{i}"))
+                .build()
+                .ok()?;
+            // broadcast: once on every thread, before any other job reaches it
+            let proven = pool
+                .broadcast(|_| {
+                    let exact =
+                        matches!(probe_second_derivative(), Ok(d) if (d - 12.0).abs() < 1e-9);
+                    exact == self.keeps_graph
+                })
+                .into_iter()
+                .all(|ok| ok);
+            proven.then_some(pool)
+        }
+
+        pub(super) fn active(&self) -> bool {
+            matches!(self.pool.get(), Some(Some(_)))
+        }
+
+        pub(super) fn install<R: Send>(&self, device: &Device, f: impl FnOnce() -> R + Send) -> R {
+            match self.pool.get() {
+                // From any other thread (rayon's global pool included) this waits for a
+                // worker; on a worker of this pool it runs at once.
+                Some(Some(p)) if device.is_cpu() => p.install(f),
+                _ => f(),
+            }
+        }
     }
 
     pub(super) fn backward(t: &Tensor) -> Result<GradStore> {
-        let pool = match POOL.get() {
-            Some(Some(p)) if t.device().is_cpu() && rayon::current_thread_index().is_none() => p,
-            _ => return Ok(t.backward()?),
-        };
-        let (tx, rx) = mpsc::sync_channel::<candle_core::Result<GradStore>>(1);
-        let t = t.clone();
-        let job: Job = Box::new(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.backward()))
-                .unwrap_or_else(|_| Err(candle_core::Error::Msg("backward pass panicked".into())));
-            // Release the graph before answering, so the caller never sees it still alive.
-            drop(t);
-            let _ = tx.send(r);
-        });
-        let sent = match pool.jobs.lock() {
-            Ok(s) => s.send(job).is_ok(),
-            Err(_) => false,
-        };
-        if !sent {
-            return Err(Error::Unsupported(
-                "the detached backward workers stopped".into(),
-            ));
+        if !t.device().is_cpu() || !DETACHED.active() {
+            return Ok(t.backward()?);
         }
-        match rx.recv() {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(Error::Unsupported(
-                "a detached backward worker stopped before answering".into(),
-            )),
-        }
+        DETACHED
+            .install(t.device(), || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.backward()))
+                    .unwrap_or_else(|_| {
+                        Err(candle_core::Error::Msg("backward pass panicked".into()))
+                    })
+            })
+            .map_err(Into::into)
     }
 }
 

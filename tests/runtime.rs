@@ -115,3 +115,35 @@ fn hvp_with_detached_second_backward_matches_inline_and_finite_differences() {
     let rel = hv.axpy(-1.0, &fd).unwrap().norm().unwrap() / fd.norm().unwrap();
     assert!(rel < 1e-6, "vs finite differences: {rel}");
 }
+
+#[test]
+fn worker_pools_run_closures_in_their_mode_and_nest() {
+    use hessian_lab::runtime::{
+        on_detached, on_graph_keeping, on_workers, probe_second_derivative,
+    };
+    let _ = rt64();
+    let cpu = candle_core::Device::Cpu;
+    // d²/dx² x⁴ at 1 is 12 only where double backward is exact
+    let keeping = on_graph_keeping(&cpu, || probe_second_derivative().unwrap());
+    let detached = on_detached(&cpu, || probe_second_derivative().unwrap());
+    assert_eq!(keeping, 12.0);
+    assert_ne!(detached, 12.0);
+    // nested: each pool keeps its own mode, also when entered from the other one
+    let nested = on_graph_keeping(&cpu, || {
+        let inner = on_detached(&cpu, || probe_second_derivative().unwrap());
+        (probe_second_derivative().unwrap(), inner)
+    });
+    assert_eq!(nested.0, 12.0);
+    assert_ne!(nested.1, 12.0);
+    // on_workers moves work off a plain thread onto a rayon pool, and stays where it is on one
+    let from_plain = std::thread::spawn(move || on_workers(&cpu, rayon::current_thread_index))
+        .join()
+        .unwrap();
+    assert!(from_plain.is_some());
+    let name = on_graph_keeping(&candle_core::Device::Cpu, || {
+        on_workers(&candle_core::Device::Cpu, || {
+            std::thread::current().name().map(String::from)
+        })
+    });
+    assert!(name.unwrap().starts_with("hessian-lab-graph"));
+}

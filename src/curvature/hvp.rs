@@ -77,27 +77,33 @@ fn grads_of(store: &candle_core::backprop::GradStore, ts: &[Tensor]) -> Result<V
         .collect()
 }
 
-/// Mean-loss gradient with its autograd graph kept (for a following second backward).
+/// Mean-loss gradient with its autograd graph kept (for a following second backward), computed
+/// on the graph-keeping workers ([`crate::runtime::on_graph_keeping`]).
 /// Returns (loss value, gradient tensors). Cost: 1 forward + 1 backward.
 pub fn gradient_with_graph(
     model: &Model,
     batch: &Batch,
     sel: &ParamSelection,
 ) -> Result<(f64, Vec<Tensor>)> {
-    let (loss, lv) = finite_loss(model, batch)?;
-    let store = loss.backward()?;
-    Ok((lv, grads_of(&store, &sel.tensors(model))?))
+    crate::runtime::on_graph_keeping(model.device(), || {
+        let (loss, lv) = finite_loss(model, batch)?;
+        let store = loss.backward()?;
+        Ok((lv, grads_of(&store, &sel.tensors(model))?))
+    })
 }
 
-/// Mean-loss gradient ∇θ (1/N)Σᵢ ℓᵢ (eval mode), detached; the backward pass records no
-/// graph ([`backward_detached`]). Cost: 1 forward + 1 backward.
+/// Mean-loss gradient ∇θ (1/N)Σᵢ ℓᵢ (eval mode), detached: forward and backward run on the
+/// detached workers ([`crate::runtime::on_detached`]), so no graph is recorded and no kernel
+/// is handed between threads. Cost: 1 forward + 1 backward.
 pub fn gradient(model: &Model, batch: &Batch, sel: &ParamSelection) -> Result<(f64, ParamVec)> {
-    let (loss, lv) = finite_loss(model, batch)?;
-    let store = backward_detached(&loss)?;
-    Ok((
-        lv,
-        ParamVec(grads_of(&store, &sel.tensors(model))?).detach(),
-    ))
+    crate::runtime::on_detached(model.device(), || {
+        let (loss, lv) = finite_loss(model, batch)?;
+        let store = backward_detached(&loss)?;
+        Ok((
+            lv,
+            ParamVec(grads_of(&store, &sel.tensors(model))?).detach(),
+        ))
+    })
 }
 
 /// The mean loss (graph node) and its value; an error when it is NaN or infinite.
@@ -150,8 +156,11 @@ pub fn hvp_selected(
     v: &ParamVec,
 ) -> Result<ParamVec> {
     ensure_double_backward()?;
-    let (_, g) = gradient_with_graph(model, batch, sel)?;
-    hvp_from_graph(model, &g, sel, v)
+    // both passes from one graph-keeping worker: only the second backward changes threads
+    crate::runtime::on_graph_keeping(model.device(), || {
+        let (_, g) = gradient_with_graph(model, batch, sel)?;
+        hvp_from_graph(model, &g, sel, v)
+    })
 }
 
 /// Exact H v over all parameters (see [`hvp_selected`]). Cost: 1 forward + 2 backward.
@@ -228,14 +237,16 @@ pub fn hvp_fd(
 /// Per-sample input gradients gᵢ = ∇ₓ ℓᵢ (sum reduction), with per-sample losses.
 /// Returns (losses (N,), gradients shaped like x). Cost: 1 forward + 1 backward.
 pub fn input_gradient(model: &Model, batch: &Batch) -> Result<(Tensor, Tensor)> {
-    let x = Var::from_tensor(&batch.x.detach())?;
-    let losses = layers::cross_entropy_per_sample(&model.forward(x.as_tensor())?, &batch.y)?;
-    let store = backward_detached(&losses.sum_all()?)?;
-    let g = match store.get(x.as_tensor()) {
-        Some(g) => g.detach(),
-        None => x.as_tensor().zeros_like()?,
-    };
-    Ok((losses.detach(), g))
+    crate::runtime::on_detached(model.device(), || {
+        let x = Var::from_tensor(&batch.x.detach())?;
+        let losses = layers::cross_entropy_per_sample(&model.forward(x.as_tensor())?, &batch.y)?;
+        let store = backward_detached(&losses.sum_all()?)?;
+        let g = match store.get(x.as_tensor()) {
+            Some(g) => g.detach(),
+            None => x.as_tensor().zeros_like()?,
+        };
+        Ok((losses.detach(), g))
+    })
 }
 
 /// Per-sample input Hessian-vector products Hᵢvᵢ, Hᵢ = ∇²ₓ ℓᵢ (sum reduction: the batch's
@@ -250,19 +261,21 @@ pub fn input_hvp(model: &Model, batch: &Batch, v: &Tensor) -> Result<Tensor> {
             batch.x.dims()
         )));
     }
-    let x = Var::from_tensor(&batch.x.detach())?;
-    let losses = layers::cross_entropy_per_sample(&model.forward(x.as_tensor())?, &batch.y)?;
-    let store = losses.sum_all()?.backward()?;
-    let g = store
-        .get(x.as_tensor())
-        .ok_or_else(|| Error::Unsupported("the loss does not depend on the input".into()))?
-        .clone();
-    let s = (g * v.detach().to_dtype(batch.x.dtype())?)?.sum_all()?;
-    let store2 = backward_detached(&s)?;
-    match store2.get(x.as_tensor()) {
-        Some(h) => Ok(h.detach()),
-        None => Ok(x.as_tensor().zeros_like()?),
-    }
+    crate::runtime::on_graph_keeping(model.device(), || {
+        let x = Var::from_tensor(&batch.x.detach())?;
+        let losses = layers::cross_entropy_per_sample(&model.forward(x.as_tensor())?, &batch.y)?;
+        let store = losses.sum_all()?.backward()?;
+        let g = store
+            .get(x.as_tensor())
+            .ok_or_else(|| Error::Unsupported("the loss does not depend on the input".into()))?
+            .clone();
+        let s = (g * v.detach().to_dtype(batch.x.dtype())?)?.sum_all()?;
+        let store2 = backward_detached(&s)?;
+        match store2.get(x.as_tensor()) {
+            Some(h) => Ok(h.detach()),
+            None => Ok(x.as_tensor().zeros_like()?),
+        }
+    })
 }
 
 /// Exact H v for any scalar loss of any variables: H = ∇² loss() w.r.t. `vars`, by double

@@ -388,17 +388,20 @@ impl Model {
     /// Logits in train (`true`: BN batch statistics, running statistics updated) or eval mode.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
-        let xn = match &self.norm {
-            Some((m, s)) => x.broadcast_sub(m)?.broadcast_div(s)?,
-            None => x.clone(),
-        };
-        zoo::forward(
-            self.config.kind,
-            self.config.activation,
-            &View(self),
-            &xn,
-            train,
-        )
+        // on a worker pool: with one thread, no kernel is handed between threads
+        crate::runtime::on_workers(x.device(), || {
+            let xn = match &self.norm {
+                Some((m, s)) => x.broadcast_sub(m)?.broadcast_div(s)?,
+                None => x.clone(),
+            };
+            zoo::forward(
+                self.config.kind,
+                self.config.activation,
+                &View(self),
+                &xn,
+                train,
+            )
+        })
     }
 
     /// Mean cross-entropy (1/N) Σ −log softmax(f(xᵢ))_{yᵢ} in eval mode, as a graph node.

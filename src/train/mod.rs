@@ -136,26 +136,30 @@ pub fn batch_gradient(
         } else {
             batch.narrow(start, len)?
         };
-        let logits = model.forward_t(&mb.x, train)?;
-        let loss = layers::cross_entropy(&logits, &mb.y)?;
         let w = len as f64 / n as f64;
-        let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !lv.is_finite() {
-            return Err(Error::NonFinite(
-                "training loss (diverged? lower the learning rate)".into(),
-            ));
-        }
+        // forward and backward on the detached workers (no graph kept, no kernel hand-offs)
+        let (lv, g) =
+            crate::runtime::on_detached(model.device(), || -> Result<(f64, Vec<Tensor>)> {
+                let logits = model.forward_t(&mb.x, train)?;
+                let loss = layers::cross_entropy(&logits, &mb.y)?;
+                let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if !lv.is_finite() {
+                    return Err(Error::NonFinite(
+                        "training loss (diverged? lower the learning rate)".into(),
+                    ));
+                }
+                let store = crate::runtime::backward_detached(&(loss * w)?)?;
+                let g = model
+                    .params()
+                    .iter()
+                    .map(|(_, v)| match store.get(v.as_tensor()) {
+                        Some(g) => Ok(g.detach()),
+                        None => Ok(v.as_tensor().zeros_like()?.detach()),
+                    })
+                    .collect::<Result<_>>()?;
+                Ok((lv, g))
+            })?;
         loss_sum += lv * w;
-        let store = crate::runtime::backward_detached(&(loss * w)?)?;
-        let g: Vec<Tensor> = model
-            .params()
-            .iter()
-            .map(|(_, v)| match store.get(v.as_tensor()) {
-                Some(g) => Ok(g.detach()),
-                None => Ok(v.as_tensor().zeros_like()?.detach()),
-            })
-            .collect::<Result<_>>()?;
-        drop(store);
         grads = Some(match grads {
             None => g,
             Some(acc) => acc

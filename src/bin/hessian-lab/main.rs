@@ -276,15 +276,15 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
 }
 
 fn main() {
-    // Exact double backward must be on before this thread's first backward pass.
-    hessian_lab::init();
     let cli = Cli::parse();
     if let Cmd::Bench(b) = &cli.cmd {
         if let Some(t) = b.threads {
-            // Read by candle/rayon when their thread pools start: before any tensor work.
+            // Read by candle, rayon and init()'s worker pools when they start: before init().
             std::env::set_var("RAYON_NUM_THREADS", t.to_string());
         }
     }
+    // Exact double backward must be on before this thread's first backward pass.
+    hessian_lab::init();
     let r = match cli.cmd {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Eval(a) => cmd_eval(a),
