@@ -17,11 +17,12 @@ def impl(d):
 
 
 runs = defaultdict(list)
-for path in sys.argv[1:]:
+for fi, path in enumerate(sys.argv[1:]):
     for line in open(path):
         line = line.strip()
         if line.startswith("{"):
             d = json.loads(line)
+            d["_pair"] = (fi, d.get("round"))  # rounds are numbered per file
             runs[(d["model"], d["threads"])].append(d)
 
 for (model, threads), ds in sorted(runs.items()):
@@ -34,8 +35,8 @@ for (model, threads), ds in sorted(runs.items()):
     for name, xs in by.items():
         med = [statistics.median(x[k] for x in xs if x.get(k) is not None) for k in KEYS]
         print(f"| {name} | {len(xs)} | " + " | ".join(f"{v:.1f}" if v >= 10 else f"{v:.2f}" for v in med) + " |")
-    fused = {d["round"]: d for d in by.get("fused", [])}
-    torch = {d["round"]: d for d in ds if impl(d).startswith("torch")}
+    fused = {d["_pair"]: d for d in by.get("fused", [])}
+    torch = {d["_pair"]: d for d in ds if impl(d).startswith("torch")}
     pairs = [(fused[r], torch[r]) for r in sorted(fused) if r in torch]
     if pairs:
         print(f"\nfused / torch, median of {len(pairs)} paired rounds (each round's ratios in brackets):")
