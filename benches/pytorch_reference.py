@@ -60,13 +60,18 @@ def data(model, n):
 SYNC = lambda: None  # noqa: E731  (replaced by torch.cuda.synchronize on a GPU)
 
 
-WARMUP = 3  # untimed calls before each measurement, as in `hessian-lab bench`
+# Untimed calls before each measurement, as in `hessian-lab bench`: at least WARMUP calls and
+# at least WARMUP_S seconds of them (criterion-style), so fast calls reach their steady state.
+WARMUP = 3
+WARMUP_S = 1.0
 
 
 def timeit(f, repeats):
-    for _ in range(WARMUP):
+    start, calls = time.perf_counter(), 0
+    while calls < WARMUP or time.perf_counter() - start < WARMUP_S:
         f()
-    SYNC()
+        SYNC()
+        calls += 1
     t = []
     for _ in range(repeats):
         s = time.perf_counter()

@@ -40,20 +40,26 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// Untimed calls before each measurement (`benches/pytorch_reference.py` uses the same). The
-/// allocator's heap reaches its steady size over the first few calls: with one warm-up call
-/// the median of M1's forward at 2 threads read 7-10 ms, with three 5.2-5.4 ms.
+/// Untimed calls before each measurement: at least [`WARMUP`] calls and at least
+/// [`WARMUP_S`] seconds of them, as criterion warms up (`benches/pytorch_reference.py` uses the
+/// same rule). Fast calls take a while to reach their steady state (heap growth, idle pool
+/// threads): M1's forward at 2 threads read 7–10 ms after one warm-up call, 5.2–7.5 ms after
+/// three, 5.1–5.2 ms after 30.
 const WARMUP: usize = 3;
+const WARMUP_S: f64 = 1.0;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-/// Median of `repeats` timed calls after [`WARMUP`] untimed ones.
+/// Median of `repeats` timed calls after the warm-up ([`WARMUP`], [`WARMUP_S`]).
 fn time_ms(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..WARMUP {
+    let start = Instant::now();
+    let mut calls = 0;
+    while calls < WARMUP || start.elapsed().as_secs_f64() < WARMUP_S {
         f()?;
+        calls += 1;
     }
     let mut t = vec![];
     for _ in 0..repeats {
