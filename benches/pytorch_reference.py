@@ -4,7 +4,8 @@ Run in its own venv with torch from PyPI:
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch numpy
     /tmp/torchenv/bin/python benches/pytorch_reference.py --model m1 --batch-size 128 --threads 1
 Prints one JSON object with forward_ms, grad_ms, hvp_ms, hvp_reuse_graph_ms, hvp_grad_ratio,
-hvp_reuse_grad_ratio, power20_ms, peak_rss_mb and hvp_peak_rss_above_baseline_mb (medians;
+hvp_reuse_grad_ratio, power20_ms, power20_hvp_grad_ratio, peak_rss_mb and
+hvp_peak_rss_above_baseline_mb (medians;
 model in eval mode, mean cross-entropy, the same data as hessian-lab's bench: the first MNIST test images for m1, the
 shipped CIFAR-10 sample for c2).
 """
@@ -146,7 +147,8 @@ def main():
         "framework": f"torch {torch.__version__}", "device": a.device, "model": a.model, "batch_size": a.batch_size, "threads": a.threads,
         "forward_ms": forward_ms, "grad_ms": grad_ms, "hvp_ms": hvp_ms, "hvp_reuse_graph_ms": reuse_ms,
         "hvp_grad_ratio": hvp_ms / grad_ms,
-        "hvp_reuse_grad_ratio": reuse_ms / grad_ms, "power20_ms": power_ms, "peak_rss_mb": rss("VmHWM"),
+        "hvp_reuse_grad_ratio": reuse_ms / grad_ms, "power20_ms": power_ms, "power20_hvps": 21,
+        "power20_hvp_grad_ratio": power_ms / 21 / grad_ms, "peak_rss_mb": rss("VmHWM"),
         "baseline_rss_mb": base, "hvp_peak_rss_above_baseline_mb": hvp_peak,
     }))
 

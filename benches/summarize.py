@@ -8,7 +8,7 @@ import sys
 from collections import defaultdict
 
 KEYS = ["forward_ms", "grad_ms", "hvp_ms", "hvp_reuse_graph_ms", "hvp_grad_ratio", "hvp_reuse_grad_ratio",
-        "power20_ms",
+        "power20_ms", "power20_hvp_grad_ratio",
         "peak_rss_mb", "hvp_peak_rss_above_baseline_mb"]
 
 
@@ -33,8 +33,10 @@ for (model, threads), ds in sorted(runs.items()):
     for d in ds:
         by[impl(d)].append(d)
     for name, xs in by.items():
-        med = [statistics.median(x[k] for x in xs if x.get(k) is not None) for k in KEYS]
-        print(f"| {name} | {len(xs)} | " + " | ".join(f"{v:.1f}" if v >= 10 else f"{v:.2f}" for v in med) + " |")
+        vals = [[x[k] for x in xs if x.get(k) is not None] for k in KEYS]
+        med = [statistics.median(v) if v else None for v in vals]  # None: key added later
+        cell = lambda v: "–" if v is None else f"{v:.1f}" if v >= 10 else f"{v:.2f}"  # noqa: E731
+        print(f"| {name} | {len(xs)} | " + " | ".join(cell(v) for v in med) + " |")
     fused = {d["_pair"]: d for d in by.get("fused", [])}
     torch = {d["_pair"]: d for d in ds if impl(d).startswith("torch")}
     pairs = [(fused[r], torch[r]) for r in sorted(fused) if r in torch]

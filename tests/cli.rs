@@ -262,4 +262,11 @@ fn bench_json_has_the_issue_keys() {
         "{r} vs {want}"
     );
     assert_eq!(v["power20_hvps"].as_u64(), Some(21));
+    let p = v["power20_hvp_grad_ratio"].as_f64().unwrap_or(-1.0);
+    let want =
+        v["power20_ms"].as_f64().unwrap_or(0.0) / 21.0 / v["grad_ms"].as_f64().unwrap_or(1.0);
+    assert!(
+        (p - want).abs() <= 1e-9 * want.abs().max(1.0),
+        "{p} vs {want}"
+    );
 }

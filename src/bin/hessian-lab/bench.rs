@@ -176,6 +176,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "hvp_reuse_grad_ratio": hvp_reuse_ms / grad_ms,
         "power20_ms": power20_ms,
         "power20_hvps": op2.matvecs(),
+        // one HVP of the power iteration (its first backward, vector work included) in gradients
+        "power20_hvp_grad_ratio": power20_ms / op2.matvecs().max(1) as f64 / grad_ms,
         "peak_rss_mb": peak_rss_mb(),
         "baseline_rss_mb": base_rss,
         "hvp_peak_rss_above_baseline_mb": match (hvp_peak, before_hvp) { (Some(p), Some(b)) => Some(p - b), _ => None },
