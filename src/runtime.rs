@@ -62,7 +62,8 @@ pub fn init() {
 /// detached workers and for non-CPU tensors. Safe from any thread, rayon's pools included.
 /// Cost: one backward pass plus a thread hand-off (microseconds; none on a worker).
 pub fn backward_detached(t: &Tensor) -> Result<GradStore> {
-    workers::backward(t)
+    // a panic inside comes back to the caller, as from an inline call
+    Ok(on_detached(t.device(), || t.backward())?)
 }
 
 /// Whether [`backward_detached`] runs on detached worker threads in this process (off with
@@ -191,20 +192,6 @@ mod workers {
                 _ => f(),
             }
         }
-    }
-
-    pub(super) fn backward(t: &Tensor) -> Result<GradStore> {
-        if !t.device().is_cpu() || !DETACHED.active() {
-            return Ok(t.backward()?);
-        }
-        DETACHED
-            .install(t.device(), || {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| t.backward()))
-                    .unwrap_or_else(|_| {
-                        Err(candle_core::Error::Msg("backward pass panicked".into()))
-                    })
-            })
-            .map_err(Into::into)
     }
 }
 

@@ -63,7 +63,8 @@ fn works_from_rayon_threads_and_many_threads_at_once() {
     let _ = rt64();
     let x = Var::new(&[0.7f64, 1.1], &candle_core::Device::Cpu).unwrap();
     let want = grad_of(&f(x.as_tensor()).backward().unwrap(), &x);
-    // Inside the pool it runs inline (no deadlock); from plain threads it queues.
+    // From rayon's global pool it crosses into the workers' pool (no deadlock); from plain
+    // threads it waits for a worker.
     let from_pool: Vec<Vec<f64>> = (0..8)
         .into_par_iter()
         .map(|_| grad_of(&backward_detached(&f(x.as_tensor())).unwrap(), &x))

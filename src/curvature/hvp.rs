@@ -68,7 +68,11 @@ impl ParamSelection {
     }
 }
 
-fn grads_of(store: &candle_core::backprop::GradStore, ts: &[Tensor]) -> Result<Vec<Tensor>> {
+/// The gradient of each of `ts` in `store` (zeros for a tensor the loss does not reach).
+pub(crate) fn grads_of(
+    store: &candle_core::backprop::GradStore,
+    ts: &[Tensor],
+) -> Result<Vec<Tensor>> {
     ts.iter()
         .map(|t| match store.get(t) {
             Some(g) => Ok(g.clone()),

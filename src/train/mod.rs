@@ -149,15 +149,13 @@ pub fn batch_gradient(
                     ));
                 }
                 let store = crate::runtime::backward_detached(&(loss * w)?)?;
-                let g = model
+                let params: Vec<Tensor> = model
                     .params()
                     .iter()
-                    .map(|(_, v)| match store.get(v.as_tensor()) {
-                        Some(g) => Ok(g.detach()),
-                        None => Ok(v.as_tensor().zeros_like()?.detach()),
-                    })
-                    .collect::<Result<_>>()?;
-                Ok((lv, g))
+                    .map(|(_, v)| v.as_tensor().clone())
+                    .collect();
+                let g = crate::curvature::hvp::grads_of(&store, &params)?;
+                Ok((lv, g.iter().map(Tensor::detach).collect()))
             })?;
         loss_sum += lv * w;
         grads = Some(match grads {
