@@ -27,7 +27,38 @@ thread_local! {
     }
 }
 
+thread_local! {
+    /// hessian-lab patch: set by `Tensor::backward_with_graph` for the duration of that call.
+    static KEEP_GRAPH: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// hessian-lab patch: whether the backward pass running on this thread records the graph of
+/// the gradients it computes: the argument of `backward_with_graph` inside that call,
+/// otherwise upstream's per-thread CANDLE_GRAD_DO_NOT_DETACH.
+fn keep_graph() -> bool {
+    KEEP_GRAPH
+        .with(|k| k.get())
+        .unwrap_or_else(|| CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b))
+}
+
+/// hessian-lab patch: marks this build of candle-core (hessian-lab checks that it runs on it).
+pub const HESSIAN_LAB_PATCH: &str = "hessian-lab candle-core 0.11.1 patch 2: accumulate, backward_with_graph";
+
 impl Tensor {
+    /// hessian-lab patch: a backward pass whose gradients keep their graph (`keep_graph`, as
+    /// PyTorch's `create_graph`) so they can be differentiated again, or do not, whatever the
+    /// thread's CANDLE_GRAD_DO_NOT_DETACH says. Same values either way.
+    pub fn backward_with_graph(&self, keep_graph: bool) -> Result<GradStore> {
+        struct Restore(Option<bool>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                KEEP_GRAPH.with(|k| k.set(self.0));
+            }
+        }
+        let _restore = Restore(KEEP_GRAPH.with(|k| k.replace(Some(keep_graph))));
+        self.backward()
+    }
+
     /// Return all the nodes that lead to this value in a topologically sorted vec, the first
     /// elements having dependencies on the latter ones, e.g. the first element if any is the
     /// argument.
@@ -178,7 +209,7 @@ impl Tensor {
             // do not have to allocate too often. Here we just call `.detach` to avoid computing
             // the backprop graph of the backprop itself. This would be an issue for second order
             // derivatives but these are out of scope at the moment.
-            let do_not_detach = CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);
+            let do_not_detach = keep_graph();
             let grad = if do_not_detach { grad } else { grad.detach() };
             if let Some(op) = node.op() {
                 match op {
@@ -727,7 +758,7 @@ impl GradStore {
     /// a gradient when it was taken out again, so each pending gradient kept the tensors it was
     /// computed from alive (another activation-sized buffer per pending gradient).
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
-        let keep_graph = CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);
+        let keep_graph = keep_graph();
         let store = |t: Tensor| if keep_graph { t } else { t.detach() };
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -761,7 +792,7 @@ impl GradStore {
                 Entry::Occupied(mut entry) => {
                     let new_grad = entry.get().add(&grad)?;
 
-                    let do_not_detach = CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);
+                    let do_not_detach = keep_graph();
                     let new_grad = if do_not_detach {
                         new_grad
                     } else {
