@@ -6,12 +6,11 @@ Cells tagged "allow-stderr" may write to stderr (the CI runner fails on stderr o
 """
 import json, os
 
-DEP = ':dep hessian_lab = { package = "hessian-lab", path = ".." }'
+DEP = ':dep hessian_lab = { package = "hessian-lab", path = "..", default-features = false }'
 USE = """use hessian_lab::{Runtime, data::{self, DatasetKind, SplitKind}, models::{Model, ModelKind, ModelConfig, Activation}};
 use hessian_lab::{train::{self, TrainConfig}, curvature::{self, DataSource, HessianOperator, LanczosOpts, ParamVec, ParamSelection, CurvatureOperator}};
 use hessian_lab::{attack::{self, AttackKind, NewtonSolver}, landscape, plot::{self, Figure, Line}};
-hessian_lab::init(); // exact double backward: before anything runs a backward pass
-let rt = Runtime::cpu_f32();"""
+let rt = Runtime::cpu_f32(); // device, dtype and CPU kernels; nothing else to set up"""
 
 
 def md(s):
@@ -41,7 +40,7 @@ fn fit(rt: &Runtime, train_split: &data::Split, batch: usize, lr: f64, epochs: u
        adv: Option<(AttackKind, f64)>) -> hessian_lab::Result<Model> {
     let m = Model::new(ModelKind::M1, rt, 0)?;
     let mut cfg = TrainConfig::new(epochs, batch, lr);
-    cfg.progress = false; cfg.eval_train_samples = 0; cfg.eval_test = false;
+    cfg.progress = None; cfg.eval_train_samples = 0; cfg.eval_test = false;
     match adv {
         Some((k, eps)) => {
             let mut hook = move |m: &Model, b| attack::adversarial_batch(m, b, k, eps, 0.5);
@@ -61,6 +60,10 @@ eigenvalues, run one attack, and plot. CPU, about a minute of compute (M1 traine
 on the first 10,000 training images; curvature on the first 320 test images)."""),
     code(DEP),
     code(USE),
+    md("""The crate runs on its own (vendored, patched) candle, re-exported as `hessian_lab::candle_core`
+and `hessian_lab::candle_nn`; use those rather than a separate candle dependency. CI checks that
+this cell prints the same build as the crate's source."""),
+    code("""println!("candle build: {}", hessian_lab::autodiff::candle_build());"""),
     code(TRAIN_M1),
     code("""let model = fit(&rt, &train_split, 128, 0.05, 1, None)?;
 let (loss, acc) = model.evaluate(&test, 500)?;
@@ -72,13 +75,28 @@ one forward and two backward passes."""),
 let v = ParamVec::randn_like(&ParamSelection::all(&model).tensors(&model), 0)?;
 let hv = curvature::hvp(&model, &batch, &v)?;
 println!("vᵀHv / vᵀv = {:.5}", v.dot(&hv)? / v.dot(&v)?);"""),
+    md("""## Your own loss, in a cell
+Any closure over candle `Var`s gets an exact Hessian-vector product, with no setup: keeping the
+gradient graph is an argument of each backward pass (`hessian_lab::autodiff`), not a property of
+the thread. Least squares ½‖Xw − y‖² has the Hessian XᵀX, so Hv must equal XᵀXv."""),
+    code("""use hessian_lab::candle_core::{Tensor, Var, DType, Device};
+let xm = Tensor::randn(0f64, 1f64, (50, 4), &Device::Cpu)?;
+let y = Tensor::randn(0f64, 1f64, (50, 1), &Device::Cpu)?;
+let w = Var::zeros((4, 1), DType::F64, &Device::Cpu)?;
+let loss = || -> hessian_lab::Result<Tensor> { Ok((xm.matmul(w.as_tensor())?.sub(&y)?.sqr()?.sum_all()? * 0.5)?) };
+let v = Tensor::new(&[[1.0f64], [-2.0], [0.5], [3.0]], &Device::Cpu)?;
+let hv = curvature::hvp_closure(&[w.clone()], loss, &ParamVec(vec![v.clone()]))?;
+let exact = xm.t()?.matmul(&xm.matmul(&v)?)?;
+let err = (&hv.0[0] - &exact)?.abs()?.max_all()?.to_scalar::<f64>()?;
+println!("max |Hv − XᵀXv| = {err:.1e}");
+assert!(err < 1e-10);"""),
     md("## Top eigenvalues (Lanczos) — λ₁^θ of the paper"),
     code("""let op = HessianOperator::new(&model, DataSource::Batch(batch.clone()))?;
 let top = curvature::lanczos(&op, 2, &LanczosOpts::default())?;
 println!("λ₁, λ₂ = {:?} after {} HVPs (residuals {:?})", top.eigenvalues, top.hvps, top.residuals);"""),
     md("## One attack: FGSM at several ε"),
     code("""let eps = vec![0.0, 0.05, 0.1, 0.15, 0.2];
-let rep = attack::adversarial_accuracy(&model, &test, AttackKind::Fgsm, &eps, 500, false)?;
+let rep = attack::adversarial_accuracy(&model, &test, AttackKind::Fgsm, &eps, 500, None)?;
 let accs: Vec<f64> = rep.per_eps.iter().map(|e| e.accuracy).collect();
 println!("FGSM accuracy: {:?}", accs);"""),
     code("""let fig = plot::accuracy_vs_eps_figure("M1: accuracy under FGSM", vec![("FGSM".to_string(), eps.clone(), accs.clone())])?;
@@ -162,7 +180,7 @@ for (name, m) in [("B=64", &small), ("B=1024", &large)] {
     let op = HessianOperator::new(m, DataSource::Batch(hb.clone()))?;
     let l1 = curvature::lanczos(&op, 1, &LanczosOpts::default())?.eigenvalues[0];
     let s = curvature::input_hessian(m, &ib)?.summary();
-    let f = attack::adversarial_accuracy(m, &test, AttackKind::Fgsm, &[0.1, 0.2], 500, false)?;
+    let f = attack::adversarial_accuracy(m, &test, AttackKind::Fgsm, &[0.1, 0.2], 500, None)?;
     println!("{name}: acc {acc:.4}  λ₁^θ {l1:.3}  λ₁^x {:.4}  ‖∇ₓJ‖ {:.4}  FGSM ε=0.1 {:.3}  ε=0.2 {:.3}",
         s.lambda1_x_mean, s.grad_norm_mean, f.per_eps[0].accuracy, f.per_eps[1].accuracy);
     rows.push((name, l1));
@@ -194,7 +212,7 @@ let eps_l2 = vec![0.0, 1.0, 2.0, 3.0, 4.0];
 let mut series = vec![];
 for (k, eps) in [(AttackKind::Fgsm, &eps_linf), (AttackKind::Ifgsm { steps: 10 }, &eps_linf), (AttackKind::Fhsm(NewtonSolver::Exact), &eps_linf),
                  (AttackKind::L2Grad, &eps_l2), (AttackKind::L2Hess(NewtonSolver::Exact), &eps_l2)] {
-    let r = attack::adversarial_accuracy(&clean, &t300, k, eps, 300, false)?;
+    let r = attack::adversarial_accuracy(&clean, &t300, k, eps, 300, None)?;
     println!("{:7} {:?}", r.attack, r.per_eps.iter().map(|e| (e.eps, e.accuracy)).collect::<Vec<_>>());
     series.push((r.attack.clone(), eps.clone(), r.per_eps.iter().map(|e| e.accuracy).collect::<Vec<f64>>()));
 }"""),
@@ -220,7 +238,7 @@ either way; on M1 trained for 2 epochs on all 60,000 images we measured λ₁^θ
 let hb = test.first(320)?.to_batch(&rt)?;
 for (name, m) in [("clean", &clean), ("robust", &robust)] {
     let (_, acc) = m.evaluate(&test, 500)?;
-    let f = attack::adversarial_accuracy(m, &t300, AttackKind::Fgsm, &[0.1], 300, false)?.per_eps[0].accuracy;
+    let f = attack::adversarial_accuracy(m, &t300, AttackKind::Fgsm, &[0.1], 300, None)?.per_eps[0].accuracy;
     let op = HessianOperator::new(m, DataSource::Batch(hb.clone()))?;
     let l1 = curvature::lanczos(&op, 1, &LanczosOpts::default())?.eigenvalues[0];
     println!("{name:6}: clean accuracy {acc:.4}, FGSM(0.1) accuracy {f:.3}, λ₁^θ {l1:.3}");
@@ -235,6 +253,10 @@ for 1 epoch on 10,000 images; curvature on 320 test images; losses on 1,000 trai
 CPU, a few minutes."""),
     code(DEP),
     code(USE),
+    md("""The crate runs on its own (vendored, patched) candle, re-exported as `hessian_lab::candle_core`
+and `hessian_lab::candle_nn`; use those rather than a separate candle dependency. CI checks that
+this cell prints the same build as the crate's source."""),
+    code("""println!("candle build: {}", hessian_lab::autodiff::candle_build());"""),
     code(TRAIN_M1),
     code("""let model = fit(&rt, &train_split, 128, 0.05, 1, None)?;
 let batch = DataSource::Batch(test.first(320)?.to_batch(&rt)?);
@@ -243,18 +265,18 @@ let te = DataSource::Split { split: test.clone(), chunk: 500 };
 let (vals, vecs) = landscape::eigen_directions(&model, &batch, 2, &LanczosOpts::default())?;
 println!("λ₁, λ₂ = {vals:?}");"""),
     code("""let alphas = landscape::linspace(-1.0, 1.0, 21)?;
-let curve = landscape::landscape_1d(&model, &vecs[0], &alphas, &[("batch", &batch), ("train", &tr), ("test", &te)], false)?;
+let curve = landscape::landscape_1d(&model, &vecs[0], &alphas, &[("batch", &batch), ("train", &tr), ("test", &te)], None)?;
 let fig = plot::landscape_figure(&curve, "M1: loss along v₁", "ε", false)?;
 fig.evcxr_display();"""),
     code("""let grid = landscape::linspace(-1.0, 1.0, 11)?;
-let surf = landscape::landscape_2d(&model, &vecs[0], &vecs[1], &grid, &grid, &batch, false)?;
+let surf = landscape::landscape_2d(&model, &vecs[0], &vecs[1], &grid, &grid, &batch, None)?;
 let fig = plot::surface_figure(&surf, "M1: loss on θ + α v₁ + β v₂")?;
 fig.evcxr_display();"""),
     md("## From the clean model to an FGSM-robust one"),
     code("""let robust = fit(&rt, &train_split, 128, 0.05, 1, Some((AttackKind::Fgsm, 0.1)))?;
 let lams = landscape::linspace(-0.5, 1.5, 9)?;
 let c = landscape::interpolate(&model, &robust, &lams, &[("train", &tr), ("test", &te)],
-                               Some((&batch, &LanczosOpts { max_iter: 40, tol: 1e-2, seed: 0 })), false)?;
+                               Some((&batch, &LanczosOpts { max_iter: 40, tol: 1e-2, seed: 0 })), None)?;
 let fig = plot::landscape_figure(&c, "clean (λ=0) → robust (λ=1)", "λ", false)?;
 fig.evcxr_display();"""),
 ]

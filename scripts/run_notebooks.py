@@ -1,7 +1,9 @@
 """Executes every notebook in notebooks/ with the evcxr kernel, headlessly, one at a time.
 
 Fails (exit 1) when a cell errors, when a cell writes to stderr (evcxr reports some failures
-only there) unless the cell is tagged "allow-stderr", or when a notebook shows no image/png.
+only there) unless the cell is tagged "allow-stderr", when a notebook shows no image/png, or
+when a cell prints a "candle build:" other than the vendored candle-core's marker (a notebook
+must link the same patched candle as the crate's own tests and CLI).
 Executed copies go to $NOTEBOOK_OUT (default: target/notebooks), never over the sources.
 """
 import os
@@ -19,6 +21,9 @@ os.makedirs(out_dir, exist_ok=True)
 names = sorted(f for f in os.listdir(nb_dir) if f.endswith(".ipynb"))
 if len(sys.argv) > 1:
     names = [n for n in names if any(a in n for a in sys.argv[1:])]
+import re
+src = open(os.path.join(root, "vendor", "candle-core", "src", "backprop.rs")).read()
+want_candle = re.search(r'pub const HESSIAN_LAB_PATCH: &str = "([^"]*)"', src).group(1)
 failures = []
 for name in names:
     path = os.path.join(nb_dir, name)
@@ -45,6 +50,10 @@ for name in names:
                 problems.append(f"cell {i} wrote to stderr: {out.get('text', '')[:2000]}")
             if "image/png" in out.get("data", {}):
                 images += 1
+            text = out.get("text", "") if out.get("output_type") == "stream" else ""
+            for line in text.splitlines():
+                if line.startswith("candle build: ") and line[len("candle build: "):] != want_candle:
+                    problems.append(f"cell {i} runs another candle: {line!r}, expected {want_candle!r}")
     if images == 0:
         problems.append("no image/png output")
     nbformat.write(nb, os.path.join(out_dir, name))

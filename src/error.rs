@@ -63,15 +63,6 @@ pub enum Error {
     #[error("empty input: {0}")]
     Empty(String),
 
-    /// Exact second derivatives are off in this thread (candle detaches gradients unless
-    /// `CANDLE_GRAD_DO_NOT_DETACH=1` is set before the thread's first backward pass).
-    #[error(
-        "double backward is OFF in this thread: the probe d²/dx² (x²)² at x=1 gave {measured} instead of 12. \
-         Fix: call `hessian_lab::init()` at the very start of the program (before any backward pass), \
-         or run with the environment variable CANDLE_GRAD_DO_NOT_DETACH=1"
-    )]
-    DoubleBackwardOff { measured: f64 },
-
     /// An operator that gave two different results for the same vector (BatchNorm in train
     /// mode, dropout, shuffled data): its eigenvalues would be meaningless.
     #[error("the curvature operator is not deterministic: applying it twice to the same vector differed by {rel_diff:e} (relative); is BatchNorm in train mode or the data shuffled?")]

@@ -5,14 +5,13 @@
 //! Lei, Keutzer & Mahoney, *Hessian-based Analysis of Large Batch Training and Robustness to
 //! Adversaries* (NeurIPS 2018).
 //!
-//! **Call [`init()`] first**, before anything runs a backward pass: candle keeps the gradient
-//! graph (needed for exact Hessian-vector products) only when `CANDLE_GRAD_DO_NOT_DETACH=1` is set
-//! before a thread's first backward pass. Every curvature function checks this with a cheap probe
-//! ([`double_backward_enabled`]) and returns [`Error::DoubleBackwardOff`] instead of a silently
-//! wrong result.
+//! Nothing needs to be called first: every backward pass goes through [`autodiff`], where
+//! keeping the gradient graph (for exact Hessian-vector products) is an argument of the call,
+//! on any thread. [`init()`] is optional process tuning for speed. The crate links its own
+//! candle ([`candle_core`], [`candle_nn`], vendored with a patch): use these re-exports in your
+//! code rather than a separate candle dependency. The layers are described in ARCHITECTURE.md.
 //!
 //! ```no_run
-//! hessian_lab::init();
 //! let dev = hessian_lab::Runtime::cpu_f32();
 //! let test = hessian_lab::data::load(hessian_lab::data::DatasetKind::Mnist, hessian_lab::data::SplitKind::Test, "data")?;
 //! let model = hessian_lab::models::Model::new(hessian_lab::models::ModelKind::M1, &dev, 0)?;
@@ -22,18 +21,22 @@
 //! ```
 
 pub mod attack;
+pub mod autodiff;
 pub mod curvature;
 pub mod data;
 pub mod error;
 pub mod landscape;
 pub mod models;
+pub mod ops;
 pub mod plot;
+pub mod progress;
 pub mod reproduce;
 pub mod runtime;
 pub mod train;
 
 /// Re-exported so notebooks and users need only one dependency.
 pub use candle_core;
+pub use candle_nn;
 pub use error::{Error, Result};
 pub use nalgebra;
-pub use runtime::{double_backward_enabled, ensure_double_backward, init, Runtime};
+pub use runtime::{init, Runtime};

@@ -139,7 +139,7 @@ pub fn train_m1(
     };
     cfg.momentum = s.momentum;
     cfg.seed = s.seed;
-    cfg.progress = false;
+    cfg.progress = None;
     cfg.eval_train_samples = 0;
     cfg.eval_test = false;
     cfg.micro_batch = 1024;
@@ -193,7 +193,6 @@ pub fn table9(
     mut on_row: impl FnMut(&Table9Row),
 ) -> Result<Table9> {
     s.validate()?;
-    crate::init();
     let t0 = std::time::Instant::now();
     let train_all = data::load(DatasetKind::Mnist, SplitKind::Train, data_root)?;
     let test_all = data::load(DatasetKind::Mnist, SplitKind::Test, data_root)?;
@@ -213,8 +212,8 @@ pub fn table9(
         let (lx_tr, gx_tr) = input_means(&m, &x_tr)?;
         let (lx_te, gx_te) = input_means(&m, &x_te)?;
         let eps = [0.2, 0.1];
-        let f_tr = attack::adversarial_accuracy(&m, &x_tr, AttackKind::Fgsm, &eps, s.chunk, false)?;
-        let f_te = attack::adversarial_accuracy(&m, &x_te, AttackKind::Fgsm, &eps, s.chunk, false)?;
+        let f_tr = attack::adversarial_accuracy(&m, &x_tr, AttackKind::Fgsm, &eps, s.chunk, None)?;
+        let f_te = attack::adversarial_accuracy(&m, &x_te, AttackKind::Fgsm, &eps, s.chunk, None)?;
         let mut fgsm = std::collections::BTreeMap::new();
         for i in 0..eps.len() {
             fgsm.insert(

@@ -233,20 +233,20 @@ fn trained_m1_monotone_in_eps_ifgsm_stronger_and_robust_training_helps() {
         .first(300)
         .unwrap();
     let mut cfg = TrainConfig::new(2, 64, 0.05);
-    cfg.progress = false;
+    cfg.progress = None;
     cfg.eval_train_samples = 0;
     cfg.eval_test = false;
     let clean = Model::new(ModelKind::M1, &rt, 0).unwrap();
     train::train(&clean, &train_split, None, &cfg, None, None).unwrap();
     let eps = [0.0, 0.05, 0.1, 0.15, 0.2];
-    let f = adversarial_accuracy(&clean, &test, AttackKind::Fgsm, &eps, 150, false).unwrap();
+    let f = adversarial_accuracy(&clean, &test, AttackKind::Fgsm, &eps, 150, None).unwrap();
     let i = adversarial_accuracy(
         &clean,
         &test,
         AttackKind::Ifgsm { steps: 10 },
         &eps,
         150,
-        false,
+        None,
     )
     .unwrap();
     assert!(f.clean_accuracy > 0.9, "{}", f.clean_accuracy);
@@ -278,7 +278,7 @@ fn trained_m1_monotone_in_eps_ifgsm_stronger_and_robust_training_helps() {
     let robust = Model::new(ModelKind::M1, &rt, 0).unwrap();
     let mut hook = |m: &Model, b| adversarial_batch(m, b, AttackKind::Fgsm, 0.1, 0.5);
     train::train(&robust, &train_split, None, &cfg, Some(&mut hook), None).unwrap();
-    let fr = adversarial_accuracy(&robust, &test, AttackKind::Fgsm, &[0.1], 150, false).unwrap();
+    let fr = adversarial_accuracy(&robust, &test, AttackKind::Fgsm, &[0.1], 150, None).unwrap();
     assert!(
         fr.per_eps[0].accuracy > f.per_eps[2].accuracy + 0.1,
         "robust {} vs clean {}",

@@ -80,7 +80,6 @@ fn linear_regression_closed_form() {
 
 #[test]
 fn logistic_regression_closed_form() {
-    hessian_lab::init();
     let (n, d) = (11, 3);
     let x = randn(&[n, d], 6, DType::F64);
     let t = Tensor::from_vec(
@@ -185,7 +184,7 @@ fn ggn_is_jt_a_j_and_psd_on_an_mlp() {
                 .unwrap()
                 .sum_all()
                 .unwrap()
-                .backward()
+                .backward_with_graph(true)
                 .unwrap();
             let row: Vec<f64> = like
                 .iter()

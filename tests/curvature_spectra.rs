@@ -29,7 +29,6 @@ fn spectrum(n: usize, top: &[f64], bulk_max: f64, seed: u64) -> Vec<f64> {
 
 #[test]
 fn power_iteration_with_deflation_recovers_planted_top_k() {
-    hessian_lab::init();
     let eigs = spectrum(60, &[10.0, 6.0, 3.5], 1.0, 1);
     let (op, a) = planted(&eigs, 2);
     let r = top_eigen(
@@ -60,7 +59,6 @@ fn power_iteration_with_deflation_recovers_planted_top_k() {
 
 #[test]
 fn power_iteration_finds_largest_magnitude_and_reports_negative() {
-    hessian_lab::init();
     let mut eigs = spectrum(40, &[-9.0, 5.0], 1.0, 3);
     eigs.push(-0.5);
     let (op, _) = planted(&eigs, 4);
@@ -94,7 +92,6 @@ fn power_iteration_finds_largest_magnitude_and_reports_negative() {
 
 #[test]
 fn lanczos_recovers_top_k_in_far_fewer_matvecs() {
-    hessian_lab::init();
     let eigs = spectrum(400, &[10.0, 9.0, 8.5, 8.0], 7.0, 5);
     let (op, _) = planted(&eigs, 6);
     let l = lanczos(
@@ -159,7 +156,6 @@ fn lanczos_recovers_top_k_in_far_fewer_matvecs() {
 
 #[test]
 fn bad_k_and_options_are_typed_errors() {
-    hessian_lab::init();
     let (op, _) = planted(&[1.0, 2.0, 3.0], 1);
     assert!(matches!(
         top_eigen(&op, 0, &PowerOpts::default()),
@@ -199,7 +195,6 @@ fn bad_k_and_options_are_typed_errors() {
 
 #[test]
 fn hutchinson_and_hutchpp_estimate_the_trace_within_their_error() {
-    hessian_lab::init();
     let eigs = spectrum(200, &[50.0, 40.0, 30.0], 1.0, 7);
     let exact: f64 = eigs.iter().sum();
     let (op, _) = planted(&eigs, 8);
@@ -257,7 +252,6 @@ fn hutchinson_and_hutchpp_estimate_the_trace_within_their_error() {
 
 #[test]
 fn slq_density_has_unit_area_and_the_right_moments() {
-    hessian_lab::init();
     let eigs = spectrum(80, &[-2.0, 12.0], 3.0, 9);
     let (op, a) = planted(&eigs, 10);
     let d = density(

@@ -11,7 +11,6 @@ use hessian_lab::models::{Model, ModelConfig, ModelKind};
 use hessian_lab::Runtime;
 
 fn device() -> Device {
-    hessian_lab::init();
     match std::env::var("HESSIAN_LAB_TEST_DEVICE").as_deref() {
         Ok("cuda") => Device::new_cuda(0).expect("HESSIAN_LAB_TEST_DEVICE=cuda but no CUDA device"),
         _ => Device::Cpu,
@@ -22,6 +21,7 @@ fn on(dtype: DType) -> Runtime {
     Runtime {
         device: device(),
         dtype,
+        kernels: Default::default(),
     }
 }
 

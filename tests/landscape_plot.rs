@@ -30,7 +30,7 @@ fn curve_at_zero_is_the_loss_and_its_curvature_is_lambda1() {
     )
     .unwrap();
     let h = 1e-3;
-    let c = landscape_1d(&m, &vecs[0], &[-h, 0.0, h], &[("batch", &src)], false).unwrap();
+    let c = landscape_1d(&m, &vecs[0], &[-h, 0.0, h], &[("batch", &src)], None).unwrap();
     assert_eq!(c.series[0].loss[1], l0);
     assert_eq!(c.series[0].accuracy[1], a0);
     let second = (c.series[0].loss[0] - 2.0 * l0 + c.series[0].loss[2]) / (h * h);
@@ -56,7 +56,7 @@ fn surface_at_origin_and_gradient_direction() {
         &[-0.5, 0.0, 0.5],
         &[-0.5, 0.0, 0.5, 1.0],
         &src,
-        false,
+        None,
     )
     .unwrap();
     assert_eq!(s.loss.len(), 4);
@@ -67,7 +67,7 @@ fn surface_at_origin_and_gradient_direction() {
         .unwrap()
         .loss_and_gradient()
         .unwrap();
-    let c = landscape_1d(&m, &g, &[-1e-4, 1e-4], &[("b", &src)], false).unwrap();
+    let c = landscape_1d(&m, &g, &[-1e-4, 1e-4], &[("b", &src)], None).unwrap();
     let slope = (c.series[0].loss[1] - c.series[0].loss[0]) / 2e-4;
     assert!((slope - grad.norm().unwrap()).abs() < 1e-4 * slope);
 }
@@ -141,7 +141,7 @@ fn interpolation_reproduces_both_models_including_bn_statistics() {
                 seed: 0,
             },
         )),
-        false,
+        None,
     )
     .unwrap();
     assert_eq!(c.series[0].loss[0], la);
@@ -158,12 +158,12 @@ fn parameters_are_restored_after_an_error() {
     let before = m.param_values().unwrap();
     let d = filter_normalized_direction(&m, 0).unwrap();
     let bad = DataSource::Batch(random_batch(2, [1, 4, 4], 4, 0, &rt64()));
-    assert!(landscape_1d(&m, &d, &[0.3, 0.6], &[("ok", &src), ("bad", &bad)], false).is_err());
+    assert!(landscape_1d(&m, &d, &[0.3, 0.6], &[("ok", &src), ("bad", &bad)], None).is_err());
     for (a, b) in before.iter().zip(m.param_values().unwrap()) {
         assert_eq!(to_vec(a), to_vec(&b));
     }
     let wrong = ParamVec(vec![before[0].clone()]);
-    assert!(landscape_1d(&m, &wrong, &[0.1], &[("ok", &src)], false).is_err());
+    assert!(landscape_1d(&m, &wrong, &[0.1], &[("ok", &src)], None).is_err());
     assert!(parse_range("-1:1").is_err());
     assert_eq!(
         parse_range("-1:1:5").unwrap(),
@@ -246,7 +246,6 @@ fn figures_render_to_png_of_the_requested_size_and_svg() {
     }
     assert!(lines.save(dir.join("x.jpg")).is_err());
     // Density on a log axis.
-    hessian_lab::init();
     let op = curvature::DenseOperator::new(3, vec![2.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0])
         .unwrap();
     let d = curvature::density(

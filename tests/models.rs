@@ -126,10 +126,8 @@ fn brute_max_pool(
 /// maxima are unique).
 #[test]
 fn pools_match_definition_and_finite_differences() {
-    use hessian_lab::models::layers::{set_kernels, Kernels};
-    hessian_lab::init();
+    use hessian_lab::models::layers::Kernels;
     for kern in [Kernels::Fused, Kernels::Candle] {
-        set_kernels(kern);
         for &(k, s, p, h, w) in &[
             (2, 2, 0, 6, 8),
             (3, 2, 1, 8, 8),
@@ -142,14 +140,14 @@ fn pools_match_definition_and_finite_differences() {
             let shape = (2, 3, h, w);
             let x0 = randn(&[2, 3, h, w], 10 + k as u64 + h as u64, DType::F64);
             let xv = to_vec(&x0);
-            let y = layers::max_pool2d(&x0, k, s, p).unwrap();
+            let y = kern.max_pool2d(&x0, k, s, p).unwrap();
             assert_eq!(
                 max_abs_diff(&to_vec(&y), &brute_max_pool(&xv, shape, k, s, p)),
                 0.0
             );
             let wt = randn(y.dims(), 99, DType::F64);
             let loss = |x: &Tensor| -> Tensor {
-                (layers::max_pool2d(x, k, s, p).unwrap().sqr().unwrap() * &wt)
+                (kern.max_pool2d(x, k, s, p).unwrap().sqr().unwrap() * &wt)
                     .unwrap()
                     .sum_all()
                     .unwrap()
@@ -159,7 +157,7 @@ fn pools_match_definition_and_finite_differences() {
                 loss(&t).to_scalar::<f64>().unwrap()
             };
             let xvar = Var::from_tensor(&x0).unwrap();
-            let g = loss(xvar.as_tensor()).backward().unwrap();
+            let g = loss(xvar.as_tensor()).backward_with_graph(true).unwrap();
             let grad = g.get(xvar.as_tensor()).unwrap().clone();
             let gv = to_vec(&grad);
             let eps = 1e-6;
@@ -177,7 +175,12 @@ fn pools_match_definition_and_finite_differences() {
             );
             // Second order: Hv by double backward vs finite differences of the gradient.
             let v = randn(&[2, 3, h, w], 5, DType::F64);
-            let hv = (grad * &v).unwrap().sum_all().unwrap().backward().unwrap();
+            let hv = (grad * &v)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward_with_graph(true)
+                .unwrap();
             let hv = to_vec(hv.get(xvar.as_tensor()).unwrap());
             let vv = to_vec(&v);
             let grad_at = |d: f64| -> Vec<f64> {
@@ -187,7 +190,7 @@ fn pools_match_definition_and_finite_differences() {
                         .unwrap();
                 to_vec(
                     loss(t.as_tensor())
-                        .backward()
+                        .backward_with_graph(true)
                         .unwrap()
                         .get(t.as_tensor())
                         .unwrap(),
@@ -202,7 +205,6 @@ fn pools_match_definition_and_finite_differences() {
             );
         }
     }
-    set_kernels(Kernels::Fused);
 }
 
 #[test]
@@ -321,10 +323,9 @@ fn bad_inputs_are_typed_errors() {
 /// Hessians) and not (parameter Hessians: its gradient is skipped).
 #[test]
 fn fused_kernels_match_candle_to_second_order() {
-    use hessian_lab::models::layers::{kernels, set_kernels, Kernels};
-    hessian_lab::init();
+    use hessian_lab::models::layers::Kernels;
     assert_eq!(
-        kernels(),
+        hessian_lab::Runtime::cpu_f64().kernels,
         Kernels::Fused,
         "the fused kernels are the default"
     );
@@ -364,30 +365,34 @@ fn fused_kernels_match_candle_to_second_order() {
             let oh = (h + 2 * p - k) / s + 1;
             let yr_coef = randn(&[n, cout, oh, oh], 15, DType::F64);
             let run = |imp: Kernels| -> Vec<Vec<f64>> {
-                set_kernels(imp);
                 let xin = if x_is_var {
                     x.as_tensor().clone()
                 } else {
                     xt.clone()
                 };
-                let y = layers::conv2d(&xin, w.as_tensor(), Some(b.as_tensor()), s, p).unwrap();
+                let y = imp
+                    .conv2d(&xin, w.as_tensor(), Some(b.as_tensor()), s, p)
+                    .unwrap();
                 // conv+bias+ReLU as one op (fused) vs conv then ReLU (candle's ops)
-                let yr =
-                    layers::conv2d_relu(&xin, w.as_tensor(), Some(b.as_tensor()), s, p).unwrap();
-                let z = layers::relu(&(&y - 0.3).unwrap()).unwrap();
+                let yr = imp
+                    .conv2d_relu(&xin, w.as_tensor(), Some(b.as_tensor()), s, p)
+                    .unwrap();
+                let z = imp.relu(&(&y - 0.3).unwrap()).unwrap();
                 // A max pool and BatchNorm in eval mode (running statistics as constants), in
                 // C1's order: ties in a pool window are then only ReLU zeros, whose gradient
                 // is zero whichever tie gets it (candle's reshape+max gives it to all ties).
-                let z = layers::max_pool2d(&z, 2, 2, 0).unwrap();
-                let z = layers::batch_norm(&z, bn_g.as_tensor(), bn_b.as_tensor(), &bufs, false)
+                let z = imp.max_pool2d(&z, 2, 2, 0).unwrap();
+                let z = imp
+                    .batch_norm(&z, bn_g.as_tensor(), bn_b.as_tensor(), &bufs, false)
                     .unwrap();
                 // A linear layer on top; a loss with a non-zero Hessian in every argument.
-                let o = layers::linear(
-                    &z.flatten_from(1).unwrap(),
-                    lw.as_tensor(),
-                    Some(lb.as_tensor()),
-                )
-                .unwrap();
+                let o = imp
+                    .linear(
+                        &z.flatten_from(1).unwrap(),
+                        lw.as_tensor(),
+                        Some(lb.as_tensor()),
+                    )
+                    .unwrap();
                 let l = (z.powf(3.0).unwrap().sum_all().unwrap()
                     + y.sqr().unwrap().sum_all().unwrap()
                     + (yr.powf(3.0).unwrap().sum_all().unwrap() * 0.5).unwrap()
@@ -396,7 +401,7 @@ fn fused_kernels_match_candle_to_second_order() {
                     + (&yr * &yr_coef).unwrap().sum_all().unwrap()
                     + o.sqr().unwrap().sqr().unwrap().sum_all().unwrap())
                 .unwrap();
-                let g = l.backward().unwrap();
+                let g = l.backward_with_graph(true).unwrap();
                 let (gw, gb, gg) = (
                     g.get(w.as_tensor()).unwrap().clone(),
                     g.get(b.as_tensor()).unwrap().clone(),
@@ -429,7 +434,7 @@ fn fused_kernels_match_candle_to_second_order() {
                 } else {
                     assert!(g.get(x.as_tensor()).is_none());
                 }
-                let h2 = gv.backward().unwrap();
+                let h2 = gv.backward_with_graph(true).unwrap();
                 out.push(to_vec(h2.get(w.as_tensor()).unwrap()));
                 out.push(to_vec(h2.get(b.as_tensor()).unwrap()));
                 out.push(to_vec(h2.get(bn_g.as_tensor()).unwrap()));
@@ -450,7 +455,6 @@ fn fused_kernels_match_candle_to_second_order() {
                     .build()
                     .unwrap();
                 let f = pool.install(|| run(Kernels::Fused));
-                set_kernels(Kernels::Fused);
                 assert_eq!(a.len(), f.len());
                 for (i, (a, f)) in a.iter().zip(&f).enumerate() {
                     let e = rel_err(f, a);
@@ -469,9 +473,6 @@ fn fused_kernels_match_candle_to_second_order() {
 fn max_pool_gradient_goes_to_the_first_tied_maximum() {
     // PyTorch's rule: within a window the first maximum in row-major order takes the whole
     // gradient. Windows: all equal; maximum twice (positions 1 and 3); unique maximum last.
-    use hessian_lab::models::layers::{set_kernels, Kernels};
-    hessian_lab::init();
-    set_kernels(Kernels::Fused);
     for (k, s, p) in [(2, 2, 0), (2, 2, 1)] {
         let vals = [
             0.0, 0.0, 5.0, 7.0, 1.0, 2.0, //
@@ -483,7 +484,7 @@ fn max_pool_gradient_goes_to_the_first_tied_maximum() {
         )
         .unwrap();
         let y = layers::max_pool2d(x.as_tensor(), k, s, p).unwrap();
-        let g = y.sum_all().unwrap().backward().unwrap();
+        let g = y.sum_all().unwrap().backward_with_graph(true).unwrap();
         let gx = to_vec(g.get(x.as_tensor()).unwrap());
         let mut want = vec![0.0; 12];
         if p == 0 {
@@ -545,8 +546,7 @@ fn brute_first_argmax_grad(
 #[test]
 fn conv_with_windows_wholly_in_the_padding_matches_candle() {
     // padding ≥ half the kernel: some windows see only padding (stride 1 and 2)
-    use hessian_lab::models::layers::{set_kernels, Kernels};
-    hessian_lab::init();
+    use hessian_lab::models::layers::Kernels;
     for &(h, w, k, s, p) in &[
         (1, 1, 5, 1, 2),
         (2, 3, 3, 1, 2),
@@ -557,10 +557,16 @@ fn conv_with_windows_wholly_in_the_padding_matches_candle() {
         let wt = Var::from_tensor(&randn(&[3, 2, k, k], 22, DType::F64)).unwrap();
         let b = Var::from_tensor(&randn(&[3], 23, DType::F64)).unwrap();
         let run = |imp: Kernels| {
-            set_kernels(imp);
-            let y =
-                layers::conv2d(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), s, p).unwrap();
-            let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let y = imp
+                .conv2d(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), s, p)
+                .unwrap();
+            let g = y
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward_with_graph(true)
+                .unwrap();
             vec![
                 to_vec(&y),
                 to_vec(g.get(x.as_tensor()).unwrap()),
@@ -570,7 +576,6 @@ fn conv_with_windows_wholly_in_the_padding_matches_candle() {
         };
         let a = run(Kernels::Candle);
         let f = run(Kernels::Fused);
-        set_kernels(Kernels::Fused);
         // the input gradient also against central differences of the loss (f64)
         let xv = to_vec(x.as_tensor());
         let loss = |v: &[f64]| -> f64 {

@@ -22,7 +22,7 @@ fn tiny_training_run_lowers_the_loss() {
     .unwrap();
     let (l0, _) = m.evaluate(&split, 256).unwrap();
     let mut cfg = TrainConfig::new(3, 64, 0.05);
-    cfg.progress = false;
+    cfg.progress = None;
     cfg.eval_train_samples = 512;
     cfg.eval_test = false;
     let rep = train::train(&m, &split, None, &cfg, None, None).unwrap();
@@ -61,7 +61,6 @@ fn gradient_accumulation_equals_the_full_batch_gradient() {
 
 #[test]
 fn sgd_momentum_weight_decay_closed_form() {
-    hessian_lab::init();
     // f(θ) = ½θ², g = θ. PyTorch: d = g + λθ; b = μb + d; θ -= ηb.
     let v = candle_core::Var::new(&[1.0f64], &candle_core::Device::Cpu).unwrap();
     let mut opt = Sgd::new(vec![v.clone()], 0.9, 0.1).unwrap();

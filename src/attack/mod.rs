@@ -340,16 +340,12 @@ pub fn adversarial_accuracy(
     kind: AttackKind,
     eps_list: &[f64],
     chunk: usize,
-    progress: bool,
+    progress: Option<&dyn crate::progress::Progress>,
 ) -> Result<AdversarialReport> {
     if split.is_empty() {
         return Err(Error::Empty("split has no samples".into()));
     }
-    let bar = if progress {
-        indicatif::ProgressBar::new(split.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::progress::Task::start(progress, "attack", split.len());
     let mut clean = 0usize;
     let mut acc = vec![(0.0, 0.0, 0.0); eps_list.len()];
     for r in split.chunks(chunk)? {
@@ -361,9 +357,8 @@ pub fn adversarial_accuracy(
             acc[i].1 += o.linf_mean * w;
             acc[i].2 += o.l2_mean * w;
         }
-        bar.inc(r.len() as u64);
+        bar.advance(r.len());
     }
-    bar.finish_and_clear();
     let n = split.len() as f64;
     Ok(AdversarialReport {
         attack: kind.name().into(),

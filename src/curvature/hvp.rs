@@ -7,10 +7,10 @@
 //! The model always runs in eval mode here.
 
 use super::vector::ParamVec;
+use crate::autodiff::{self, on_pool, Graph};
 use crate::data::Batch;
 use crate::models::{layers, Model};
-use crate::runtime::backward_detached;
-use crate::{ensure_double_backward, Error, Result};
+use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var};
 
 /// Which parameters a curvature computation is over: indices into [`Model::params`].
@@ -68,44 +68,32 @@ impl ParamSelection {
     }
 }
 
-/// The gradient of each of `ts` in `store` (zeros for a tensor the loss does not reach).
-pub(crate) fn grads_of(
-    store: &candle_core::backprop::GradStore,
-    ts: &[Tensor],
-) -> Result<Vec<Tensor>> {
-    ts.iter()
-        .map(|t| match store.get(t) {
-            Some(g) => Ok(g.clone()),
-            None => Ok(t.zeros_like()?),
-        })
-        .collect()
+/// ∂loss/∂t for each of `ts` (zeros where the loss does not reach), as [`autodiff::grads`].
+fn grads_wrt(loss: &Tensor, ts: &[Tensor], graph: Graph) -> Result<Vec<Tensor>> {
+    autodiff::grads(loss, &ts.iter().collect::<Vec<_>>(), graph)
 }
 
-/// Mean-loss gradient with its autograd graph kept (for a following second backward), computed
-/// on the graph-keeping workers ([`crate::runtime::on_graph_keeping`]).
-/// Returns (loss value, gradient tensors). Cost: 1 forward + 1 backward.
+/// Mean-loss gradient with its autograd graph kept (for a following second backward).
+/// Returns (loss value, gradient tensors). Cost: 1 forward + 1 backward; memory: the graph of
+/// both passes, until the gradients are dropped.
 pub fn gradient_with_graph(
     model: &Model,
     batch: &Batch,
     sel: &ParamSelection,
 ) -> Result<(f64, Vec<Tensor>)> {
-    crate::runtime::on_graph_keeping(model.device(), || {
+    on_pool(model.device(), || {
         let (loss, lv) = finite_loss(model, batch)?;
-        let store = loss.backward()?;
-        Ok((lv, grads_of(&store, &sel.tensors(model))?))
+        Ok((lv, grads_wrt(&loss, &sel.tensors(model), Graph::Keep)?))
     })
 }
 
-/// Mean-loss gradient ∇θ (1/N)Σᵢ ℓᵢ (eval mode), detached: forward and backward run on the
-/// detached workers ([`crate::runtime::on_detached`]), so no graph is recorded and no kernel
-/// is handed between threads. Cost: 1 forward + 1 backward.
+/// Mean-loss gradient ∇θ (1/N)Σᵢ ℓᵢ (eval mode), detached. Cost: 1 forward + 1 backward.
 pub fn gradient(model: &Model, batch: &Batch, sel: &ParamSelection) -> Result<(f64, ParamVec)> {
-    crate::runtime::on_detached(model.device(), || {
+    on_pool(model.device(), || {
         let (loss, lv) = finite_loss(model, batch)?;
-        let store = backward_detached(&loss)?;
         Ok((
             lv,
-            ParamVec(grads_of(&store, &sel.tensors(model))?).detach(),
+            ParamVec(grads_wrt(&loss, &sel.tensors(model), Graph::Drop)?),
         ))
     })
 }
@@ -146,22 +134,21 @@ pub fn hvp_from_graph(
             "vector does not match the selected parameters".into(),
         ));
     }
-    let store = backward_detached(&graph_dot(grads, v)?)?;
-    Ok(ParamVec(grads_of(&store, &sel.tensors(model))?).detach())
+    let hv = grads_wrt(&graph_dot(grads, v)?, &sel.tensors(model), Graph::Drop)?;
+    let hv = ParamVec(hv);
+    hv.check_finite("Hessian-vector product")?;
+    Ok(hv)
 }
 
 /// Exact Hessian-vector product H v, H = ∇²θ (1/N)Σᵢ ℓᵢ over the selected parameters, by
-/// double backward (eval mode). Errors with [`Error::DoubleBackwardOff`] when candle detaches
-/// gradients in this thread. Cost: 1 forward + 2 backward passes.
+/// double backward (eval mode). Cost: 1 forward + 2 backward passes.
 pub fn hvp_selected(
     model: &Model,
     batch: &Batch,
     sel: &ParamSelection,
     v: &ParamVec,
 ) -> Result<ParamVec> {
-    ensure_double_backward()?;
-    // both passes from one graph-keeping worker: only the second backward changes threads
-    crate::runtime::on_graph_keeping(model.device(), || {
+    on_pool(model.device(), || {
         let (_, g) = gradient_with_graph(model, batch, sel)?;
         hvp_from_graph(model, &g, sel, v)
     })
@@ -241,14 +228,10 @@ pub fn hvp_fd(
 /// Per-sample input gradients gᵢ = ∇ₓ ℓᵢ (sum reduction), with per-sample losses.
 /// Returns (losses (N,), gradients shaped like x). Cost: 1 forward + 1 backward.
 pub fn input_gradient(model: &Model, batch: &Batch) -> Result<(Tensor, Tensor)> {
-    crate::runtime::on_detached(model.device(), || {
+    on_pool(model.device(), || {
         let x = Var::from_tensor(&batch.x.detach())?;
         let losses = layers::cross_entropy_per_sample(&model.forward(x.as_tensor())?, &batch.y)?;
-        let store = backward_detached(&losses.sum_all()?)?;
-        let g = match store.get(x.as_tensor()) {
-            Some(g) => g.detach(),
-            None => x.as_tensor().zeros_like()?,
-        };
+        let g = autodiff::grads(&losses.sum_all()?, &[x.as_tensor()], Graph::Drop)?.remove(0);
         Ok((losses.detach(), g))
     })
 }
@@ -257,7 +240,6 @@ pub fn input_gradient(model: &Model, batch: &Batch) -> Result<(Tensor, Tensor)> 
 /// input Hessian is block diagonal). `v` has the shape of the inputs. Cost: 1 forward +
 /// 2 backward passes.
 pub fn input_hvp(model: &Model, batch: &Batch, v: &Tensor) -> Result<Tensor> {
-    ensure_double_backward()?;
     if v.dims() != batch.x.dims() {
         return Err(Error::Shape(format!(
             "v {:?} vs inputs {:?}",
@@ -265,32 +247,27 @@ pub fn input_hvp(model: &Model, batch: &Batch, v: &Tensor) -> Result<Tensor> {
             batch.x.dims()
         )));
     }
-    crate::runtime::on_graph_keeping(model.device(), || {
+    on_pool(model.device(), || {
         let x = Var::from_tensor(&batch.x.detach())?;
         let losses = layers::cross_entropy_per_sample(&model.forward(x.as_tensor())?, &batch.y)?;
-        let store = losses.sum_all()?.backward()?;
+        let store = autodiff::backward(&losses.sum_all()?, Graph::Keep)?;
         let g = store
             .get(x.as_tensor())
             .ok_or_else(|| Error::Unsupported("the loss does not depend on the input".into()))?
             .clone();
         let s = (g * v.detach().to_dtype(batch.x.dtype())?)?.sum_all()?;
-        let store2 = backward_detached(&s)?;
-        match store2.get(x.as_tensor()) {
-            Some(h) => Ok(h.detach()),
-            None => Ok(x.as_tensor().zeros_like()?),
-        }
+        Ok(autodiff::grads(&s, &[x.as_tensor()], Graph::Drop)?.remove(0))
     })
 }
 
 /// Exact H v for any scalar loss of any variables: H = ∇² loss() w.r.t. `vars`, by double
 /// backward (for custom models and losses, e.g. least squares). `v` has one tensor per var.
-/// Cost: 1 evaluation of `loss` + 2 backward passes.
+/// Works on any thread with no setup. Cost: 1 evaluation of `loss` + 2 backward passes.
 pub fn hvp_closure(
     vars: &[Var],
     loss: impl Fn() -> Result<Tensor>,
     v: &ParamVec,
 ) -> Result<ParamVec> {
-    ensure_double_backward()?;
     if vars.len() != v.0.len() || vars.iter().zip(&v.0).any(|(a, b)| a.dims() != b.dims()) {
         return Err(Error::Shape("v does not match the variables".into()));
     }
@@ -301,9 +278,10 @@ pub fn hvp_closure(
             l.dims()
         )));
     }
-    let store = l.sum_all()?.backward()?;
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let g = grads_of(&store, &ts)?;
-    let s2 = backward_detached(&graph_dot(&g, v)?)?;
-    Ok(ParamVec(grads_of(&s2, &ts)?).detach())
+    let g = grads_wrt(&l.sum_all()?, &ts, Graph::Keep)?;
+    let hv = grads_wrt(&graph_dot(&g, v)?, &ts, Graph::Drop)?;
+    let hv = ParamVec(hv);
+    hv.check_finite("Hessian-vector product")?;
+    Ok(hv)
 }

@@ -13,9 +13,10 @@
 
 use super::hvp::input_hvp;
 use super::trace::softmax_core_sqrt;
+use crate::autodiff::Graph;
 use crate::data::Batch;
 use crate::models::{layers, Model};
-use crate::{ensure_double_backward, Error, Result};
+use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
@@ -188,11 +189,15 @@ pub fn logit_jacobians(model: &Model, batch: &Batch) -> Result<(Vec<DMatrix<f64>
         .to_vec2()?;
     let mut jac = vec![DMatrix::<f64>::zeros(c, d); n];
     for k in 0..c {
-        let store = crate::runtime::backward_detached(&z.narrow(1, k, 1)?.sum_all()?)?;
-        let g = match store.get(x.as_tensor()) {
-            Some(g) => g.to_dtype(DType::F64)?.reshape((n, d))?.to_vec2::<f64>()?,
-            None => vec![vec![0.0; d]; n],
-        };
+        let g = crate::autodiff::grads(
+            &z.narrow(1, k, 1)?.sum_all()?,
+            &[x.as_tensor()],
+            Graph::Drop,
+        )?
+        .remove(0)
+        .to_dtype(DType::F64)?
+        .reshape((n, d))?
+        .to_vec2::<f64>()?;
         for (i, row) in g.iter().enumerate() {
             for (j, &v) in row.iter().enumerate() {
                 jac[i][(k, j)] = v;
@@ -283,7 +288,6 @@ pub fn input_lambda1_power(
     tol: f64,
     seed: u64,
 ) -> Result<Vec<f64>> {
-    ensure_double_backward()?;
     if max_iter == 0 || !(tol > 0.0) {
         return Err(Error::invalid(
             "power options",

@@ -2,8 +2,7 @@
 //! deflation, Lanczos), trace (Hutchinson, Hutch++, exact for piecewise-linear nets), spectral
 //! density (SLQ) and the input Hessian of Theorem 1.
 //!
-//! Every entry point checks that exact double backward works in the calling thread (see
-//! [`crate::init`]) and returns [`crate::Error::DoubleBackwardOff`] otherwise.
+//! Every backward pass goes through [`crate::autodiff`]: these work on any thread, with no setup.
 
 pub mod density;
 pub mod eigen;

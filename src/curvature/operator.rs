@@ -4,9 +4,10 @@
 
 use super::hvp::{gradient, gradient_with_graph, hvp_from_graph, ParamSelection};
 use super::vector::ParamVec;
+use crate::autodiff::{self, Graph};
 use crate::data::{Batch, Split};
 use crate::models::{layers, Model};
-use crate::{ensure_double_backward, Error, Result, Runtime};
+use crate::{Error, Result, Runtime};
 use candle_core::{DType, Device, Tensor, Var};
 use std::cell::{Cell, RefCell};
 
@@ -123,7 +124,7 @@ pub struct HessianOperator {
 }
 
 impl HessianOperator {
-    /// Over all parameters. Checks that double backward is on.
+    /// Over all parameters.
     pub fn new(model: &Model, source: DataSource) -> Result<Self> {
         Self::with_selection(model, source, ParamSelection::all(model))
     }
@@ -133,7 +134,6 @@ impl HessianOperator {
         Self::with_selection(model, source, sel)
     }
     pub fn with_selection(model: &Model, source: DataSource, sel: ParamSelection) -> Result<Self> {
-        ensure_double_backward()?;
         source.validate()?;
         let like = sel.tensors(model).iter().map(|t| t.detach()).collect();
         Ok(HessianOperator {
@@ -223,7 +223,6 @@ pub struct GgnOperator {
 
 impl GgnOperator {
     pub fn new(model: &Model, source: DataSource) -> Result<Self> {
-        ensure_double_backward()?;
         source.validate()?;
         let sel = ParamSelection::all(model);
         let like = sel.tensors(model).iter().map(|t| t.detach()).collect();
@@ -239,39 +238,44 @@ impl GgnOperator {
     /// G_b v for one batch: Jv by the double-backward trick (Jv = ∇ᵤ⟨∇θ⟨z,u⟩, v⟩), then
     /// r = (p⊙Jv − p(pᵀJv))/|b|, then Jᵀr. Cost: 1 forward + 3 backward passes.
     fn apply_batch(&self, b: &Batch, v: &ParamVec) -> Result<ParamVec> {
-        let z = self.model.forward(&b.x)?;
-        let u = Var::from_tensor(&z.zeros_like()?.detach())?;
-        let s = (&z * u.as_tensor())?.sum_all()?;
-        let st = s.backward()?;
-        let ts = self.sel.tensors(&self.model);
-        let mut t: Option<Tensor> = None;
-        for (p, vi) in ts.iter().zip(&v.0) {
-            if let Some(g) = st.get(p) {
-                let d = (g * vi)?.sum_all()?;
-                t = Some(match t {
-                    None => d,
-                    Some(a) => (a + d)?,
-                });
-            }
-        }
-        let t = t.ok_or_else(|| Error::Empty("no parameter reaches the logits".into()))?;
-        let jv = crate::runtime::backward_detached(&t)?
-            .get(u.as_tensor())
-            .ok_or_else(|| Error::Unsupported("Jv: no gradient".into()))?
-            .detach();
-        let p = layers::softmax(&z.detach())?;
-        let pjv = (&p * &jv)?;
-        let r = ((&pjv - p.broadcast_mul(&pjv.sum_keepdim(1)?)?)? / b.len() as f64)?;
-        let st2 = crate::runtime::backward_detached(&(&z * r.detach())?.sum_all()?)?;
-        Ok(ParamVec(
-            ts.iter()
-                .map(|p| match st2.get(p) {
-                    Some(g) => Ok(g.detach()),
-                    None => Ok(p.zeros_like()?),
-                })
-                .collect::<Result<_>>()?,
-        ))
+        let (model, sel) = (&self.model, &self.sel);
+        crate::autodiff::on_pool(model.device(), || ggn_batch(model, sel, b, v))
     }
+}
+
+/// G_b v for one batch (see [`GgnOperator::apply_batch`]).
+fn ggn_batch(model: &Model, sel: &ParamSelection, b: &Batch, v: &ParamVec) -> Result<ParamVec> {
+    let z = model.forward(&b.x)?;
+    let u = Var::from_tensor(&z.zeros_like()?.detach())?;
+    let s = (&z * u.as_tensor())?.sum_all()?;
+    let st = autodiff::backward(&s, Graph::Keep)?;
+    let ts = sel.tensors(model);
+    let mut t: Option<Tensor> = None;
+    for (p, vi) in ts.iter().zip(&v.0) {
+        if let Some(g) = st.get(p) {
+            let d = (g * vi)?.sum_all()?;
+            t = Some(match t {
+                None => d,
+                Some(a) => (a + d)?,
+            });
+        }
+    }
+    let t = t.ok_or_else(|| Error::Empty("no parameter reaches the logits".into()))?;
+    let jv = autodiff::backward(&t, Graph::Drop)?
+        .get(u.as_tensor())
+        .ok_or_else(|| Error::Unsupported("Jv: no gradient".into()))?
+        .detach();
+    let p = layers::softmax(&z.detach())?;
+    let pjv = (&p * &jv)?;
+    let r = ((&pjv - p.broadcast_mul(&pjv.sum_keepdim(1)?)?)? / b.len() as f64)?;
+    let gv = autodiff::grads(
+        &(&z * r.detach())?.sum_all()?,
+        &ts.iter().collect::<Vec<_>>(),
+        Graph::Drop,
+    )?;
+    let gv = ParamVec(gv);
+    gv.check_finite("Gauss-Newton-vector product")?;
+    Ok(gv)
 }
 
 impl CurvatureOperator for GgnOperator {
@@ -373,42 +377,30 @@ impl CurvatureOperator for DenseOperator {
     }
 }
 
-/// Wraps an operator and ticks a progress bar (stderr) on every application.
+/// Wraps an operator and reports one step to a [`crate::progress::Progress`] per application
+/// (the task ends when this is dropped).
 pub struct WithProgress<'a> {
     inner: &'a dyn CurvatureOperator,
-    bar: indicatif::ProgressBar,
+    bar: crate::progress::Task<'a>,
 }
 
 impl<'a> WithProgress<'a> {
-    /// `expected`: the number of applications expected (the bar's length; may be exceeded).
-    pub fn new(inner: &'a dyn CurvatureOperator, expected: usize, label: &str) -> Self {
-        let bar = indicatif::ProgressBar::new(expected as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} HVPs ({elapsed})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(label.to_string());
+    /// `expected`: the number of applications expected (may be exceeded).
+    pub fn new(
+        inner: &'a dyn CurvatureOperator,
+        progress: Option<&'a dyn crate::progress::Progress>,
+        expected: usize,
+        label: &str,
+    ) -> Self {
+        let bar = crate::progress::Task::start(progress, label, expected);
         WithProgress { inner, bar }
-    }
-    /// A hidden bar (no output).
-    pub fn hidden(inner: &'a dyn CurvatureOperator) -> Self {
-        WithProgress {
-            inner,
-            bar: indicatif::ProgressBar::hidden(),
-        }
-    }
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
     }
 }
 
 impl CurvatureOperator for WithProgress<'_> {
     fn apply(&self, v: &ParamVec) -> Result<ParamVec> {
         let r = self.inner.apply(v);
-        self.bar.inc(1);
+        self.bar.advance(1);
         r
     }
     fn like(&self) -> &[Tensor] {

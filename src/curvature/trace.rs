@@ -5,7 +5,7 @@ use super::hvp::ParamSelection;
 use super::operator::{CurvatureOperator, DataSource};
 use super::vector::ParamVec;
 use crate::models::{layers, Model};
-use crate::{ensure_double_backward, Error, Result};
+use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
@@ -180,7 +180,6 @@ pub fn trace_exact(
     source: &DataSource,
     sel: Option<&ParamSelection>,
 ) -> Result<TraceExact> {
-    ensure_double_backward()?;
     if !model.kind().piecewise_linear(model.config.activation) {
         return Err(Error::Unsupported(format!(
             "exact trace needs a piecewise-linear net (ReLU/max-pool/BN-eval); `{}` with {:?} is not",
@@ -214,12 +213,14 @@ pub fn trace_exact(
                 .map(|t| t.zeros_like().map(|z| z.detach()))
                 .collect::<candle_core::Result<_>>()?;
             for k in 0..c {
-                let store = crate::runtime::backward_detached(&zs.narrow(1, k, 1)?.sum_all()?)?;
+                let gs = crate::autodiff::grads(
+                    &zs.narrow(1, k, 1)?.sum_all()?,
+                    &ts.iter().collect::<Vec<_>>(),
+                    crate::autodiff::Graph::Drop,
+                )?;
                 passes += 1;
-                for (j, t) in ts.iter().enumerate() {
-                    if let Some(g) = store.get(t) {
-                        sq[j] = (&sq[j] + g.detach().sqr()?)?;
-                    }
+                for (j, g) in gs.iter().enumerate() {
+                    sq[j] = (&sq[j] + g.sqr()?)?;
                 }
             }
             diag = diag.axpy(1.0 / n as f64, &ParamVec(sq))?;

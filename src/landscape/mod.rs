@@ -183,14 +183,7 @@ fn check_direction(model: &Model, d: &ParamVec) -> Result<()> {
     d.check_finite("direction")
 }
 
-fn bar(n: usize, progress: bool, label: &str) -> indicatif::ProgressBar {
-    if !progress {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(n as u64);
-    b.set_prefix(label.to_string());
-    b
-}
+use crate::progress::{Progress, Task};
 
 /// Loss and accuracy of θ + α·d for each α, on each labelled source (e.g. batch, train, test
 /// in one pass: the paper's Figs. 8–10). Cost: |alphas| × Σ sources' forward passes.
@@ -199,7 +192,7 @@ pub fn landscape_1d(
     direction: &ParamVec,
     alphas: &[f64],
     sources: &[(&str, &DataSource)],
-    progress: bool,
+    progress: Option<&dyn Progress>,
 ) -> Result<Curve1d> {
     check_direction(model, direction)?;
     if alphas.is_empty() || sources.is_empty() {
@@ -210,14 +203,13 @@ pub fn landscape_1d(
     }
     let guard = Restore::new(model)?;
     let mut series = empty_series(sources);
-    let pb = bar(alphas.len(), progress, "landscape");
+    let pb = Task::start(progress, "landscape", alphas.len());
     for &a in alphas {
         let p = ParamVec(guard.params.clone()).axpy(a, direction)?;
         model.set_param_values(&p.0)?;
         push_point(model, &mut series, sources)?;
-        pb.inc(1);
+        pb.advance(1);
     }
-    pb.finish_and_clear();
     drop(guard);
     Ok(Curve1d {
         alphas: alphas.to_vec(),
@@ -243,7 +235,7 @@ pub fn landscape_2d(
     alphas: &[f64],
     betas: &[f64],
     source: &DataSource,
-    progress: bool,
+    progress: Option<&dyn Progress>,
 ) -> Result<Surface2d> {
     check_direction(model, d1)?;
     check_direction(model, d2)?;
@@ -252,7 +244,7 @@ pub fn landscape_2d(
     }
     let guard = Restore::new(model)?;
     let base = ParamVec(guard.params.clone());
-    let pb = bar(alphas.len() * betas.len(), progress, "surface");
+    let pb = Task::start(progress, "surface", alphas.len() * betas.len());
     let (mut loss, mut acc) = (vec![], vec![]);
     for &b in betas {
         let (mut lr, mut ar) = (vec![], vec![]);
@@ -262,12 +254,11 @@ pub fn landscape_2d(
             let (l, ac) = evaluate_source(model, source)?;
             lr.push(l);
             ar.push(ac);
-            pb.inc(1);
+            pb.advance(1);
         }
         loss.push(lr);
         acc.push(ar);
     }
-    pb.finish_and_clear();
     drop(guard);
     Ok(Surface2d {
         alphas: alphas.to_vec(),
@@ -287,7 +278,7 @@ pub fn interpolate(
     lambdas: &[f64],
     sources: &[(&str, &DataSource)],
     lambda1: Option<(&DataSource, &LanczosOpts)>,
-    progress: bool,
+    progress: Option<&dyn Progress>,
 ) -> Result<Curve1d> {
     if a.kind() != b.kind() || a.num_params() != b.num_params() {
         return Err(Error::Shape(
@@ -305,7 +296,7 @@ pub fn interpolate(
     let (ba, bb) = (ParamVec(a.buffer_values()?), ParamVec(b.buffer_values()?));
     let mut series = empty_series(sources);
     let mut l1 = vec![];
-    let pbar = bar(lambdas.len(), progress, "interpolate");
+    let pbar = Task::start(progress, "interpolate", lambdas.len());
     for &t in lambdas {
         work.set_param_values(&pa.scale(1.0 - t)?.axpy(t, &pb_)?.0)?;
         if !ba.0.is_empty() {
@@ -316,9 +307,8 @@ pub fn interpolate(
             let op = HessianOperator::new(&work, src.clone())?;
             l1.push(curvature::lanczos(&op, 1, opts)?.eigenvalues[0]);
         }
-        pbar.inc(1);
+        pbar.advance(1);
     }
-    pbar.finish_and_clear();
     Ok(Curve1d {
         alphas: lambdas.to_vec(),
         series,

@@ -8,43 +8,134 @@
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var, D};
 
-/// Which kernels [`conv2d`], [`linear`], [`relu`], [`max_pool2d`] and eval-mode
-/// [`batch_norm`] use on the CPU (both exact to any order).
-///
-/// Measured in BENCHMARKS.md (same run, 1 thread): on M1 the fused kernels cut a gradient
-/// from 124 to 37 ms and a graph-reusing HVP from 251 to 76 ms, with less memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kernels {
-    /// Our custom ops (the default): convolution as im2col + gemm per sample with the bias
-    /// inside and a backward built from its own adjoint ops, never `conv_transpose2d` (see
-    /// [`super::conv`]); ReLU with a one-pass backward. On other devices: candle's ops.
-    Fused,
-    /// candle's `conv2d` (its CPU backward uses the naive `conv_transpose2d`) and `relu`.
-    Candle,
+pub use crate::runtime::Kernels;
+
+impl Kernels {
+    fn fused_on(self, x: &Tensor) -> bool {
+        self == Kernels::Fused
+            && x.device().is_cpu()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+    }
+
+    /// 2-D convolution y = w ⋆ x + b, PyTorch semantics (weight [out, in, k, k], zero padding).
+    /// Cost: see [`crate::ops::conv::conv2d_gemm`] (or candle's `conv2d`).
+    pub fn conv2d(
+        self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Tensor> {
+        if self.fused_on(x) {
+            return crate::ops::conv::conv2d_gemm(x, w, b, stride, padding);
+        }
+        let y = x.conv2d(w, padding, stride, 1, 1)?;
+        match b {
+            Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?),
+            None => Ok(y),
+        }
+    }
+
+    /// relu(conv2d(x, w, b)) (see [`conv2d`]). On the fused CPU kernels one op: the bias and the
+    /// clamp are applied to each output block inside the convolution, and no pre-activation
+    /// tensor is kept. Cost: as [`conv2d`]; the ReLU adds no pass forward and one in its backward.
+    pub fn conv2d_relu(
+        self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Tensor> {
+        if self.fused_on(x) {
+            return crate::ops::conv::conv2d_gemm_relu(x, w, b, stride, padding);
+        }
+        self.relu(&self.conv2d(x, w, b, stride, padding)?)
+    }
+
+    /// max(x, 0). Cost: one pass (fused kernels) and one pass in its backward.
+    pub fn relu(self, x: &Tensor) -> Result<Tensor> {
+        if self.fused_on(x) {
+            return crate::ops::fused::relu(x);
+        }
+        Ok(x.relu()?)
+    }
+
+    /// Affine map y = x wᵀ + b, PyTorch semantics (weight [out, in]).
+    pub fn linear(self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(b) = b {
+            if self.fused_on(x) && x.rank() == 2 {
+                return crate::ops::fused::linear(x, w, b);
+            }
+        }
+        let y = x.matmul(&w.t()?)?;
+        match b {
+            Some(b) => Ok(y.broadcast_add(b)?),
+            None => Ok(y),
+        }
+    }
+
+    /// Max pooling with kernel `k`, stride `s` and implicit −∞ padding `p` (PyTorch's
+    /// `MaxPool2d(k, s, p)`, floor mode).
+    ///
+    /// Built from shifted narrows and elementwise maxima (or reshape + max when the windows tile
+    /// the input exactly), so first and second derivatives are exact. Cost: k² strided copies.
+    pub fn max_pool2d(self, x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+        if k == 0 || s == 0 {
+            return Err(Error::invalid(
+                "max_pool2d",
+                "kernel and stride must be ≥ 1",
+            ));
+        }
+        if 2 * p > k {
+            return Err(Error::invalid(
+                "max_pool2d",
+                "padding must be at most half the kernel",
+            ));
+        }
+        let (n, c, h, w) = x.dims4()?;
+        if h + 2 * p < k || w + 2 * p < k {
+            return Err(Error::Shape(format!(
+                "max_pool2d: input {h}x{w} smaller than kernel {k}"
+            )));
+        }
+        if self.fused_on(x) {
+            return crate::ops::fused::max_pool2d(x, k, s, p);
+        }
+        if p == 0 && k == s && h % k == 0 && w % k == 0 {
+            return Ok(x.reshape((n, c, h / k, k, w / k, k))?.max(5)?.max(3)?);
+        }
+        let oh = (h + 2 * p - k) / s + 1;
+        let ow = (w + 2 * p - k) / s + 1;
+        // Pad so that every shifted window start di ∈ [0, k) has oh·s rows available.
+        let need_h = k - 1 + oh * s;
+        let need_w = k - 1 + ow * s;
+        let xp = pad_const(x, 2, p, need_h - h - p, f64::NEG_INFINITY)?;
+        let xp = pad_const(&xp, 3, p, need_w - w - p, f64::NEG_INFINITY)?;
+        let mut out: Option<Tensor> = None;
+        for di in 0..k {
+            for dj in 0..k {
+                let t = xp.narrow(2, di, oh * s)?.narrow(3, dj, ow * s)?;
+                let t = if s > 1 {
+                    t.reshape((n, c, oh, s, ow, s))?
+                        .narrow(5, 0, 1)?
+                        .narrow(3, 0, 1)?
+                        .reshape((n, c, oh, ow))?
+                } else {
+                    t
+                };
+                out = Some(match out {
+                    None => t,
+                    Some(o) => o.maximum(&t)?,
+                });
+            }
+        }
+        out.ok_or_else(|| Error::invalid("max_pool2d", "empty kernel"))
+    }
 }
 
-thread_local! {
-    static KERNELS: std::cell::Cell<Kernels> = const { std::cell::Cell::new(Kernels::Fused) };
-}
-
-/// Chooses the CPU kernels for the current thread (benchmarks, cross-checks).
-pub fn set_kernels(k: Kernels) {
-    KERNELS.with(|v| v.set(k));
-}
-
-/// The current thread's CPU kernels.
-pub fn kernels() -> Kernels {
-    KERNELS.with(|v| v.get())
-}
-
-fn fused_on(x: &Tensor) -> bool {
-    kernels() == Kernels::Fused
-        && x.device().is_cpu()
-        && matches!(x.dtype(), DType::F32 | DType::F64)
-}
-
-/// 2-D convolution y = w ⋆ x + b, PyTorch semantics (weight [out, in, k, k], zero padding).
-/// Cost: see [`super::conv::conv2d_gemm`] (or candle's `conv2d`).
+/// [`Kernels::conv2d`] with the fused kernels.
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -52,19 +143,10 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    if fused_on(x) {
-        return super::conv::conv2d_gemm(x, w, b, stride, padding);
-    }
-    let y = x.conv2d(w, padding, stride, 1, 1)?;
-    match b {
-        Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?),
-        None => Ok(y),
-    }
+    Kernels::Fused.conv2d(x, w, b, stride, padding)
 }
 
-/// relu(conv2d(x, w, b)) (see [`conv2d`]). On the fused CPU kernels one op: the bias and the
-/// clamp are applied to each output block inside the convolution, and no pre-activation
-/// tensor is kept. Cost: as [`conv2d`]; the ReLU adds no pass forward and one in its backward.
+/// [`Kernels::conv2d_relu`] with the fused kernels.
 pub fn conv2d_relu(
     x: &Tensor,
     w: &Tensor,
@@ -72,90 +154,33 @@ pub fn conv2d_relu(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    if fused_on(x) {
-        return super::conv::conv2d_gemm_relu(x, w, b, stride, padding);
-    }
-    relu(&conv2d(x, w, b, stride, padding)?)
+    Kernels::Fused.conv2d_relu(x, w, b, stride, padding)
 }
 
-/// max(x, 0). Cost: one pass (fused kernels) and one pass in its backward.
+/// [`Kernels::relu`] with the fused kernels.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if fused_on(x) {
-        return super::fused::relu(x);
-    }
-    Ok(x.relu()?)
+    Kernels::Fused.relu(x)
 }
 
-/// Affine map y = x wᵀ + b, PyTorch semantics (weight [out, in]).
+/// [`Kernels::linear`] with the fused kernels.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    if let Some(b) = b {
-        if fused_on(x) && x.rank() == 2 {
-            return super::fused::linear(x, w, b);
-        }
-    }
-    let y = x.matmul(&w.t()?)?;
-    match b {
-        Some(b) => Ok(y.broadcast_add(b)?),
-        None => Ok(y),
-    }
+    Kernels::Fused.linear(x, w, b)
 }
 
-/// Max pooling with kernel `k`, stride `s` and implicit −∞ padding `p` (PyTorch's
-/// `MaxPool2d(k, s, p)`, floor mode).
-///
-/// Built from shifted narrows and elementwise maxima (or reshape + max when the windows tile
-/// the input exactly), so first and second derivatives are exact. Cost: k² strided copies.
+/// [`Kernels::max_pool2d`] with the fused kernels.
 pub fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
-    if k == 0 || s == 0 {
-        return Err(Error::invalid(
-            "max_pool2d",
-            "kernel and stride must be ≥ 1",
-        ));
-    }
-    if 2 * p > k {
-        return Err(Error::invalid(
-            "max_pool2d",
-            "padding must be at most half the kernel",
-        ));
-    }
-    let (n, c, h, w) = x.dims4()?;
-    if h + 2 * p < k || w + 2 * p < k {
-        return Err(Error::Shape(format!(
-            "max_pool2d: input {h}x{w} smaller than kernel {k}"
-        )));
-    }
-    if fused_on(x) {
-        return super::fused::max_pool2d(x, k, s, p);
-    }
-    if p == 0 && k == s && h % k == 0 && w % k == 0 {
-        return Ok(x.reshape((n, c, h / k, k, w / k, k))?.max(5)?.max(3)?);
-    }
-    let oh = (h + 2 * p - k) / s + 1;
-    let ow = (w + 2 * p - k) / s + 1;
-    // Pad so that every shifted window start di ∈ [0, k) has oh·s rows available.
-    let need_h = k - 1 + oh * s;
-    let need_w = k - 1 + ow * s;
-    let xp = pad_const(x, 2, p, need_h - h - p, f64::NEG_INFINITY)?;
-    let xp = pad_const(&xp, 3, p, need_w - w - p, f64::NEG_INFINITY)?;
-    let mut out: Option<Tensor> = None;
-    for di in 0..k {
-        for dj in 0..k {
-            let t = xp.narrow(2, di, oh * s)?.narrow(3, dj, ow * s)?;
-            let t = if s > 1 {
-                t.reshape((n, c, oh, s, ow, s))?
-                    .narrow(5, 0, 1)?
-                    .narrow(3, 0, 1)?
-                    .reshape((n, c, oh, ow))?
-            } else {
-                t
-            };
-            out = Some(match out {
-                None => t,
-                Some(o) => o.maximum(&t)?,
-            });
-        }
-    }
-    out.ok_or_else(|| Error::invalid("max_pool2d", "empty kernel"))
+    Kernels::Fused.max_pool2d(x, k, s, p)
+}
+
+/// [`Kernels::batch_norm`] with the fused kernels.
+pub fn batch_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    bufs: &BnBuffers<'_>,
+    train: bool,
+) -> Result<Tensor> {
+    Kernels::Fused.batch_norm(x, gamma, beta, bufs, train)
 }
 
 /// Pads dimension `dim` with `left`/`right` copies of a constant (no gradient flows to the pad).
@@ -183,60 +208,63 @@ pub struct BnBuffers<'a> {
     pub running_var: &'a Var,
 }
 
-/// BatchNorm2d, PyTorch semantics (eps 1e-5, momentum 0.1, unbiased running variance).
-///
-/// Eval mode: y = γ (x − μ_run)/√(σ²_run + ε) + β with the running statistics as constants.
-/// Train mode: batch statistics (biased variance) in the graph; the running statistics are
-/// updated in place (outside the graph).
-pub fn batch_norm(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    bufs: &BnBuffers<'_>,
-    train: bool,
-) -> Result<Tensor> {
-    const EPS: f64 = 1e-5;
-    const MOMENTUM: f64 = 0.1;
-    let c = x.dim(1)?;
-    let shape = (1, c, 1, 1);
-    let (xhat, _) = if train {
-        let (n, _, h, w) = x.dims4()?;
-        let m = (n * h * w) as f64;
-        if m < 2.0 {
-            return Err(Error::invalid(
-                "batch_norm",
-                "train mode needs more than one value per channel",
-            ));
-        }
-        let mean = (x.sum_keepdim((0, 2, 3))? / m)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = (xc.sqr()?.sum_keepdim((0, 2, 3))? / m)?;
-        let rm = bufs.running_mean.as_tensor();
-        let rv = bufs.running_var.as_tensor();
-        let new_rm = ((rm * (1.0 - MOMENTUM))? + (mean.detach().reshape(c)? * MOMENTUM)?)?;
-        let new_rv =
-            ((rv * (1.0 - MOMENTUM))? + (var.detach().reshape(c)? * (MOMENTUM * m / (m - 1.0)))?)?;
-        bufs.running_mean.set(&new_rm.detach())?;
-        bufs.running_var.set(&new_rv.detach())?;
-        (xc.broadcast_div(&(var + EPS)?.sqrt()?)?, ())
-    } else if fused_on(x) {
-        // One per-channel affine map x·a + b, a = γ/√(σ²+ε), b = β − μ·a (γ, β differentiable).
-        let rm = bufs.running_mean.as_detached_tensor();
-        let rv = bufs.running_var.as_detached_tensor();
-        let a = gamma.broadcast_div(&(rv + EPS)?.sqrt()?)?;
-        let b = (beta - (&a * rm)?)?;
-        return super::fused::channel_affine(x, &a, &b);
-    } else {
-        let rm = bufs.running_mean.as_detached_tensor().reshape(shape)?;
-        let rv = bufs.running_var.as_detached_tensor().reshape(shape)?;
-        (
-            x.broadcast_sub(&rm)?.broadcast_div(&(rv + EPS)?.sqrt()?)?,
-            (),
-        )
-    };
-    Ok(xhat
-        .broadcast_mul(&gamma.reshape(shape)?)?
-        .broadcast_add(&beta.reshape(shape)?)?)
+impl Kernels {
+    /// BatchNorm2d, PyTorch semantics (eps 1e-5, momentum 0.1, unbiased running variance).
+    ///
+    /// Eval mode: y = γ (x − μ_run)/√(σ²_run + ε) + β with the running statistics as constants.
+    /// Train mode: batch statistics (biased variance) in the graph; the running statistics are
+    /// updated in place (outside the graph).
+    pub fn batch_norm(
+        self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        bufs: &BnBuffers<'_>,
+        train: bool,
+    ) -> Result<Tensor> {
+        const EPS: f64 = 1e-5;
+        const MOMENTUM: f64 = 0.1;
+        let c = x.dim(1)?;
+        let shape = (1, c, 1, 1);
+        let (xhat, _) = if train {
+            let (n, _, h, w) = x.dims4()?;
+            let m = (n * h * w) as f64;
+            if m < 2.0 {
+                return Err(Error::invalid(
+                    "batch_norm",
+                    "train mode needs more than one value per channel",
+                ));
+            }
+            let mean = (x.sum_keepdim((0, 2, 3))? / m)?;
+            let xc = x.broadcast_sub(&mean)?;
+            let var = (xc.sqr()?.sum_keepdim((0, 2, 3))? / m)?;
+            let rm = bufs.running_mean.as_tensor();
+            let rv = bufs.running_var.as_tensor();
+            let new_rm = ((rm * (1.0 - MOMENTUM))? + (mean.detach().reshape(c)? * MOMENTUM)?)?;
+            let new_rv = ((rv * (1.0 - MOMENTUM))?
+                + (var.detach().reshape(c)? * (MOMENTUM * m / (m - 1.0)))?)?;
+            bufs.running_mean.set(&new_rm.detach())?;
+            bufs.running_var.set(&new_rv.detach())?;
+            (xc.broadcast_div(&(var + EPS)?.sqrt()?)?, ())
+        } else if self.fused_on(x) {
+            // One per-channel affine map x·a + b, a = γ/√(σ²+ε), b = β − μ·a (γ, β differentiable).
+            let rm = bufs.running_mean.as_detached_tensor();
+            let rv = bufs.running_var.as_detached_tensor();
+            let a = gamma.broadcast_div(&(rv + EPS)?.sqrt()?)?;
+            let b = (beta - (&a * rm)?)?;
+            return crate::ops::fused::channel_affine(x, &a, &b);
+        } else {
+            let rm = bufs.running_mean.as_detached_tensor().reshape(shape)?;
+            let rv = bufs.running_var.as_detached_tensor().reshape(shape)?;
+            (
+                x.broadcast_sub(&rm)?.broadcast_div(&(rv + EPS)?.sqrt()?)?,
+                (),
+            )
+        };
+        Ok(xhat
+            .broadcast_mul(&gamma.reshape(shape)?)?
+            .broadcast_add(&beta.reshape(shape)?)?)
+    }
 }
 
 /// log softmax over the last dimension: z − max(z) − log Σ exp(z − max(z)), with the max

@@ -5,8 +5,6 @@
 //! eigenvectors or landscape directions). The per-dataset input normalisation is the model's
 //! fixed first step, so inputs are always pixels in [0, 1].
 
-pub mod conv;
-pub mod fused;
 pub mod io;
 pub mod layers;
 pub mod zoo;
@@ -185,6 +183,9 @@ impl std::fmt::Debug for Model {
 struct View<'a>(&'a Model);
 
 impl zoo::Lookup for View<'_> {
+    fn kernels(&self) -> layers::Kernels {
+        self.0.runtime.kernels
+    }
     fn p(&self, name: &str) -> Result<&Tensor> {
         self.0
             .index
@@ -389,7 +390,7 @@ impl Model {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
         // on a worker pool: with one thread, no kernel is handed between threads
-        crate::runtime::on_workers(x.device(), || {
+        crate::autodiff::on_pool(x.device(), || {
             let xn = match &self.norm {
                 Some((m, s)) => x.broadcast_sub(m)?.broadcast_div(s)?,
                 None => x.clone(),

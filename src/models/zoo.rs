@@ -7,7 +7,7 @@
 //! (HessianFlow `c2_model`) pools after conv2 and conv4 and uses 64 channels — 63 is a typo.
 //! With the pools, fc1 has 128·8·8 = 8192 inputs.
 
-use super::layers::{batch_norm, conv2d, conv2d_relu, linear, max_pool2d, BnBuffers};
+use super::layers::{BnBuffers, Kernels};
 use super::ModelKind;
 use crate::{Error, Result};
 use candle_core::Tensor;
@@ -29,17 +29,6 @@ pub struct TensorSpec {
     pub init: Init,
 }
 
-/// ReLU through [`super::layers::relu`] (fused CPU kernel unless switched off).
-trait ReluK {
-    fn relu_k(&self) -> Result<Tensor>;
-}
-
-impl ReluK for Tensor {
-    fn relu_k(&self) -> Result<Tensor> {
-        super::layers::relu(self)
-    }
-}
-
 /// Hidden-layer activation of the `mlp` test model (tanh breaks Theorem 1's PSD property).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
@@ -48,9 +37,10 @@ pub enum Activation {
 }
 
 impl Activation {
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+    /// The activation on the given CPU kernels.
+    pub fn apply(self, kernels: Kernels, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::Relu => x.relu_k()?,
+            Activation::Relu => kernels.relu(x)?,
             Activation::Tanh => x.tanh()?,
         })
     }
@@ -215,10 +205,20 @@ pub(crate) fn specs(
 pub(crate) trait Lookup {
     fn p(&self, name: &str) -> Result<&Tensor>;
     fn bufs(&self, prefix: &str) -> Result<BnBuffers<'_>>;
+    /// The CPU kernels of the model's runtime.
+    fn kernels(&self) -> Kernels;
+}
+
+fn relu<L: Lookup>(l: &L, x: &Tensor) -> Result<Tensor> {
+    l.kernels().relu(x)
+}
+
+fn max_pool2d<L: Lookup>(l: &L, x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+    l.kernels().max_pool2d(x, k, s, p)
 }
 
 fn bn<L: Lookup>(l: &L, name: &str, x: &Tensor, train: bool) -> Result<Tensor> {
-    batch_norm(
+    l.kernels().batch_norm(
         x,
         l.p(&format!("{name}.weight"))?,
         l.p(&format!("{name}.bias"))?,
@@ -229,7 +229,8 @@ fn bn<L: Lookup>(l: &L, name: &str, x: &Tensor, train: bool) -> Result<Tensor> {
 
 fn conv<L: Lookup>(l: &L, name: &str, x: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
     let b = l.p(&format!("{name}.bias")).ok();
-    conv2d(x, l.p(&format!("{name}.weight"))?, b, stride, pad)
+    l.kernels()
+        .conv2d(x, l.p(&format!("{name}.weight"))?, b, stride, pad)
 }
 
 /// relu(conv(…)) as one fused op where the kernels allow.
@@ -241,11 +242,12 @@ fn conv_relu<L: Lookup>(
     pad: usize,
 ) -> Result<Tensor> {
     let b = l.p(&format!("{name}.bias")).ok();
-    conv2d_relu(x, l.p(&format!("{name}.weight"))?, b, stride, pad)
+    l.kernels()
+        .conv2d_relu(x, l.p(&format!("{name}.weight"))?, b, stride, pad)
 }
 
 fn fc<L: Lookup>(l: &L, name: &str, x: &Tensor) -> Result<Tensor> {
-    linear(
+    l.kernels().linear(
         x,
         l.p(&format!("{name}.weight"))?,
         Some(l.p(&format!("{name}.bias"))?),
@@ -264,16 +266,16 @@ pub(crate) fn forward<L: Lookup>(
         ModelKind::M1 => {
             let x = conv_relu(l, "conv1", x, 2, 2)?;
             let x = conv_relu(l, "conv2", &x, 2, 2)?;
-            let x = fc(l, "fc1", &x.flatten_from(1)?)?.relu_k()?;
+            let x = relu(l, &fc(l, "fc1", &x.flatten_from(1)?)?)?;
             fc(l, "fc2", &x)
         }
         ModelKind::C1 => {
             let x = conv_relu(l, "conv1", x, 2, 2)?;
-            let x = bn(l, "bn1", &max_pool2d(&x, 3, 2, 1)?, train)?;
+            let x = bn(l, "bn1", &max_pool2d(l, &x, 3, 2, 1)?, train)?;
             let x = conv_relu(l, "conv2", &x, 2, 2)?;
-            let x = bn(l, "bn2", &max_pool2d(&x, 3, 2, 1)?, train)?;
-            let x = fc(l, "fc1", &x.flatten_from(1)?)?.relu_k()?;
-            let x = fc(l, "fc2", &x)?.relu_k()?;
+            let x = bn(l, "bn2", &max_pool2d(l, &x, 3, 2, 1)?, train)?;
+            let x = relu(l, &fc(l, "fc1", &x.flatten_from(1)?)?)?;
+            let x = relu(l, &fc(l, "fc2", &x)?)?;
             fc(l, "fc3", &x)
         }
         ModelKind::C2 | ModelKind::C3 => {
@@ -285,23 +287,25 @@ pub(crate) fn forward<L: Lookup>(
                     x = bn(l, &format!("bn{i}"), &x, train)?;
                 }
                 if i == 2 || i == 4 {
-                    x = max_pool2d(&x, 2, 2, 0)?;
+                    x = max_pool2d(l, &x, 2, 2, 0)?;
                 }
             }
-            let x = fc(l, "fc1", &x.flatten_from(1)?)?.relu_k()?;
-            let x = fc(l, "fc2", &x)?.relu_k()?;
+            let x = relu(l, &fc(l, "fc1", &x.flatten_from(1)?)?)?;
+            let x = relu(l, &fc(l, "fc2", &x)?)?;
             fc(l, "fc3", &x)
         }
         ModelKind::ResNet18 => {
-            let mut x = bn(l, "bn1", &conv(l, "conv1", x, 1, 1)?, train)?.relu_k()?;
+            let mut x = relu(l, &bn(l, "bn1", &conv(l, "conv1", x, 1, 1)?, train)?)?;
             for (name, inp, planes, stride) in resnet_blocks() {
-                let o = bn(
+                let o = relu(
                     l,
-                    &format!("{name}.bn1"),
-                    &conv(l, &format!("{name}.conv1"), &x, stride, 1)?,
-                    train,
-                )?
-                .relu_k()?;
+                    &bn(
+                        l,
+                        &format!("{name}.bn1"),
+                        &conv(l, &format!("{name}.conv1"), &x, stride, 1)?,
+                        train,
+                    )?,
+                )?;
                 let o = bn(
                     l,
                     &format!("{name}.bn2"),
@@ -314,7 +318,7 @@ pub(crate) fn forward<L: Lookup>(
                 } else {
                     x.clone()
                 };
-                x = (o + sc)?.relu_k()?;
+                x = relu(l, &(o + sc)?)?;
             }
             // Global average pool (kuangliu's avg_pool2d(out, 4) on the 4x4 map).
             let x = x.mean(3)?.mean(2)?;
@@ -322,7 +326,7 @@ pub(crate) fn forward<L: Lookup>(
         }
         ModelKind::LogReg => fc(l, "linear", &x.flatten_from(1)?),
         ModelKind::Mlp => {
-            let h = act.apply(&fc(l, "fc1", &x.flatten_from(1)?)?)?;
+            let h = act.apply(l.kernels(), &fc(l, "fc1", &x.flatten_from(1)?)?)?;
             fc(l, "fc2", &h)
         }
     }

@@ -37,7 +37,7 @@ struct Geom {
 }
 
 /// Output length of a window of `k` sliding with stride `s` over `len` + 2·`p` (floor mode).
-pub(super) fn out_len(len: usize, k: usize, s: usize, p: usize) -> usize {
+pub(crate) fn out_len(len: usize, k: usize, s: usize, p: usize) -> usize {
     (len + 2 * p - k) / s + 1
 }
 
@@ -250,17 +250,17 @@ fn col2im_from<T: WithDType>(
 
 /// A row-major matrix view for [`gemm`]: element (r, c) at `r * rs + c * cs`.
 #[derive(Clone, Copy)]
-pub(super) struct Mat<'a, T> {
+pub(crate) struct Mat<'a, T> {
     v: &'a [T],
     rs: usize,
     cs: usize,
 }
 
-pub(super) fn row_major<T>(v: &[T], cols: usize) -> Mat<'_, T> {
+pub(crate) fn row_major<T>(v: &[T], cols: usize) -> Mat<'_, T> {
     Mat { v, rs: cols, cs: 1 }
 }
 
-pub(super) fn transposed<T>(v: &[T], cols: usize) -> Mat<'_, T> {
+pub(crate) fn transposed<T>(v: &[T], cols: usize) -> Mat<'_, T> {
     Mat { v, rs: 1, cs: cols }
 }
 
@@ -268,7 +268,7 @@ pub(super) fn transposed<T>(v: &[T], cols: usize) -> Mat<'_, T> {
 /// before the unsafe call; `par` lets gemm use rayon (when there are fewer samples than
 /// threads).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm<T: WithDType>(
+pub(crate) fn gemm<T: WithDType>(
     m: usize,
     n: usize,
     kk: usize,
@@ -333,7 +333,7 @@ pub(super) fn gemm<T: WithDType>(
     Ok(())
 }
 
-pub(super) fn slice<'a, T: WithDType>(
+pub(crate) fn slice<'a, T: WithDType>(
     v: &'a [T],
     l: &Layout,
     len: usize,
@@ -364,7 +364,7 @@ macro_rules! binary_op {
         }
     };
 }
-pub(super) use binary_op;
+pub(crate) use binary_op;
 
 /// [`binary_op!`] for three storages.
 macro_rules! ternary_op {
@@ -385,7 +385,7 @@ macro_rules! ternary_op {
         }
     };
 }
-pub(super) use ternary_op;
+pub(crate) use ternary_op;
 
 /// Samples per gemm. One sample's product has only H'W' columns (49 for LeNet's second
 /// layer), too few for gemm to amortise packing the weight; a group of samples side by side
@@ -651,11 +651,11 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
 }
 
 /// y = conv(x, W), see the module docs.
-pub struct ConvFwd(Geom);
+pub(crate) struct ConvFwd(Geom);
 /// dx = conv_transpose(dy, W) (the input gradient of a convolution), see the module docs.
-pub struct ConvBwdData(Geom);
+pub(crate) struct ConvBwdData(Geom);
 /// dW = Σᵢ dyᵢ im2col(xᵢ)ᵀ (the weight gradient of a convolution), see the module docs.
-pub struct ConvBwdFilter(Geom);
+pub(crate) struct ConvBwdFilter(Geom);
 
 impl CustomOp2 for ConvFwd {
     fn name(&self) -> &'static str {
@@ -668,6 +668,7 @@ impl CustomOp2 for ConvFwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         let g = &self.0;
         let st = binary_op!(s1, l1, g.n * g.x_len(), s2, l2, g.co * g.ckk(), |a, b| fwd(
             a,
@@ -711,6 +712,7 @@ impl CustomOp2 for ConvBwdData {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         let g = &self.0;
         let st = binary_op!(s1, l1, g.n * g.y_len(), s2, l2, g.co * g.ckk(), |a, b| {
             bwd_data(a, b, g)
@@ -748,6 +750,7 @@ impl CustomOp2 for ConvBwdFilter {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         let g = &self.0;
         let st = binary_op!(s1, l1, g.n * g.x_len(), s2, l2, g.n * g.y_len(), |a, b| {
             bwd_filter(a, b, g)
@@ -774,7 +777,7 @@ impl CustomOp2 for ConvBwdFilter {
     }
 }
 
-pub(super) fn apply<C: CustomOp2 + Send + Sync + 'static>(
+pub(crate) fn apply<C: CustomOp2 + Send + Sync + 'static>(
     a: &Tensor,
     b: &Tensor,
     op: C,
@@ -789,7 +792,7 @@ pub(super) fn apply<C: CustomOp2 + Send + Sync + 'static>(
 /// Cost per sample: one im2col copy and one (out × in·k²)·(in·k² × H'W') gemm; its gradient
 /// costs two such gemms, one im2col and one col2im (one gemm and one col2im fewer when x does
 /// not need a gradient); an HVP through it about twice the gradient.
-pub fn conv2d_gemm(
+pub(crate) fn conv2d_gemm(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
@@ -802,7 +805,7 @@ pub fn conv2d_gemm(
 /// relu(W ⋆ x + b) as one op (see [`ConvBiasFwd`]): no pre-activation tensor is stored and
 /// the clamp costs no pass of its own. Same cost otherwise as [`conv2d_gemm`]; without a bias
 /// it is [`conv2d_gemm`] followed by the fused ReLU.
-pub fn conv2d_gemm_relu(
+pub(crate) fn conv2d_gemm_relu(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
@@ -872,7 +875,7 @@ fn conv2d_gemm_act(
 /// gemm's starting value and the clamp applied to each sample's block while it is in cache.
 /// Backward: ḡ = ḡ_y·1[y > 0] (`fused::ReluMask` on the output, when `relu`), then
 /// [`ConvFwd`]'s backward and db = `fused::ChanSum`(ḡ).
-pub struct ConvBiasFwd {
+pub(crate) struct ConvBiasFwd {
     g: Geom,
     relu: bool,
 }
@@ -894,6 +897,7 @@ impl CustomOp3 for ConvBiasFwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         let g = &self.g;
         let relu = self.relu;
         let (xl, wl) = (g.n * g.x_len(), g.co * g.ckk());

@@ -72,7 +72,7 @@ fn ok<T>(v: Vec<T>) -> candle_core::Result<Vec<T>> {
 const GRAIN: usize = 1 << 14;
 
 /// Minimum number of `len`-sized chunks per rayon task.
-pub(super) fn min_chunks(len: usize) -> usize {
+pub(crate) fn min_chunks(len: usize) -> usize {
     (GRAIN / len.max(1)).max(1)
 }
 
@@ -89,13 +89,14 @@ fn par_map<T: WithDType>(v: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
 
 /// max(x, 0) with backward [`ReluMask`]: one pass where candle's ReLU backward makes four
 /// (zeros, ≥, cast, ×). Derivative at 0 is 0, as in PyTorch (candle uses 1).
-pub struct Relu;
+pub(crate) struct Relu;
 
 impl CustomOp1 for Relu {
     fn name(&self) -> &'static str {
         "hessian-lab-relu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         let len = l.shape().elem_count();
         let st = unary(
             s,
@@ -111,7 +112,7 @@ impl CustomOp1 for Relu {
 
 /// g · 1[x > 0]: linear in g (its backward w.r.t. g is itself), zero derivative w.r.t. x
 /// (ReLU'' = 0 almost everywhere), so ReLU stays exact to any order.
-pub struct ReluMask;
+pub(crate) struct ReluMask;
 
 fn mask<T: WithDType>(g: &[T], x: &[T]) -> Vec<T> {
     let mut out = vec![T::zero(); g.len()];
@@ -138,6 +139,7 @@ impl CustomOp2 for ReluMask {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         if l2.shape() != l1.shape() {
             candle_core::bail!("relu mask: shapes differ");
         }
@@ -157,7 +159,7 @@ impl CustomOp2 for ReluMask {
 }
 
 /// max(x, 0) through [`Relu`] (CPU, f32/f64). Cost: one pass; its backward one pass.
-pub fn relu(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(Relu)?)
 }
 
@@ -236,15 +238,15 @@ fn chan_sum<T: WithDType>(t: &[T], ch: Chan) -> Vec<T> {
 }
 
 /// y = x·a_c + b_c per channel (BatchNorm in eval mode, a conv bias).
-pub struct ChanAffine;
+pub(crate) struct ChanAffine;
 /// y = t·a_c per channel.
-pub struct ChanScale;
+pub(crate) struct ChanScale;
 /// y_c = Σ_{n, pixels} u·v.
-pub struct ChanDot;
+pub(crate) struct ChanDot;
 /// y_c = Σ_{n, pixels} t (a bias gradient); `Shape` is t's, for the broadcast backward.
-pub struct ChanSum(Shape);
+pub(crate) struct ChanSum(Shape);
 /// g_c repeated over batch and pixels: a tensor of the given shape (ChanSum's adjoint).
-pub struct ChanBroadcast(Shape);
+pub(crate) struct ChanBroadcast(Shape);
 
 impl CustomOp3 for ChanAffine {
     fn name(&self) -> &'static str {
@@ -259,6 +261,7 @@ impl CustomOp3 for ChanAffine {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         let ch = Chan::of(l1.shape())?;
         let st = ternary_op!(s1, l1, ch.len(), s2, l2, ch.c, s3, l3, ch.c, |x, a, b| ok(
             chan_affine(x, a, b, ch)
@@ -293,6 +296,7 @@ impl CustomOp2 for ChanScale {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         let ch = Chan::of(l1.shape())?;
         let st = binary_op!(s1, l1, ch.len(), s2, l2, ch.c, |t, a| ok(chan_scale(
             t, a, ch
@@ -325,6 +329,7 @@ impl CustomOp2 for ChanDot {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         let ch = Chan::of(l1.shape())?;
         if l2.shape() != l1.shape() {
             candle_core::bail!("channel dot: shapes differ");
@@ -353,6 +358,7 @@ impl CustomOp1 for ChanSum {
         "hessian-lab-channel-sum"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         let ch = Chan::of(l.shape())?;
         let st = unary(
             s,
@@ -373,6 +379,7 @@ impl CustomOp1 for ChanBroadcast {
         "hessian-lab-channel-broadcast"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         let ch = Chan::of(&self.0)?;
         fn go<T: WithDType>(g: &[T], ch: Chan) -> Vec<T> {
             let mut out = vec![T::zero(); ch.len()];
@@ -395,12 +402,12 @@ impl CustomOp1 for ChanBroadcast {
 }
 
 /// Σ over batch and pixels per channel, as an op (used for bias gradients).
-pub(super) fn chan_sum_op(t: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn chan_sum_op(t: &Tensor) -> candle_core::Result<Tensor> {
     t.contiguous()?.apply_op1(ChanSum(t.shape().clone()))
 }
 
 /// y = x·a_c + b_c per channel (dim 1). Cost: one pass; backward one pass per argument.
-pub fn channel_affine(x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub(crate) fn channel_affine(x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?
         .apply_op3(&a.contiguous()?, &b.contiguous()?, ChanAffine)?)
 }
@@ -482,9 +489,9 @@ impl Pool {
 }
 
 /// v at the arg-max positions of x's windows (v and x of x's shape).
-pub struct PoolGather(Pool);
+pub(crate) struct PoolGather(Pool);
 /// g (output shape) added at the arg-max positions of x's windows (x's shape).
-pub struct PoolScatter(Pool);
+pub(crate) struct PoolScatter(Pool);
 
 impl CustomOp2 for PoolGather {
     fn name(&self) -> &'static str {
@@ -497,6 +504,7 @@ impl CustomOp2 for PoolGather {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         let out = self.0.out_shape(l2.shape())?;
         let (len, olen) = (l2.shape().elem_count(), out.elem_count());
         let p = self.0;
@@ -534,6 +542,7 @@ impl CustomOp2 for PoolScatter {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         let out = self.0.out_shape(l2.shape())?;
         if l1.shape() != &out {
             candle_core::bail!(
@@ -569,7 +578,7 @@ impl CustomOp2 for PoolScatter {
 
 /// PyTorch's `MaxPool2d(k, s, p)` (floor mode) as `PoolGather(x, x)`. The caller checks the
 /// arguments. Cost: one pass over every window; backward one scatter pass.
-pub(super) fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+pub(crate) fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let x = x.contiguous()?;
     Ok(x.apply_op2(&x, PoolGather(Pool { k, s, p, h, w }))?)
@@ -582,7 +591,7 @@ pub(super) fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Ten
 /// dx = dy W, dW = dyᵀ x, db = Σₙ dy with candle's (differentiable) matmul and sum, so W's
 /// gradient comes out in W's layout with no transpose copy and the bias costs no broadcast
 /// buffers.
-pub struct LinearFwd;
+pub(crate) struct LinearFwd;
 
 impl CustomOp3 for LinearFwd {
     fn name(&self) -> &'static str {
@@ -597,6 +606,7 @@ impl CustomOp3 for LinearFwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        super::count_call();
         fn go<T: WithDType>(
             x: &[T],
             w: &[T],
@@ -653,7 +663,7 @@ impl CustomOp3 for LinearFwd {
 }
 
 /// y = x Wᵀ + b through [`LinearFwd`] (x 2-D). Cost: one gemm; backward two.
-pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (_, i) = x.dims2()?;
     let (o, i2) = w.dims2()?;
     if i2 != i || b.dims() != [o] {

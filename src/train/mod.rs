@@ -1,9 +1,8 @@
 //! Training: SGD with momentum, step schedule, Goyal et al. linear LR scaling with warm-up,
 //! gradient accumulation, per-epoch evaluation, checkpoints and a JSON log.
 //!
-//! Training runs with exact double backward switched on (it is a process-wide choice, see
-//! [`crate::init`]); gradients are detached right after each backward pass so the graph is
-//! freed and memory does not grow.
+//! Each step's backward pass records no graph ([`crate::autodiff::Graph::Drop`]), so every
+//! intermediate gradient is freed as soon as it is used.
 
 pub mod sgd;
 
@@ -36,8 +35,8 @@ pub struct TrainConfig {
     /// Evaluate on the test split each epoch.
     pub eval_test: bool,
     pub eval_chunk: usize,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
+    /// Where to report progress (steps, running loss, one line per epoch); `None`: silent.
+    pub progress: Option<crate::progress::Reporter>,
     /// Save weights here after every epoch.
     pub checkpoint: Option<PathBuf>,
     /// Write the per-epoch log as JSON here after every epoch.
@@ -57,7 +56,7 @@ impl TrainConfig {
             eval_train_samples: 10_000,
             eval_test: true,
             eval_chunk: 1000,
-            progress: true,
+            progress: None,
             checkpoint: None,
             log_path: None,
         }
@@ -137,9 +136,8 @@ pub fn batch_gradient(
             batch.narrow(start, len)?
         };
         let w = len as f64 / n as f64;
-        // forward and backward on the detached workers (no graph kept, no kernel hand-offs)
         let (lv, g) =
-            crate::runtime::on_detached(model.device(), || -> Result<(f64, Vec<Tensor>)> {
+            crate::autodiff::on_pool(model.device(), || -> Result<(f64, Vec<Tensor>)> {
                 let logits = model.forward_t(&mb.x, train)?;
                 let loss = layers::cross_entropy(&logits, &mb.y)?;
                 let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -148,14 +146,11 @@ pub fn batch_gradient(
                         "training loss (diverged? lower the learning rate)".into(),
                     ));
                 }
-                let store = crate::runtime::backward_detached(&(loss * w)?)?;
-                let params: Vec<Tensor> = model
-                    .params()
-                    .iter()
-                    .map(|(_, v)| v.as_tensor().clone())
-                    .collect();
-                let g = crate::curvature::hvp::grads_of(&store, &params)?;
-                Ok((lv, g.iter().map(Tensor::detach).collect()))
+                let params: Vec<&Tensor> =
+                    model.params().iter().map(|(_, v)| v.as_tensor()).collect();
+                let g =
+                    crate::autodiff::grads(&(loss * w)?, &params, crate::autodiff::Graph::Drop)?;
+                Ok((lv, g))
             })?;
         loss_sum += lv * w;
         grads = Some(match grads {
@@ -183,7 +178,6 @@ pub fn train(
     mut batch_hook: Option<&mut BatchHook<'_>>,
     mut epoch_hook: Option<&mut EpochHook<'_>>,
 ) -> Result<TrainReport> {
-    crate::init();
     cfg.validate()?;
     if train_split.is_empty() {
         return Err(Error::Empty("training split has no samples".into()));
@@ -205,20 +199,11 @@ pub fn train(
     let mut records = Vec::new();
     let mut iterations = 0;
     let steps_per_epoch = train_split.len().div_ceil(cfg.batch_size);
-    let bar = if cfg.progress {
-        let pb = indicatif::ProgressBar::new((steps_per_epoch * cfg.epochs) as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        pb.set_prefix("train");
-        pb
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::progress::Task::start(
+        cfg.progress.as_ref().map(|r| r.as_dyn()),
+        "train",
+        steps_per_epoch * cfg.epochs,
+    );
     let mut lr = cfg.schedule.lr;
     for epoch in 0..cfg.epochs {
         let te = Instant::now();
@@ -241,14 +226,16 @@ pub fn train(
             loss_acc += loss * idx.len() as f64;
             seen += idx.len();
             iterations += 1;
-            bar.inc(1);
+            bar.advance(1);
             if bi % 10 == 0 {
-                bar.set_message(format!(
-                    "epoch {} loss {:.4} lr {:.4}",
-                    epoch + 1,
-                    loss_acc / seen as f64,
-                    lr
-                ));
+                bar.message(|| {
+                    format!(
+                        "epoch {} loss {:.4} lr {:.4}",
+                        epoch + 1,
+                        loss_acc / seen as f64,
+                        lr
+                    )
+                });
             }
         }
         let mut rec = EpochRecord {
@@ -277,19 +264,21 @@ pub fn train(
         if let Some(h) = epoch_hook.as_deref_mut() {
             h(model, &mut rec)?;
         }
-        bar.println(format!(
-            "epoch {}: train_loss {:.4}{}{} lr {:.4} ({:.1}s)",
-            rec.epoch,
-            rec.train_loss,
-            rec.train_eval_accuracy
-                .map(|a| format!(" train_acc {:.4}", a))
-                .unwrap_or_default(),
-            rec.test_accuracy
-                .map(|a| format!(" test_acc {:.4}", a))
-                .unwrap_or_default(),
-            rec.lr,
-            rec.seconds
-        ));
+        bar.log(|| {
+            format!(
+                "epoch {}: train_loss {:.4}{}{} lr {:.4} ({:.1}s)",
+                rec.epoch,
+                rec.train_loss,
+                rec.train_eval_accuracy
+                    .map(|a| format!(" train_acc {:.4}", a))
+                    .unwrap_or_default(),
+                rec.test_accuracy
+                    .map(|a| format!(" test_acc {:.4}", a))
+                    .unwrap_or_default(),
+                rec.lr,
+                rec.seconds
+            )
+        });
         records.push(rec);
         if let Some(p) = &cfg.checkpoint {
             model.save(p)?;
@@ -303,7 +292,6 @@ pub fn train(
             write_json(p, &report)?;
         }
     }
-    bar.finish_and_clear();
     Ok(TrainReport {
         epochs: records,
         seconds: t0.elapsed().as_secs_f64(),

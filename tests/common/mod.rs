@@ -7,12 +7,10 @@ use hessian_lab::Runtime;
 use rand::{Rng, SeedableRng};
 
 pub fn rt64() -> Runtime {
-    hessian_lab::init();
     Runtime::cpu_f64()
 }
 
 pub fn rt32() -> Runtime {
-    hessian_lab::init();
     Runtime::cpu_f32()
 }
 

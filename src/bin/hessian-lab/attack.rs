@@ -62,7 +62,14 @@ pub fn run(a: AttackArgs) -> Result<()> {
     let (_rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
     let kind = parse_attack(&a.attack, a.steps, &a.newton, a.cg_iters, a.cg_tol)?;
     let t0 = Instant::now();
-    let rep = attack::adversarial_accuracy(&model, &split, kind, &a.eps, a.chunk, true)?;
+    let rep = attack::adversarial_accuracy(
+        &model,
+        &split,
+        kind,
+        &a.eps,
+        a.chunk,
+        Some(&crate::bars::Bars::default()),
+    )?;
     let cg_cos = match kind {
         AttackKind::Fhsm(NewtonSolver::Cg { iters, tol })
         | AttackKind::L2Hess(NewtonSolver::Cg { iters, tol })

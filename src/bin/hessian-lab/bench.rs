@@ -89,8 +89,7 @@ fn reset_peak() {
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
-    let rt = runtime(&a.common)?;
-    hessian_lab::models::layers::set_kernels(match a.kernels.as_str() {
+    let rt = runtime(&a.common)?.with_kernels(match a.kernels.as_str() {
         "fused" => hessian_lab::models::layers::Kernels::Fused,
         "candle" => hessian_lab::models::layers::Kernels::Candle,
         o => anyhow::bail!("unknown --kernels `{o}` (fused or candle)"),

@@ -48,6 +48,7 @@ pub fn runtime(c: &Common) -> Result<Runtime> {
         "cpu" => Ok(Runtime {
             device: candle_core::Device::Cpu,
             dtype,
+            kernels: Default::default(),
         }),
         "cuda" | "gpu" => Ok(Runtime::best_available(dtype)),
         d => anyhow::bail!("unknown device `{d}` (expected cpu or cuda)"),

@@ -81,7 +81,8 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
         "power" => a.top_k * a.max_iter,
         _ => a.max_iter,
     };
-    let prog = WithProgress::new(op.as_ref(), expected, &a.method);
+    let bars = crate::bars::Bars::default();
+    let prog = WithProgress::new(op.as_ref(), Some(&bars), expected, &a.method);
     let eig = match a.method.as_str() {
         "power" => curvature::top_eigen(
             &prog,
@@ -103,7 +104,7 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
         )?,
         m => anyhow::bail!("unknown --method `{m}` (lanczos or power)"),
     };
-    prog.finish();
+    drop(prog);
     let eig_seconds = t0.elapsed().as_secs_f64();
     let mut out = json!({
         "model": model.kind().name(),
@@ -138,7 +139,7 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
                         anyhow::bail!("unknown --trace-method `{m}` (hutchinson, hutch++ or exact)")
                     }
                 };
-                let p = WithProgress::new(op.as_ref(), a.trace_iter, "trace");
+                let p = WithProgress::new(op.as_ref(), Some(&bars), a.trace_iter, "trace");
                 let r = curvature::trace(
                     &p,
                     &TraceOpts {
@@ -148,7 +149,7 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
                         ..Default::default()
                     },
                 )?;
-                p.finish();
+                drop(p);
                 serde_json::to_value(&r)?
             }
         };
@@ -157,7 +158,12 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
     }
     if a.density {
         let t = Instant::now();
-        let p = WithProgress::new(op.as_ref(), a.density_iter * a.density_runs, "density");
+        let p = WithProgress::new(
+            op.as_ref(),
+            Some(&bars),
+            a.density_iter * a.density_runs,
+            "density",
+        );
         let d = curvature::density(
             &p,
             &SlqOpts {
@@ -168,7 +174,7 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
                 ..Default::default()
             },
         )?;
-        p.finish();
+        drop(p);
         out["density"] = serde_json::to_value(&d)?;
         out["density"]["seconds"] = json!(t.elapsed().as_secs_f64());
     }

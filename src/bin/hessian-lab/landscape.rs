@@ -88,7 +88,13 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
                     vecs[idx].clone()
                 }
             };
-            let c = landscape::landscape_1d(&model, &d, &grid, &srcs, true)?;
+            let c = landscape::landscape_1d(
+                &model,
+                &d,
+                &grid,
+                &srcs,
+                Some(&crate::bars::Bars::default()),
+            )?;
             let title = format!("{} loss along {}", model.kind().name(), a.direction);
             (
                 plot::landscape_figure(&c, &title, "ε", a.log_y)?,
@@ -107,7 +113,15 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
                 )
             };
             let src = srcs.first().map(|s| s.1).unwrap_or(&batch_src);
-            let s = landscape::landscape_2d(&model, &d1, &d2, &grid, &grid, src, true)?;
+            let s = landscape::landscape_2d(
+                &model,
+                &d1,
+                &d2,
+                &grid,
+                &grid,
+                src,
+                Some(&crate::bars::Bars::default()),
+            )?;
             let title = format!("{} loss surface ({})", model.kind().name(), a.direction);
             (plot::surface_figure(&s, &title)?, serde_json::to_value(&s)?)
         }
@@ -207,7 +221,7 @@ pub fn interpolate_cmd(a: InterpolateArgs) -> Result<()> {
         } else {
             None
         },
-        true,
+        Some(&crate::bars::Bars::default()),
     )?;
     plot::landscape_figure(&c, &format!("{}: (1−λ)·A + λ·B", kind.name()), "λ", false)?
         .save(&a.out)?;

@@ -1,6 +1,7 @@
 //! The hessian-lab command line: train, evaluate, and (later) reproduce the paper.
 
 mod attack;
+mod bars;
 mod bench;
 mod common;
 mod curv;
@@ -162,7 +163,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     cfg.micro_batch = a.micro_batch;
     cfg.seed = a.seed;
     cfg.eval_train_samples = a.eval_train_samples;
-    cfg.progress = !a.quiet;
+    cfg.progress = (!a.quiet).then(bars::Bars::reporter);
     cfg.checkpoint = Some(a.out.clone());
     let log = a.log.clone().unwrap_or_else(|| {
         let mut p = a.out.clone().into_os_string();
@@ -279,11 +280,11 @@ fn main() {
     let cli = Cli::parse();
     if let Cmd::Bench(b) = &cli.cmd {
         if let Some(t) = b.threads {
-            // Read by candle, rayon and init()'s worker pools when they start: before init().
+            // Read by candle, rayon and the crate's compute pool when they start.
             std::env::set_var("RAYON_NUM_THREADS", t.to_string());
         }
     }
-    // Exact double backward must be on before this thread's first backward pass.
+    // Allocator and candle thread-pool tuning (speed only), before other threads start.
     hessian_lab::init();
     let r = match cli.cmd {
         Cmd::Train(a) => cmd_train(a),

@@ -356,7 +356,15 @@ fn fig_landscape(sh: Shared, two_d: bool) -> Result<()> {
     let name = if two_d { "fig15" } else { "fig8" };
     let (fig, value) = if two_d {
         let g = landscape::linspace(-1.0, 1.0, if sh.quick { 11 } else { 21 })?;
-        let s = landscape::landscape_2d(&clean, &vecs[0], &vecs[1], &g, &g, &batch, true)?;
+        let s = landscape::landscape_2d(
+            &clean,
+            &vecs[0],
+            &vecs[1],
+            &g,
+            &g,
+            &batch,
+            Some(&crate::bars::Bars::default()),
+        )?;
         (
             plot::surface_figure(&s, "M1: loss on θ + α v₁ + β v₂ (320 train images)")?,
             serde_json::to_value(&s)?,
@@ -369,7 +377,7 @@ fn fig_landscape(sh: Shared, two_d: bool) -> Result<()> {
             &vecs[0],
             &g,
             &[("batch (320)", &batch), ("train", &tr), ("test", &te)],
-            true,
+            Some(&crate::bars::Bars::default()),
         )?;
         (
             plot::landscape_figure(&c, "M1: loss along v₁", "ε", false)?,
@@ -405,7 +413,7 @@ fn fig11(sh: Shared) -> Result<()> {
                 seed: sh.seed,
             },
         )),
-        true,
+        Some(&crate::bars::Bars::default()),
     )?;
     for (i, l) in lams.iter().enumerate() {
         println!(
@@ -431,7 +439,7 @@ fn fig17(sh: Shared) -> Result<()> {
         eprintln!("training {name} with λ₁ tracking ...");
         let m = Model::new(ModelKind::M1, &f.rt, sh.seed)?;
         let mut cfg = TrainConfig::new(f.epochs.max(3), b, 0.02);
-        cfg.progress = false;
+        cfg.progress = None;
         cfg.eval_train_samples = 0;
         cfg.seed = sh.seed;
         let mut hook = landscape::curvature_epoch_hook(
@@ -534,7 +542,7 @@ fn table10(a: Table10Args) -> Result<()> {
                 sh.seed,
             )?;
             let mut cfg = TrainConfig::new(epochs, b.min(train_split.len()), 0.02);
-            cfg.progress = false;
+            cfg.progress = None;
             cfg.eval_train_samples = 0;
             cfg.eval_test = false;
             cfg.seed = sh.seed;

@@ -1,0 +1,149 @@
+//! The autodiff seam: keeping the gradient graph is an argument of each backward pass, so any
+//! thread gets exact second derivatives with no setup. This test binary never calls
+//! `hessian_lab::init()` and removes `CANDLE_GRAD_DO_NOT_DETACH`, as a user's program would.
+
+mod common;
+use candle_core::{Device, Tensor, Var};
+use common::*;
+use hessian_lab::autodiff::{self, grads, Graph};
+use hessian_lab::curvature::{self, ParamSelection, ParamVec};
+use hessian_lab::models::{Model, ModelConfig, ModelKind};
+
+/// f(x) = Σ sin(x)² · x³: a graph with several consumers per node.
+fn f(x: &Tensor) -> Tensor {
+    (x.sin().unwrap().sqr().unwrap() * x.powf(3.0).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+}
+
+/// f'(x) and f''(x) of one coordinate, by hand.
+fn df(x: f64) -> (f64, f64) {
+    let (s, c) = (x.sin(), x.cos());
+    let d1 = 2.0 * s * c * x.powi(3) + 3.0 * s * s * x * x;
+    let d2 = 2.0 * (c * c - s * s) * x.powi(3) + 12.0 * s * c * x * x + 6.0 * s * s * x;
+    (d1, d2)
+}
+
+fn no_setup() {
+    std::env::remove_var("CANDLE_GRAD_DO_NOT_DETACH");
+}
+
+#[test]
+fn fresh_thread_gets_exact_second_derivatives_with_no_setup() {
+    no_setup();
+    let xs = [0.3f64, -1.2, 2.5];
+    std::thread::spawn(move || {
+        let x = Var::new(&xs, &Device::Cpu).unwrap();
+        let g = grads(&f(x.as_tensor()), &[x.as_tensor()], Graph::Keep)
+            .unwrap()
+            .remove(0);
+        // f is separable, so the Hessian is diagonal: ∇(Σ g) = diag f''
+        let h = grads(&g.sum_all().unwrap(), &[x.as_tensor()], Graph::Drop)
+            .unwrap()
+            .remove(0);
+        let (g, h) = (to_vec(&g), to_vec(&h));
+        for i in 0..3 {
+            let (d1, d2) = df(xs[i]);
+            assert!((g[i] - d1).abs() < 1e-12, "f' {} vs {d1}", g[i]);
+            assert!((h[i] - d2).abs() < 1e-12, "f'' {} vs {d2}", h[i]);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn drop_records_no_graph_and_keep_does_whatever_the_thread_variable_says() {
+    no_setup();
+    for env in [None, Some("1"), Some("0")] {
+        std::thread::spawn(move || {
+            if let Some(v) = env {
+                std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", v);
+            }
+            let x = Var::new(&[0.7f64, 1.1], &Device::Cpu).unwrap();
+            let y = f(x.as_tensor());
+            let dropped = grads(&y, &[x.as_tensor()], Graph::Drop).unwrap().remove(0);
+            let kept = grads(&y, &[x.as_tensor()], Graph::Keep).unwrap().remove(0);
+            assert_eq!(to_vec(&dropped), to_vec(&kept), "same values ({env:?})");
+            // A dropped gradient is a constant: its own backward reaches nothing.
+            let again = autodiff::backward(&dropped.sum_all().unwrap(), Graph::Drop).unwrap();
+            assert!(again.get(x.as_tensor()).is_none(), "{env:?}");
+            let again = autodiff::backward(&kept.sum_all().unwrap(), Graph::Drop).unwrap();
+            assert!(again.get(x.as_tensor()).is_some(), "{env:?}");
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+#[test]
+fn model_hvp_on_fresh_threads_and_rayon_threads_matches_finite_differences() {
+    no_setup();
+    use rayon::prelude::*;
+    let rt = rt64();
+    let m = Model::from_config(ModelConfig::tiny(ModelKind::C2, [3, 8, 8], 4, 0), &rt, 3).unwrap();
+    let b = random_batch(5, [3, 8, 8], 4, 11, &rt);
+    let sel = ParamSelection::all(&m);
+    let v = ParamVec::randn_like(&sel.tensors(&m), 5).unwrap();
+    let fd = curvature::hvp_fd(&m, &b, &sel, &v, None).unwrap();
+    let check = |hv: &ParamVec| {
+        let rel = hv.axpy(-1.0, &fd).unwrap().norm().unwrap() / fd.norm().unwrap();
+        assert!(rel < 1e-6, "vs finite differences: {rel}");
+    };
+    let hv =
+        std::thread::scope(|s| s.spawn(|| curvature::hvp(&m, &b, &v).unwrap()).join()).unwrap();
+    check(&hv);
+    let from_rayon: Vec<ParamVec> = (0..3)
+        .into_par_iter()
+        .map(|_| curvature::hvp(&m, &b, &v).unwrap())
+        .collect();
+    for h in &from_rayon {
+        assert_eq!(h.axpy(-1.0, &hv).unwrap().norm().unwrap(), 0.0);
+    }
+}
+
+#[test]
+fn a_users_closure_loss_gets_the_closed_form_hessian() {
+    // Least squares L(w) = ½‖Xw − y‖²: H = XᵀX, whatever w is.
+    no_setup();
+    std::thread::spawn(|| {
+        let xm = randn(&[7, 3], 1, candle_core::DType::F64);
+        let y = randn(&[7, 1], 2, candle_core::DType::F64);
+        let w = Var::from_tensor(&randn(&[3, 1], 3, candle_core::DType::F64)).unwrap();
+        let loss = || -> hessian_lab::Result<Tensor> {
+            let r = (xm.matmul(w.as_tensor())? - &y)?;
+            Ok((r.sqr()?.sum_all()? * 0.5)?)
+        };
+        let v = Tensor::new(&[[1.0f64], [-2.0], [0.5]], &Device::Cpu).unwrap();
+        let hv = curvature::hvp_closure(std::slice::from_ref(&w), loss, &ParamVec(vec![v.clone()]))
+            .unwrap();
+        let want = xm.t().unwrap().matmul(&xm.matmul(&v).unwrap()).unwrap();
+        assert!(max_abs_diff(&to_vec(&hv.0[0]), &to_vec(&want)) < 1e-12);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn the_crate_runs_on_its_vendored_candle_and_nothing_else() {
+    // The marker exists only in the vendored candle-core (vendor/candle-core/PATCH.md).
+    assert!(autodiff::candle_build().contains("backward_with_graph"));
+    assert_eq!(autodiff::candle_build(), candle_core::HESSIAN_LAB_PATCH);
+    assert_eq!(autodiff::probe_second_derivative().unwrap(), 12.0);
+    // One candle-core in the build, from vendor/ by path (a registry copy would carry a
+    // `source` line): crates and notebooks depending on hessian-lab build the same one.
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    for name in ["candle-core", "candle-nn"] {
+        let entries: Vec<&str> = lock
+            .split("[[package]]")
+            .filter(|p| p.contains(&format!("name = \"{name}\"\n")))
+            .collect();
+        assert_eq!(entries.len(), 1, "{name}: {entries:?}");
+        assert!(
+            !entries[0].contains("source ="),
+            "{name} must come from vendor/: {}",
+            entries[0]
+        );
+    }
+}
