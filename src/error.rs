@@ -59,6 +59,21 @@ pub enum Error {
     #[error("non-finite value in {0}")]
     NonFinite(String),
 
+    /// Training diverged (loss grown by orders of magnitude, or NaN/±Inf parameters): nothing
+    /// was saved from the diverged state.
+    #[error("training diverged: {0}")]
+    Diverged(String),
+
+    /// Training was stopped (Ctrl-C) before it finished.
+    #[error("training interrupted in epoch {epoch}; {}", match .checkpoint {
+        Some(p) => format!("the last complete epoch is saved in {}", p.display()),
+        None => "no epoch had completed, nothing was saved".to_string(),
+    })]
+    Interrupted {
+        epoch: usize,
+        checkpoint: Option<PathBuf>,
+    },
+
     /// An empty batch or empty data split where at least one sample is required.
     #[error("empty input: {0}")]
     Empty(String),

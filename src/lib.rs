@@ -25,6 +25,7 @@ pub mod autodiff;
 pub mod curvature;
 pub mod data;
 pub mod error;
+pub mod files;
 pub mod landscape;
 pub mod models;
 pub mod ops;

@@ -28,6 +28,49 @@ fn spectrum(n: usize, top: &[f64], bulk_max: f64, seed: u64) -> Vec<f64> {
 }
 
 #[test]
+fn power_iteration_converged_means_small_residual_not_a_settled_eigenvalue() {
+    // λ₁ = 10 and λ₂ = 9.9: the Rayleigh quotient settles (relative change < 1e-3) long
+    // before v does, so PyHessian's rule is met while ‖Hv − λv‖/|λ| is still large. The
+    // flag must follow the residual, and the residual must be the true one (checked here
+    // against the planted matrix).
+    let eigs = spectrum(40, &[10.0, 9.9, 9.8], 1.0, 3);
+    let (op, a) = planted(&eigs, 4);
+    let opts = PowerOpts {
+        max_iter: 100,
+        tol: 1e-3,
+        seed: 0,
+        residual_tol: 1e-3,
+    };
+    let r = top_eigen(&op, 2, &opts).unwrap();
+    assert_eq!(r.residual_tol, 1e-3);
+    assert!(
+        r.rule_met.iter().any(|&m| m),
+        "the relative-change rule stops early"
+    );
+    let n = a.nrows();
+    for ((l, v), (res, conv)) in r
+        .eigenvalues
+        .iter()
+        .zip(&r.eigenvectors)
+        .zip(r.residuals.iter().zip(&r.converged))
+    {
+        let x = nalgebra::DVector::from_vec(v.to_f64_vec().unwrap());
+        assert_eq!(x.len(), n);
+        let true_res = (&a * &x - &x * *l).norm() / l.abs();
+        assert!(
+            (true_res - res).abs() <= 1e-9 * (1.0 + true_res),
+            "{true_res} vs {res}"
+        );
+        assert_eq!(*conv, *res <= 1e-3, "converged must follow the residual");
+    }
+    assert!(
+        r.converged.iter().any(|&c| !c),
+        "close eigenvalues after a rule stop leave a large residual: {:?}",
+        r.residuals
+    );
+}
+
+#[test]
 fn power_iteration_with_deflation_recovers_planted_top_k() {
     let eigs = spectrum(60, &[10.0, 6.0, 3.5], 1.0, 1);
     let (op, a) = planted(&eigs, 2);
@@ -38,6 +81,7 @@ fn power_iteration_with_deflation_recovers_planted_top_k() {
             max_iter: 500,
             tol: 1e-8,
             seed: 0,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -69,6 +113,7 @@ fn power_iteration_finds_largest_magnitude_and_reports_negative() {
             max_iter: 1000,
             tol: 1e-10,
             seed: 1,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -119,6 +164,7 @@ fn lanczos_recovers_top_k_in_far_fewer_matvecs() {
                 max_iter: m,
                 tol: 1e-15,
                 seed: 0,
+                ..Default::default()
             },
         )
         .unwrap()

@@ -118,6 +118,7 @@ fn eigen_solvers_agree_on_m1() {
             max_iter: 100,
             tol: 1e-5,
             seed: 1,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -91,7 +91,7 @@ fn check_eps(eps: f64) -> Result<()> {
     if !(eps >= 0.0) || !eps.is_finite() {
         return Err(Error::invalid(
             "eps",
-            format!("{eps} must be finite and ≥ 0"),
+            format!("ε = {eps}: ε must be finite and ≥ 0"),
         ));
     }
     Ok(())
@@ -212,7 +212,7 @@ fn cg_solve(model: &Model, batch: &Batch, g: &Tensor, iters: usize, tol: f64) ->
 pub fn perturbation(model: &Model, batch: &Batch, kind: AttackKind, eps: f64) -> Result<Tensor> {
     check_eps(eps)?;
     check_batch(model, batch)?;
-    Ok(match kind {
+    let d = match kind {
         AttackKind::Fgsm => (input_gradient(model, batch)?.1.sign()? * eps)?,
         AttackKind::L2Grad => (unit_l2(&input_gradient(model, batch)?.1)? * eps)?,
         AttackKind::Fhsm(solver) => {
@@ -229,7 +229,17 @@ pub fn perturbation(model: &Model, batch: &Batch, kind: AttackKind, eps: f64) ->
                 "ifgsm is iterative: use attack() for its adversarial inputs",
             ))
         }
-    })
+    };
+    // sign() of a NaN gradient is NaN, and clipping would hide it from the caller
+    let m = d
+        .abs()?
+        .to_dtype(candle_core::DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    if !m.is_finite() {
+        return Err(Error::NonFinite(format!("{} perturbation", kind.name())));
+    }
+    Ok(d)
 }
 
 /// Result of one attack at one ε.
@@ -259,6 +269,9 @@ pub fn attack(
     check_batch(model, batch)?;
     if eps_list.is_empty() {
         return Err(Error::invalid("eps", "give at least one ε"));
+    }
+    for &e in eps_list {
+        check_eps(e)?;
     }
     for &e in eps_list {
         check_eps(e)?;

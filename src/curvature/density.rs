@@ -18,6 +18,19 @@ pub struct SlqOpts {
     pub seed: u64,
 }
 
+impl SlqOpts {
+    /// Checks the options alone (call it before a long computation that precedes the density).
+    pub fn validate(&self) -> Result<()> {
+        if self.iter == 0 || self.runs == 0 || self.grid < 2 || !(self.sigma_sq > 0.0) {
+            return Err(Error::invalid(
+                "SLQ options",
+                "iter, runs ≥ 1, grid ≥ 2 and sigma_sq > 0 required",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for SlqOpts {
     fn default() -> Self {
         SlqOpts {
@@ -65,12 +78,7 @@ impl Density {
 ///
 /// Cost: runs × iter HVPs.
 pub fn density(op: &dyn CurvatureOperator, opts: &SlqOpts) -> Result<Density> {
-    if opts.iter == 0 || opts.runs == 0 || opts.grid < 2 || !(opts.sigma_sq > 0.0) {
-        return Err(Error::invalid(
-            "SLQ options",
-            "iter, runs ≥ 1, grid ≥ 2 and sigma_sq > 0 required",
-        ));
-    }
+    opts.validate()?;
     let start = op.matvecs();
     let mut nodes = vec![];
     let mut weights = vec![];
@@ -112,6 +120,9 @@ pub fn density(op: &dyn CurvatureOperator, opts: &SlqOpts) -> Result<Density> {
     let area: f64 = dens.iter().sum::<f64>() * step;
     if area > 0.0 {
         dens.iter_mut().for_each(|d| *d /= area);
+    }
+    if !area.is_finite() || nodes.iter().flatten().any(|x| !x.is_finite()) {
+        return Err(Error::NonFinite("spectral density (SLQ nodes)".into()));
     }
     Ok(Density {
         grid,

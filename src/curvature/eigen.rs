@@ -11,9 +11,13 @@ use serde::Serialize;
 #[derive(Clone, Debug)]
 pub struct PowerOpts {
     pub max_iter: usize,
-    /// Stop when |λₜ − λₜ₋₁| / (|λₜ₋₁| + 1e-6) < tol.
+    /// Stop when |λₜ − λₜ₋₁| / (|λₜ₋₁| + 1e-6) < tol (PyHessian's rule).
     pub tol: f64,
     pub seed: u64,
+    /// A pair counts as converged when its relative residual ‖Hv − λv‖/|λ| ≤ this. PyHessian's
+    /// rule can stop long before (the eigenvalue settles quadratically faster than the
+    /// vector), so it is reported separately ([`EigenResult::rule_met`]).
+    pub residual_tol: f64,
 }
 
 impl Default for PowerOpts {
@@ -22,6 +26,7 @@ impl Default for PowerOpts {
             max_iter: 100,
             tol: 1e-3,
             seed: 0,
+            residual_tol: 1e-2,
         }
     }
 }
@@ -55,7 +60,13 @@ pub struct EigenResult {
     /// Relative residuals ‖Hv − λv‖ / |λ| (measured with one extra HVP per pair for power
     /// iteration; the Lanczos bound β|yₘ|/|θ| for Lanczos).
     pub residuals: Vec<f64>,
+    /// `residuals[i] ≤ residual_tol`: the pair is an eigenpair to that accuracy.
     pub converged: Vec<bool>,
+    /// The relative-residual tolerance `converged` refers to.
+    pub residual_tol: f64,
+    /// Whether the solver's own stopping rule was met for each pair (power iteration:
+    /// PyHessian's relative change of λ; Lanczos: the residual bound, as `converged`).
+    pub rule_met: Vec<bool>,
     /// Iterations used per eigenpair (power) or Krylov dimension (Lanczos).
     pub iterations: Vec<usize>,
     /// Total operator applications.
@@ -68,7 +79,13 @@ pub struct EigenResult {
 pub struct EigenSummary {
     pub eigenvalues: Vec<f64>,
     pub residuals: Vec<f64>,
+    /// `residuals[i] ≤ residual_tol`: the pair is an eigenpair to that accuracy.
     pub converged: Vec<bool>,
+    /// The relative-residual tolerance `converged` refers to.
+    pub residual_tol: f64,
+    /// Whether the solver's own stopping rule was met for each pair (power iteration:
+    /// PyHessian's relative change of λ; Lanczos: the residual bound, as `converged`).
+    pub rule_met: Vec<bool>,
     pub iterations: Vec<usize>,
     pub hvps: usize,
 }
@@ -94,6 +111,8 @@ impl EigenResult {
             eigenvalues: self.eigenvalues.clone(),
             residuals: self.residuals.clone(),
             converged: self.converged.clone(),
+            residual_tol: self.residual_tol,
+            rule_met: self.rule_met.clone(),
             iterations: self.iterations.clone(),
             hvps: self.hvps,
         }
@@ -105,6 +124,7 @@ impl EigenResult {
         self.eigenvalues = pick(&self.eigenvalues);
         self.residuals = pick(&self.residuals);
         self.converged = idx.iter().map(|&i| self.converged[i]).collect();
+        self.rule_met = idx.iter().map(|&i| self.rule_met[i]).collect();
         self.iterations = idx.iter().map(|&i| self.iterations[i]).collect();
         self.eigenvectors = idx.iter().map(|&i| self.eigenvectors[i].clone()).collect();
         self
@@ -126,15 +146,17 @@ fn check_k(op: &dyn CurvatureOperator, k: usize) -> Result<()> {
 
 /// The k eigenvalues of largest magnitude by power iteration with deflation: for each pair,
 /// v ← Hv/‖Hv‖ with v Gram–Schmidt-orthogonalised against the pairs already found at every
-/// step (PyHessian), λ = vᵀHv. Returns them sorted descending, with ‖Hv−λv‖/|λ|.
+/// step (PyHessian), λ = vᵀHv, until λ changes by less than `tol` (relative). Returns them
+/// sorted descending, with the true relative residuals ‖Hv−λv‖/|λ| (H not deflated, so an
+/// inaccurate earlier pair shows in the later ones) and `converged` from those residuals.
 ///
 /// Cost: at most k·(max_iter + 1) HVPs.
 pub fn top_eigen(op: &dyn CurvatureOperator, k: usize, opts: &PowerOpts) -> Result<EigenResult> {
     check_k(op, k)?;
-    if opts.max_iter == 0 || !(opts.tol > 0.0) {
+    if opts.max_iter == 0 || !(opts.tol > 0.0) || !(opts.residual_tol > 0.0) {
         return Err(Error::invalid(
             "power options",
-            "max_iter ≥ 1 and tol > 0 required",
+            "max_iter ≥ 1, tol > 0 and residual_tol > 0 required",
         ));
     }
     let start = op.matvecs();
@@ -173,7 +195,10 @@ pub fn top_eigen(op: &dyn CurvatureOperator, k: usize, opts: &PowerOpts) -> Resu
         }
         let l = lambda.unwrap_or(0.0);
         // hv = H v for the current v.
-        let r = hv.orthogonalize(&vecs)?.axpy(-l, &v)?.norm()? / l.abs().max(1e-300);
+        let r = hv.axpy(-l, &v)?.norm()? / l.abs().max(1e-300);
+        if !r.is_finite() {
+            return Err(Error::NonFinite("eigen residual".into()));
+        }
         vals.push(l);
         vecs.push(v);
         res.push(r);
@@ -183,8 +208,10 @@ pub fn top_eigen(op: &dyn CurvatureOperator, k: usize, opts: &PowerOpts) -> Resu
     Ok(EigenResult {
         eigenvalues: vals,
         eigenvectors: vecs,
+        converged: res.iter().map(|&r| r <= opts.residual_tol).collect(),
         residuals: res,
-        converged: conv,
+        residual_tol: opts.residual_tol,
+        rule_met: conv,
         iterations: iters,
         hvps: op.matvecs() - start,
         names: op.names(),
@@ -308,6 +335,8 @@ pub fn lanczos(op: &dyn CurvatureOperator, k: usize, opts: &LanczosOpts) -> Resu
         eigenvectors: vec![],
         residuals: vec![],
         converged: vec![],
+        residual_tol: opts.tol,
+        rule_met: vec![],
         iterations: vec![],
         hvps: 0,
         names: op.names(),
@@ -322,7 +351,11 @@ pub fn lanczos(op: &dyn CurvatureOperator, k: usize, opts: &LanczosOpts) -> Resu
         out.eigenvalues.push(theta);
         out.eigenvectors.push(x.normalized()?.0);
         out.residuals.push(bound);
+        if !theta.is_finite() || !bound.is_finite() {
+            return Err(Error::NonFinite("Lanczos Ritz value".into()));
+        }
         out.converged.push(bound <= opts.tol);
+        out.rule_met.push(bound <= opts.tol);
         out.iterations.push(m);
     }
     out.hvps = op.matvecs() - start_count;

@@ -134,10 +134,13 @@ pub fn hvp_from_graph(
             "vector does not match the selected parameters".into(),
         ));
     }
-    let hv = grads_wrt(&graph_dot(grads, v)?, &sel.tensors(model), Graph::Drop)?;
-    let hv = ParamVec(hv);
-    hv.check_finite("Hessian-vector product")?;
-    Ok(hv)
+    on_pool(model.device(), || {
+        Ok(ParamVec(grads_wrt(
+            &graph_dot(grads, v)?,
+            &sel.tensors(model),
+            Graph::Drop,
+        )?))
+    })
 }
 
 /// Exact Hessian-vector product H v, H = ∇²θ (1/N)Σᵢ ℓᵢ over the selected parameters, by
@@ -148,10 +151,14 @@ pub fn hvp_selected(
     sel: &ParamSelection,
     v: &ParamVec,
 ) -> Result<ParamVec> {
-    on_pool(model.device(), || {
+    let hv = on_pool(model.device(), || {
         let (_, g) = gradient_with_graph(model, batch, sel)?;
         hvp_from_graph(model, &g, sel, v)
-    })
+    })?;
+    // Checked here, for the caller; the eigen, trace and density solvers, which run this in
+    // their loops through the operators, check the scalars they build from it instead.
+    hv.check_finite("Hessian-vector product")?;
+    Ok(hv)
 }
 
 /// Exact H v over all parameters (see [`hvp_selected`]). Cost: 1 forward + 2 backward.

@@ -31,6 +31,19 @@ pub struct TraceOpts {
     pub seed: u64,
 }
 
+impl TraceOpts {
+    /// Checks the options alone (call it before a long computation that precedes the trace).
+    pub fn validate(&self) -> Result<()> {
+        if self.max_iter == 0 || !(self.tol > 0.0) {
+            return Err(Error::invalid(
+                "trace options",
+                "max_iter ≥ 1 and tol > 0 required",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for TraceOpts {
     fn default() -> Self {
         TraceOpts {
@@ -56,12 +69,15 @@ pub struct TraceResult {
 
 /// Estimates tr(H). Cost: `probes` HVPs (Hutchinson) or `max_iter` HVPs (Hutch++).
 pub fn trace(op: &dyn CurvatureOperator, opts: &TraceOpts) -> Result<TraceResult> {
-    if opts.max_iter == 0 || !(opts.tol > 0.0) {
-        return Err(Error::invalid(
-            "trace options",
-            "max_iter ≥ 1 and tol > 0 required",
-        ));
+    opts.validate()?;
+    let r = trace_unchecked(op, opts)?;
+    if !r.trace.is_finite() || !r.std_error.is_finite() {
+        return Err(Error::NonFinite("trace estimate".into()));
     }
+    Ok(r)
+}
+
+fn trace_unchecked(op: &dyn CurvatureOperator, opts: &TraceOpts) -> Result<TraceResult> {
     let start = op.matvecs();
     match opts.method {
         TraceMethod::Hutchinson => {

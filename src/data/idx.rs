@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// Reads a whole file, gunzipping it when it starts with the gzip magic (1f 8b).
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| {
+    let raw = crate::files::read_regular(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::data(path, "file not found")
         } else {
@@ -15,7 +15,7 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     })?;
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
         let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::GzDecoder::new(&raw[..])
+        flate2::read::MultiGzDecoder::new(&raw[..])
             .read_to_end(&mut out)
             .map_err(|e| Error::data(path, format!("corrupt gzip stream: {e}")))?;
         Ok(out)

@@ -15,17 +15,36 @@ fn meta_config(kind: ModelKind, meta: &HashMap<String, String>) -> Result<ModelC
     let parse_list = |s: &str| -> Option<Vec<f64>> {
         s.split(',').map(|t| t.trim().parse::<f64>().ok()).collect()
     };
+    let bad = |key: &str, v: &str, want: &str| {
+        Error::invalid(
+            "weights metadata",
+            format!("`{key}` is `{v}`, expected {want} (a file saved by hessian-lab has it right; remove the key to use the {} defaults)", kind.name()),
+        )
+    };
     if let Some(s) = meta.get("input_shape") {
-        let v: Vec<usize> = s.split(',').filter_map(|t| t.trim().parse().ok()).collect();
-        if v.len() == 3 {
-            cfg.input_shape = [v[0], v[1], v[2]];
+        let v: Vec<usize> = s
+            .split(',')
+            .map(|t| t.trim().parse::<usize>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| bad("input_shape", s, "three positive integers C,H,W"))?;
+        match v[..] {
+            [c, h, w] if c > 0 && h > 0 && w > 0 => cfg.input_shape = [c, h, w],
+            _ => return Err(bad("input_shape", s, "three positive integers C,H,W")),
         }
     }
-    if let Some(n) = meta.get("num_classes").and_then(|s| s.parse().ok()) {
-        cfg.num_classes = n;
+    if let Some(s) = meta.get("num_classes") {
+        cfg.num_classes = s
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&n: &usize| n >= 2)
+            .ok_or_else(|| bad("num_classes", s, "an integer ≥ 2"))?;
     }
-    if let Some(n) = meta.get("hidden").and_then(|s| s.parse().ok()) {
-        cfg.hidden = n;
+    if let Some(s) = meta.get("hidden") {
+        cfg.hidden = s
+            .trim()
+            .parse()
+            .map_err(|_| bad("hidden", s, "an integer"))?;
     }
     if meta.get("activation").map(|s| s.as_str()) == Some("tanh") {
         cfg.activation = Activation::Tanh;
@@ -40,25 +59,35 @@ fn meta_config(kind: ModelKind, meta: &HashMap<String, String>) -> Result<ModelC
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    crate::files::read_regular(path).map_err(|e| Error::io(path, e))
 }
 
 impl Model {
     /// Saves parameters and BN buffers to safetensors under their PyTorch names (as f32 or
-    /// f64, the model's dtype), with the model configuration as metadata.
+    /// f64, the model's dtype), with the model configuration as metadata. The write is atomic
+    /// (a crash leaves the old file) and keeps an existing file's permissions; the same model
+    /// always gives the same bytes. A model with a NaN or ±Inf is refused, naming the tensors.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        let mut bad = vec![];
         for (n, v) in self.params.iter().chain(self.buffers.iter()) {
-            tensors.push((
-                n.clone(),
-                v.as_tensor()
-                    .detach()
-                    .to_device(&candle_core::Device::Cpu)?,
-            ));
+            let t = v
+                .as_tensor()
+                .detach()
+                .to_device(&candle_core::Device::Cpu)?;
+            if let Some(c) = NonFiniteCount::of(&t)? {
+                bad.push(format!("{n} ({c})"));
+            }
+            tensors.push((n.clone(), t));
+        }
+        if !bad.is_empty() {
+            // A file the crate would refuse to load is never written.
+            return Err(Error::NonFinite(format!(
+                "model to be saved to {}: {}",
+                path.display(),
+                bad.join(", ")
+            )));
         }
         let c = &self.config;
         let join = |v: &[f64]| {
@@ -94,9 +123,9 @@ impl Model {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        safetensors::serialize_to_file(tensors, Some(meta), path)
+        let bytes = safetensors::serialize(tensors, Some(meta))
             .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-        Ok(())
+        crate::files::write_atomic(path, &sorted_header(bytes)?)
     }
 
     /// Loads model `kind` from a safetensors file (ours or a PyTorch `state_dict` saved with
@@ -167,7 +196,7 @@ impl Model {
                             v.dims()
                         ));
                     } else {
-                        staged.push((v, t));
+                        staged.push((n, v, t));
                     }
                 }
             }
@@ -185,18 +214,84 @@ impl Model {
                 problems,
             });
         }
-        for (v, t) in staged {
-            let t = t.to_dtype(self.dtype())?.to_device(self.device())?;
-            if t.to_dtype(DType::F64)?
-                .abs()?
-                .max_all()?
-                .to_scalar::<f64>()?
-                .is_nan()
-            {
-                return Err(Error::NonFinite(format!("weights in {}", path.display())));
+        // Every value checked before any is written: a bad file leaves the model untouched.
+        let mut converted = Vec::with_capacity(staged.len());
+        let mut bad = vec![];
+        for (n, v, t) in staged {
+            let t = t.to_dtype(self.dtype())?;
+            if let Some(c) = NonFiniteCount::of(&t)? {
+                bad.push(format!("{n} ({c})"));
             }
-            v.set(&t)?;
+            converted.push((v, t));
+        }
+        if !bad.is_empty() {
+            return Err(Error::NonFinite(format!(
+                "weights in {}: {}",
+                path.display(),
+                bad.join(", ")
+            )));
+        }
+        for (v, t) in converted {
+            v.set(&t.to_device(self.device())?)?;
         }
         Ok(())
     }
+}
+
+/// How many NaN and ±Inf values a tensor holds, for error messages that say what is wrong.
+pub(crate) struct NonFiniteCount {
+    nan: usize,
+    inf: usize,
+    len: usize,
+}
+
+impl NonFiniteCount {
+    /// `None` when every value is finite. Reads every value (one pass; `max(|w|)` would miss a
+    /// NaN that is not first and every ±Inf).
+    pub(crate) fn of(t: &Tensor) -> Result<Option<Self>> {
+        let v = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let nan = v.iter().filter(|x| x.is_nan()).count();
+        let inf = v.iter().filter(|x| x.is_infinite()).count();
+        Ok((nan + inf > 0).then_some(NonFiniteCount {
+            nan,
+            inf,
+            len: v.len(),
+        }))
+    }
+}
+
+impl std::fmt::Display for NonFiniteCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} NaN and {} ±Inf of {} values",
+            self.nan, self.inf, self.len
+        )
+    }
+}
+
+/// The same safetensors file with its JSON header's keys in sorted order (the metadata comes
+/// from a `HashMap`, whose order changes from run to run), so that one model gives one byte
+/// string. Offsets are relative to the data section and stay valid; the header is padded with
+/// spaces to a multiple of 8 bytes, as safetensors does.
+fn sorted_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |why: &str| Error::Unsupported(format!("safetensors serialisation: {why}"));
+    let n = u64::from_le_bytes(
+        bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("no header length"))?,
+    ) as usize;
+    let header = bytes.get(8..8 + n).ok_or_else(|| bad("short header"))?;
+    // serde_json's Map is a BTreeMap: sorted keys, at every level
+    let v: serde_json::Value = serde_json::from_slice(header)?;
+    let mut h = serde_json::to_vec(&v)?;
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + h.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }

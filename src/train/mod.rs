@@ -37,11 +37,32 @@ pub struct TrainConfig {
     pub eval_chunk: usize,
     /// Where to report progress (steps, running loss, one line per epoch); `None`: silent.
     pub progress: Option<crate::progress::Reporter>,
-    /// Save weights here after every epoch.
+    /// After each epoch, save the weights to `<checkpoint>.epoch-N` (atomically; the previous
+    /// epoch's file is removed once the new one is complete, so at most one exists). The
+    /// caller writes the final model where it wants once `train` returns; a run that fails or
+    /// is stopped leaves the last complete epoch here and every other file untouched.
     pub checkpoint: Option<PathBuf>,
-    /// Write the per-epoch log as JSON here after every epoch.
+    /// Write the per-epoch log as JSON here after every epoch (atomically).
     pub log_path: Option<PathBuf>,
+    /// Checked before every step: when set, training stops with [`Error::Interrupted`]
+    /// (the CLI sets it on Ctrl-C).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
+
+/// `<path>.epoch-N`: where [`train`] saves the checkpoint of epoch `n` (1-based).
+pub fn checkpoint_path(path: &std::path::Path, epoch: usize) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".epoch-{epoch}"));
+    PathBuf::from(p)
+}
+
+/// A step's loss above this many times max(the first step's loss, ln C) counts as divergence:
+/// cross-entropy that large means logits off by hundreds.
+const DIVERGENCE_FACTOR: f64 = 100.0;
+/// Parameters are checked for NaN/±Inf every this many steps (and after every epoch): a
+/// pass over all parameters, cheap next to a step but not free (ReLU can hide a NaN weight
+/// from the loss, so the loss alone does not tell).
+const FINITE_CHECK_EVERY: usize = 50;
 
 impl TrainConfig {
     pub fn new(epochs: usize, batch_size: usize, lr: f64) -> Self {
@@ -59,6 +80,7 @@ impl TrainConfig {
             progress: None,
             checkpoint: None,
             log_path: None,
+            stop: None,
         }
     }
     pub fn validate(&self) -> Result<()> {
@@ -205,6 +227,9 @@ pub fn train(
         steps_per_epoch * cfg.epochs,
     );
     let mut lr = cfg.schedule.lr;
+    let mut start_loss: Option<f64> = None;
+    let mut last_checkpoint: Option<PathBuf> = None;
+    let floor = (model.num_classes() as f64).ln();
     for epoch in 0..cfg.epochs {
         let te = Instant::now();
         let batches = train_split.shuffled_batches(
@@ -217,12 +242,33 @@ pub fn train(
         for (bi, idx) in batches.iter().enumerate() {
             let t = epoch as f64 + bi as f64 / batches.len() as f64;
             lr = cfg.schedule.at(t, cfg.batch_size);
+            if let Some(stop) = &cfg.stop {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(Error::Interrupted {
+                        epoch: epoch + 1,
+                        checkpoint: last_checkpoint,
+                    });
+                }
+            }
             let mut batch = train_split.batch(idx, &rt)?;
             if let Some(h) = batch_hook.as_deref_mut() {
                 batch = h(model, batch)?;
             }
             let (loss, grads) = batch_gradient(model, &batch, cfg.micro_batch, true)?;
+            // the first step's loss is the model's before any update
+            let start = *start_loss.get_or_insert(loss);
+            if loss > DIVERGENCE_FACTOR * start.max(floor) {
+                return Err(Error::Diverged(format!(
+                    "training loss {loss:.3e} at epoch {} step {} (it started at {start:.3}); \
+                     lower the learning rate ({lr})",
+                    epoch + 1,
+                    bi + 1
+                )));
+            }
             opt.step(&grads, lr)?;
+            if (iterations + 1) % FINITE_CHECK_EVERY == 0 {
+                check_params_finite(model, epoch + 1, lr)?;
+            }
             loss_acc += loss * idx.len() as f64;
             seen += idx.len();
             iterations += 1;
@@ -280,8 +326,14 @@ pub fn train(
             )
         });
         records.push(rec);
+        check_params_finite(model, epoch + 1, lr)?;
         if let Some(p) = &cfg.checkpoint {
-            model.save(p)?;
+            let path = checkpoint_path(p, epoch + 1);
+            model.save(&path)?;
+            if let Some(old) = last_checkpoint.replace(path) {
+                let _ = std::fs::remove_file(old);
+            }
+            bar.log(|| format!("checkpoint: {}", checkpoint_path(p, epoch + 1).display()));
         }
         let report = TrainReport {
             epochs: records.clone(),
@@ -299,11 +351,27 @@ pub fn train(
     })
 }
 
-/// Writes a value as pretty JSON, creating parent folders.
-pub fn write_json<T: Serialize>(path: &std::path::Path, v: &T) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// Errors with [`Error::Diverged`], naming the tensors, when a parameter holds NaN or ±Inf.
+fn check_params_finite(model: &Model, epoch: usize, lr: f64) -> Result<()> {
+    let values = crate::curvature::ParamVec(model.param_values()?);
+    if values.norm()?.is_finite() {
+        return Ok(());
     }
+    let mut bad = vec![];
+    for ((n, _), t) in model.params().iter().zip(&values.0) {
+        if let Some(c) = crate::models::io::NonFiniteCount::of(t)? {
+            bad.push(format!("{n} ({c})"));
+        }
+    }
+    Err(Error::Diverged(format!(
+        "non-finite parameters in epoch {epoch}: {}; lower the learning rate ({lr}) or check \
+         the initial weights",
+        bad.join(", ")
+    )))
+}
+
+/// Writes a value as pretty JSON, atomically ([`crate::files::write_atomic`]).
+pub fn write_json<T: Serialize>(path: &std::path::Path, v: &T) -> Result<()> {
     let s = serde_json::to_string_pretty(v)?;
-    std::fs::write(path, s).map_err(|e| Error::io(path, e))
+    crate::files::write_atomic(path, s.as_bytes())
 }

@@ -17,7 +17,12 @@ pub struct AttackArgs {
     #[arg(long)]
     pub attack: String,
     /// Budgets ε (pixel units in [0,1]), comma separated
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required = true,
+        allow_negative_numbers = true
+    )]
     pub eps: Vec<f64>,
     /// ifgsm steps
     #[arg(long, default_value_t = 10)]

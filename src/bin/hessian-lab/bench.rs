@@ -155,6 +155,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             max_iter: 20,
             tol: 1e-300,
             seed: 0,
+            ..Default::default()
         },
     )?;
     let power20_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -1,7 +1,7 @@
 //! `spectrum` and `input-hessian`.
 
 use crate::common::{emit, model_and_data, Common, ModelData};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use hessian_lab::curvature::{
     self, CurvatureOperator, DataSource, GgnOperator, HessianOperator, LanczosOpts, PowerOpts,
@@ -59,6 +59,34 @@ pub struct SpectrumArgs {
 }
 
 pub fn spectrum(a: SpectrumArgs) -> Result<()> {
+    // Every option checked before the model, the data and the eigen solve.
+    if a.trace {
+        TraceOpts {
+            max_iter: a.trace_iter,
+            ..Default::default()
+        }
+        .validate()
+        .context("--trace-iter")?;
+        if !matches!(
+            a.trace_method.as_str(),
+            "hutchinson" | "hutch++" | "hutchpp" | "exact"
+        ) {
+            anyhow::bail!(
+                "unknown --trace-method `{}` (hutchinson, hutch++ or exact)",
+                a.trace_method
+            );
+        }
+    }
+    if a.density {
+        SlqOpts {
+            iter: a.density_iter,
+            runs: a.density_runs,
+            grid: a.density_grid,
+            ..Default::default()
+        }
+        .validate()
+        .context("--density-iter / --density-runs / --density-grid")?;
+    }
     let (rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
     let t0 = Instant::now();
     let source = DataSource::from_split(&split, a.chunk, &rt)?;
@@ -91,6 +119,7 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
                 max_iter: a.max_iter,
                 tol: a.tol,
                 seed: a.md.seed,
+                ..Default::default()
             },
         )?,
         "lanczos" => curvature::lanczos(
@@ -118,6 +147,8 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
         "eigenvalues": eig.eigenvalues,
         "residuals": eig.residuals,
         "converged": eig.converged,
+        "residual_tol": eig.residual_tol,
+        "rule_met": eig.rule_met,
         "iterations": eig.iterations,
         "hvps": eig.hvps,
         "eigen_seconds": eig_seconds,

@@ -22,7 +22,7 @@ pub struct LandscapeArgs {
     #[arg(long, default_value = "eig1")]
     pub direction: String,
     /// start:stop:count
-    #[arg(long, default_value = "-1:1:41")]
+    #[arg(long, default_value = "-1:1:41", allow_hyphen_values = true)]
     pub range: String,
     /// Which losses to plot: any of batch (the --samples batch, also used for eigenvectors and
     /// gradient), train, test
@@ -155,7 +155,7 @@ pub struct InterpolateArgs {
     #[arg(long)]
     pub dataset: Option<String>,
     /// start:stop:count (may extend beyond [0, 1])
-    #[arg(long, default_value = "-0.5:1.5:21")]
+    #[arg(long, default_value = "-0.5:1.5:21", allow_hyphen_values = true)]
     pub range: String,
     /// Evaluate on the first N samples of train and test (default 1000; 0 = whole splits)
     #[arg(long, default_value_t = 1000)]

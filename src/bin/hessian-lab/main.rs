@@ -104,7 +104,7 @@ struct TrainArgs {
     #[arg(long)]
     adversarial: Option<String>,
     /// Budget ε of the adversarial examples
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     adv_eps: f64,
     /// Fraction of each batch replaced by adversarial examples
     #[arg(long, default_value_t = 0.5)]
@@ -164,6 +164,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     cfg.seed = a.seed;
     cfg.eval_train_samples = a.eval_train_samples;
     cfg.progress = (!a.quiet).then(bars::Bars::reporter);
+    // Per-epoch checkpoints go to <out>.epoch-N; --out itself is written once, at the end.
     cfg.checkpoint = Some(a.out.clone());
     let log = a.log.clone().unwrap_or_else(|| {
         let mut p = a.out.clone().into_os_string();
@@ -171,6 +172,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         PathBuf::from(p)
     });
     cfg.log_path = Some(log.clone());
+    cfg.stop = Some(stop_on_ctrl_c());
+    cfg.validate()?;
+    // Found now, not after the training: outputs that cannot be written.
+    for p in [&a.out, &log] {
+        hessian_lab::files::check_writable(p)?;
+    }
     eprintln!(
         "training {} on {} ({} samples), batch {}, {} epochs, lr {} (peak {}), {:?} on {:?}",
         kind.name(),
@@ -206,6 +213,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     model
         .save(&a.out)
         .with_context(|| format!("saving {}", a.out.display()))?;
+    let _ = std::fs::remove_file(train::checkpoint_path(&a.out, a.epochs));
     let last = report.epochs.last().context("no epoch ran")?;
     let out = json!({
         "model": kind.name(),
@@ -276,6 +284,30 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// A flag that the first Ctrl-C (SIGINT) sets, so that training stops between two steps and
+/// says where its last checkpoint is; a second Ctrl-C ends the process at once.
+fn stop_on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, OnceLock};
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    extern "C" fn on_sigint(_: libc::c_int) {
+        if let Some(f) = FLAG.get() {
+            if f.swap(true, Ordering::SeqCst) {
+                // SAFETY: _exit is async-signal-safe.
+                unsafe { libc::_exit(130) };
+            }
+        }
+    }
+    let flag = FLAG
+        .get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone();
+    // SAFETY: the handler only touches an atomic and calls _exit.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+    flag
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Cmd::Bench(b) = &cli.cmd {
@@ -299,6 +331,10 @@ fn main() {
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        let interrupted = matches!(
+            e.downcast_ref::<hessian_lab::Error>(),
+            Some(hessian_lab::Error::Interrupted { .. })
+        );
+        std::process::exit(if interrupted { 130 } else { 1 });
     }
 }
