@@ -48,9 +48,9 @@ pub(crate) fn tune_malloc() {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
             // never give the heap top back
             libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
-            // One arena for all threads: the detached backward workers free what the calling
-            // thread allocated and vice versa; with per-thread arenas neither reuses the
-            // other's memory (C2 HVP above baseline 848 → 656 MB, gradient 779 → 622 ms).
+            // One arena for all threads: the compute pool frees what the calling thread
+            // allocated and vice versa; with per-thread arenas neither reuses the other's
+            // memory (BENCHMARKS.md has the measurement).
             libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     });

@@ -576,8 +576,8 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
     let idx = im2col_index(g);
     let wl = g.co * ckk;
     // gemm's speed depends on which operand it must repack: with ckk > co (every layer but
-    // the first), accumulating dWᵀ = C·dyᵀ row by row measured 1.1-1.5x faster than dW = dy·Cᵀ
-    // (C2's 64→64 layer: 70 → 105 GFLOP/s on one core); the first layer keeps dW.
+    // the first), accumulating dWᵀ = C·dyᵀ is the faster order (it repacks the smaller
+    // operand; BENCHMARKS.md); the first layer keeps dW.
     let wt = ckk > g.co;
     // dW += [dy_i …] (co × m·L) · [C_i …]ᵀ (m·L × ckk), group by group (or its transpose)
     let one = |(acc, col, dyg): &mut (Vec<T>, Vec<T>, Vec<T>), t: usize, par: bool| {

@@ -205,7 +205,7 @@ impl Figure {
                 ))
             }
         };
-        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+        crate::files::write_atomic(path, &bytes)
     }
 
     /// Shows the figure inline in an evcxr (Jupyter) notebook as a PNG.

@@ -7,6 +7,11 @@ use hessian_lab::attack::{self, AttackKind, NewtonSolver};
 use serde_json::json;
 use std::time::Instant;
 
+crate::common::cli_enum!(
+    /// Newton solver of the second-order attacks.
+    NewtonArg { Exact = "exact", Cg = "cg" }
+);
+
 #[derive(Args)]
 pub struct AttackArgs {
     #[command(flatten)]
@@ -27,9 +32,9 @@ pub struct AttackArgs {
     /// ifgsm steps
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    /// Newton solver for fhsm/l2hess: exact or cg
-    #[arg(long, default_value = "exact")]
-    pub newton: String,
+    /// Newton solver for fhsm/l2hess
+    #[arg(long, value_enum, default_value_t = NewtonArg::Exact)]
+    pub newton: NewtonArg,
     #[arg(long, default_value_t = 20)]
     pub cg_iters: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -44,7 +49,7 @@ pub struct AttackArgs {
 pub fn parse_attack(
     name: &str,
     steps: usize,
-    newton: &str,
+    newton: NewtonArg,
     cg_iters: usize,
     cg_tol: f64,
 ) -> Result<AttackKind> {
@@ -53,19 +58,18 @@ pub fn parse_attack(
         k = AttackKind::Ifgsm { steps };
     }
     let solver = match newton {
-        "exact" => NewtonSolver::Exact,
-        "cg" => NewtonSolver::Cg {
+        NewtonArg::Exact => NewtonSolver::Exact,
+        NewtonArg::Cg => NewtonSolver::Cg {
             iters: cg_iters,
             tol: cg_tol,
         },
-        o => anyhow::bail!("unknown --newton `{o}` (exact or cg)"),
     };
     Ok(k.with_solver(solver))
 }
 
 pub fn run(a: AttackArgs) -> Result<()> {
     let (_rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
-    let kind = parse_attack(&a.attack, a.steps, &a.newton, a.cg_iters, a.cg_tol)?;
+    let kind = parse_attack(&a.attack, a.steps, a.newton, a.cg_iters, a.cg_tol)?;
     let t0 = Instant::now();
     let rep = attack::adversarial_accuracy(
         &model,

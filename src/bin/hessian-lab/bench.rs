@@ -12,6 +12,11 @@ use hessian_lab::models::{Model, ModelConfig, ModelKind};
 use serde_json::json;
 use std::time::Instant;
 
+crate::common::cli_enum!(
+    /// CPU kernels.
+    KernelsArg { Fused = "fused", Candle = "candle" }
+);
+
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(flatten)]
@@ -31,8 +36,8 @@ pub struct BenchArgs {
     pub weights: Option<std::path::PathBuf>,
     /// CPU kernels for convolution and ReLU: fused (our custom ops, the default) or candle
     /// (candle's own ops, for comparison)
-    #[arg(long, alias = "conv", default_value = "fused")]
-    pub kernels: String,
+    #[arg(long, alias = "conv", value_enum, default_value_t = KernelsArg::Fused)]
+    pub kernels: KernelsArg,
     /// Also count the HVPs power iteration and Lanczos need to reach λ₁ to 1e-3
     #[arg(long)]
     pub eig_compare: bool,
@@ -89,10 +94,9 @@ fn reset_peak() {
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
-    let rt = runtime(&a.common)?.with_kernels(match a.kernels.as_str() {
-        "fused" => hessian_lab::models::layers::Kernels::Fused,
-        "candle" => hessian_lab::models::layers::Kernels::Candle,
-        o => anyhow::bail!("unknown --kernels `{o}` (fused or candle)"),
+    let rt = runtime(&a.common)?.with_kernels(match a.kernels {
+        KernelsArg::Fused => hessian_lab::models::layers::Kernels::Fused,
+        KernelsArg::Candle => hessian_lab::models::layers::Kernels::Candle,
     });
     let kind: ModelKind = a.model.parse()?;
     let ds = kind.default_dataset();

@@ -1,5 +1,42 @@
 //! Options and helpers shared by the subcommands.
 
+/// A `clap::ValueEnum` whose command-line name is also its value in JSON output and messages
+/// (names and JSON values are a contract: scripts use both).
+macro_rules! cli_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident = $s:literal $(| $alias:literal)*),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+        pub enum $name {
+            $($(#[$vm])* #[value(name = $s $(, alias = $alias)*)] $var),+
+        }
+        impl $name {
+            pub fn name(self) -> &'static str {
+                match self { $($name::$var => $s),+ }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+    };
+}
+pub(crate) use cli_enum;
+
+cli_enum!(
+    /// Where tensors live.
+    DeviceArg { Cpu = "cpu", Cuda = "cuda" | "gpu" }
+);
+cli_enum!(
+    /// Float type.
+    DtypeArg { F32 = "f32", F64 = "f64" }
+);
+
 use anyhow::Result;
 use clap::Args;
 use hessian_lab::data::{self, DatasetKind, Split, SplitKind};
@@ -15,12 +52,11 @@ pub struct Common {
     /// Read the data set from exactly this folder (overrides --data-dir)
     #[arg(long, global = true)]
     pub dataset_path: Option<PathBuf>,
-    /// cpu or cuda (cuda needs the `cuda` feature; falls back to cpu with a message)
-    #[arg(long, default_value = "cpu", global = true)]
-    pub device: String,
-    /// f32 or f64
-    #[arg(long, default_value = "f32", global = true)]
-    pub dtype: String,
+    /// cuda needs the `cuda` feature; falls back to cpu with a message
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu, global = true)]
+    pub device: DeviceArg,
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32, global = true)]
+    pub dtype: DtypeArg,
 }
 
 /// Model + data selection shared by the analysis commands.
@@ -43,16 +79,18 @@ pub struct ModelData {
 }
 
 pub fn runtime(c: &Common) -> Result<Runtime> {
-    let dtype = Runtime::parse_dtype(&c.dtype)?;
-    match c.device.as_str() {
-        "cpu" => Ok(Runtime {
+    let dtype = match c.dtype {
+        DtypeArg::F32 => candle_core::DType::F32,
+        DtypeArg::F64 => candle_core::DType::F64,
+    };
+    Ok(match c.device {
+        DeviceArg::Cpu => Runtime {
             device: candle_core::Device::Cpu,
             dtype,
             kernels: Default::default(),
-        }),
-        "cuda" | "gpu" => Ok(Runtime::best_available(dtype)),
-        d => anyhow::bail!("unknown device `{d}` (expected cpu or cuda)"),
-    }
+        },
+        DeviceArg::Cuda => Runtime::best_available(dtype),
+    })
 }
 
 pub fn load_split(

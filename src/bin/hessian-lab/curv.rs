@@ -1,6 +1,19 @@
 //! `spectrum` and `input-hessian`.
 
-use crate::common::{emit, model_and_data, Common, ModelData};
+use crate::common::{cli_enum, emit, model_and_data, Common, ModelData};
+
+cli_enum!(
+    /// Eigen solver.
+    Method { Lanczos = "lanczos", Power = "power" }
+);
+cli_enum!(
+    /// Curvature matrix.
+    Operator { Hessian = "hessian", Ggn = "ggn" }
+);
+cli_enum!(
+    /// Trace estimator.
+    TraceArg { Hutchinson = "hutchinson", HutchPlusPlus = "hutch++" | "hutchpp", Exact = "exact" }
+);
 use anyhow::{Context, Result};
 use clap::Args;
 use hessian_lab::curvature::{
@@ -19,12 +32,11 @@ pub struct SpectrumArgs {
     /// Number of top eigenvalues
     #[arg(long, default_value_t = 1)]
     pub top_k: usize,
-    /// lanczos or power
-    #[arg(long, default_value = "lanczos")]
-    pub method: String,
-    /// hessian or ggn (Gauss–Newton)
-    #[arg(long, default_value = "hessian")]
-    pub operator: String,
+    #[arg(long, value_enum, default_value_t = Method::Lanczos)]
+    pub method: Method,
+    /// ggn: the Gauss–Newton matrix
+    #[arg(long, value_enum, default_value_t = Operator::Hessian)]
+    pub operator: Operator,
     /// Power: max iterations per eigenpair; Lanczos: max Krylov dimension
     #[arg(long, default_value_t = 100)]
     pub max_iter: usize,
@@ -39,9 +51,8 @@ pub struct SpectrumArgs {
     /// Also estimate the trace
     #[arg(long)]
     pub trace: bool,
-    /// hutchinson, hutch++ or exact
-    #[arg(long, default_value = "hutchinson")]
-    pub trace_method: String,
+    #[arg(long, value_enum, default_value_t = TraceArg::Hutchinson)]
+    pub trace_method: TraceArg,
     /// Max probes (Hutchinson) or matvecs (Hutch++)
     #[arg(long, default_value_t = 100)]
     pub trace_iter: usize,
@@ -67,15 +78,6 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
         }
         .validate()
         .context("--trace-iter")?;
-        if !matches!(
-            a.trace_method.as_str(),
-            "hutchinson" | "hutch++" | "hutchpp" | "exact"
-        ) {
-            anyhow::bail!(
-                "unknown --trace-method `{}` (hutchinson, hutch++ or exact)",
-                a.trace_method
-            );
-        }
     }
     if a.density {
         SlqOpts {
@@ -91,28 +93,27 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
     let t0 = Instant::now();
     let source = DataSource::from_split(&split, a.chunk, &rt)?;
     let prefixes: Vec<&str> = a.filter.iter().map(|s| s.as_str()).collect();
-    let op: Box<dyn CurvatureOperator> = match a.operator.as_str() {
-        "hessian" => Box::new(HessianOperator::with_filter(
+    let op: Box<dyn CurvatureOperator> = match a.operator {
+        Operator::Hessian => Box::new(HessianOperator::with_filter(
             &model,
             source.clone(),
             &prefixes,
         )?),
-        "ggn" => {
+        Operator::Ggn => {
             if !prefixes.is_empty() {
                 anyhow::bail!("--filter is supported with --operator hessian only");
             }
             Box::new(GgnOperator::new(&model, source.clone())?)
         }
-        o => anyhow::bail!("unknown --operator `{o}` (hessian or ggn)"),
     };
-    let expected = match a.method.as_str() {
-        "power" => a.top_k * a.max_iter,
-        _ => a.max_iter,
+    let expected = match a.method {
+        Method::Power => a.top_k * a.max_iter,
+        Method::Lanczos => a.max_iter,
     };
     let bars = crate::bars::Bars::default();
-    let prog = WithProgress::new(op.as_ref(), Some(&bars), expected, &a.method);
-    let eig = match a.method.as_str() {
-        "power" => curvature::top_eigen(
+    let prog = WithProgress::new(op.as_ref(), Some(&bars), expected, a.method.name());
+    let eig = match a.method {
+        Method::Power => curvature::top_eigen(
             &prog,
             a.top_k,
             &PowerOpts {
@@ -122,7 +123,7 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
                 ..Default::default()
             },
         )?,
-        "lanczos" => curvature::lanczos(
+        Method::Lanczos => curvature::lanczos(
             &prog,
             a.top_k,
             &LanczosOpts {
@@ -131,7 +132,6 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
                 seed: a.md.seed,
             },
         )?,
-        m => anyhow::bail!("unknown --method `{m}` (lanczos or power)"),
     };
     drop(prog);
     let eig_seconds = t0.elapsed().as_secs_f64();
@@ -155,20 +155,18 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
     });
     if a.trace {
         let t = Instant::now();
-        let tr = match a.trace_method.as_str() {
-            "exact" => {
+        let tr = match a.trace_method {
+            TraceArg::Exact => {
                 let sel = curvature::ParamSelection::with_prefixes(&model, &prefixes)?;
                 let te = curvature::trace_exact(&model, &source, Some(&sel))?;
                 json!({"trace": te.trace, "std_error": 0.0, "method": "exact", "backward_passes": te.backward_passes,
                        "per_parameter": te.per_parameter.iter().map(|(n, v)| json!({"name": n, "trace": v})).collect::<Vec<_>>()})
             }
             m => {
-                let method = match m {
-                    "hutchinson" => TraceMethod::Hutchinson,
-                    "hutch++" | "hutchpp" => TraceMethod::HutchPlusPlus,
-                    _ => {
-                        anyhow::bail!("unknown --trace-method `{m}` (hutchinson, hutch++ or exact)")
-                    }
+                let method = if m == TraceArg::Hutchinson {
+                    TraceMethod::Hutchinson
+                } else {
+                    TraceMethod::HutchPlusPlus
                 };
                 let p = WithProgress::new(op.as_ref(), Some(&bars), a.trace_iter, "trace");
                 let r = curvature::trace(

@@ -12,15 +12,27 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
+crate::common::cli_enum!(
+    /// Landscape direction(s).
+    Direction {
+        Eig1 = "eig1",
+        Eig2 = "eig2",
+        Random = "random",
+        Gradient = "gradient",
+        Eig2d = "eig2d",
+        Random2d = "random2d",
+    }
+);
+
 #[derive(Args)]
 pub struct LandscapeArgs {
     #[command(flatten)]
     pub common: Common,
     #[command(flatten)]
     pub md: ModelData,
-    /// eig1, eig2, random (filter-normalised), gradient, eig2d, random2d
-    #[arg(long, default_value = "eig1")]
-    pub direction: String,
+    /// random: filter-normalised; eig2d and random2d: a 2-D surface
+    #[arg(long, value_enum, default_value_t = Direction::Eig1)]
+    pub direction: Direction,
     /// start:stop:count
     #[arg(long, default_value = "-1:1:41", allow_hyphen_values = true)]
     pub range: String,
@@ -75,13 +87,14 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
         seed: a.md.seed,
     };
     let mut info = json!({});
-    let (fig, data) = match a.direction.as_str() {
-        "eig1" | "eig2" | "random" | "gradient" => {
-            let d = match a.direction.as_str() {
-                "random" => landscape::filter_normalized_direction(&model, a.md.seed)?,
-                "gradient" => landscape::gradient_direction(&model, &batch_src)?,
+    use Direction as D;
+    let (fig, data) = match a.direction {
+        D::Eig1 | D::Eig2 | D::Random | D::Gradient => {
+            let d = match a.direction {
+                D::Random => landscape::filter_normalized_direction(&model, a.md.seed)?,
+                D::Gradient => landscape::gradient_direction(&model, &batch_src)?,
                 k => {
-                    let idx = if k == "eig1" { 0 } else { 1 };
+                    let idx = if k == D::Eig1 { 0 } else { 1 };
                     let (vals, vecs) =
                         landscape::eigen_directions(&model, &batch_src, idx + 1, &lopts)?;
                     info["eigenvalues"] = json!(vals);
@@ -101,8 +114,8 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
                 serde_json::to_value(&c)?,
             )
         }
-        "eig2d" | "random2d" => {
-            let (d1, d2) = if a.direction == "eig2d" {
+        D::Eig2d | D::Random2d => {
+            let (d1, d2) = if a.direction == D::Eig2d {
                 let (vals, vecs) = landscape::eigen_directions(&model, &batch_src, 2, &lopts)?;
                 info["eigenvalues"] = json!(vals);
                 (vecs[0].clone(), vecs[1].clone())
@@ -125,9 +138,6 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
             let title = format!("{} loss surface ({})", model.kind().name(), a.direction);
             (plot::surface_figure(&s, &title)?, serde_json::to_value(&s)?)
         }
-        o => anyhow::bail!(
-            "unknown --direction `{o}` (eig1, eig2, random, gradient, eig2d, random2d)"
-        ),
     };
     fig.save(&a.out)?;
     let out = json!({

@@ -191,7 +191,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         rt.device
     );
     let adv = match &a.adversarial {
-        Some(name) => Some(attack::parse_attack(name, 10, "exact", 20, 1e-3)?),
+        Some(name) => Some(attack::parse_attack(
+            name,
+            10,
+            attack::NewtonArg::Exact,
+            20,
+            1e-3,
+        )?),
         None => None,
     };
     if !(0.0..=1.0).contains(&a.adv_ratio) || !(a.adv_eps >= 0.0) {
