@@ -239,11 +239,25 @@ pub fn tridiag_eigen(alphas: &[f64], betas: &[f64]) -> (Vec<f64>, nalgebra::DMat
             t[(i + 1, i)] = betas[i];
         }
     }
-    let e = nalgebra::SymmetricEigen::new(t);
-    let mut idx: Vec<usize> = (0..m).collect();
+    sorted_symmetric_eigen(t, false)
+}
+
+/// Eigen-decomposition of a small dense symmetric matrix with the eigenvalues sorted
+/// (descending or ascending) and the eigenvector columns in the same order (nalgebra returns
+/// them unsorted). Cost: O(n³).
+pub(crate) fn sorted_symmetric_eigen(
+    m: nalgebra::DMatrix<f64>,
+    descending: bool,
+) -> (Vec<f64>, nalgebra::DMatrix<f64>) {
+    let n = m.nrows();
+    let e = nalgebra::SymmetricEigen::new(m);
+    let mut idx: Vec<usize> = (0..n).collect();
     idx.sort_by(|&a, &b| e.eigenvalues[a].total_cmp(&e.eigenvalues[b]));
+    if descending {
+        idx.reverse();
+    }
     let vals = idx.iter().map(|&i| e.eigenvalues[i]).collect();
-    let vecs = nalgebra::DMatrix::from_fn(m, m, |r, c| e.eigenvectors[(r, idx[c])]);
+    let vecs = nalgebra::DMatrix::from_fn(n, n, |r, c| e.eigenvectors[(r, idx[c])]);
     (vals, vecs)
 }
 

@@ -238,11 +238,7 @@ pub fn input_hessian(model: &Model, batch: &Batch) -> Result<InputHessian> {
         let k = &j * j.transpose();
         let m = &s * k * &s;
         let m = (&m + m.transpose()) * 0.5;
-        let e = nalgebra::SymmetricEigen::new(m);
-        let mut idx: Vec<usize> = (0..c).collect();
-        idx.sort_by(|&a, &b| e.eigenvalues[b].total_cmp(&e.eigenvalues[a]));
-        let mu: Vec<f64> = idx.iter().map(|&i| e.eigenvalues[i]).collect();
-        let yv = DMatrix::from_fn(c, c, |r, col| e.eigenvectors[(r, idx[col])]);
+        let (mu, yv) = super::eigen::sorted_symmetric_eigen(m, true);
         let top = mu[0].max(0.0);
         let rank = mu
             .iter()

@@ -111,6 +111,24 @@ impl DataSource {
             }
         }
     }
+
+    /// Σ_b |b|/N · f(b) over the chunks: the mean of a per-batch mean, e.g. Hv = Σ |b|/N H_b v.
+    pub fn weighted_sum(
+        &self,
+        rt: &Runtime,
+        mut f: impl FnMut(&Batch) -> Result<ParamVec>,
+    ) -> Result<ParamVec> {
+        let mut acc: Option<ParamVec> = None;
+        self.for_each(rt, |b, w| {
+            let x = f(b)?;
+            acc = Some(match acc.take() {
+                None => x.scale(w)?,
+                Some(a) => a.axpy(w, &x)?,
+            });
+            Ok(())
+        })?;
+        acc.ok_or_else(|| Error::Empty("no data".into()))
+    }
 }
 
 /// The Hessian of the mean cross-entropy w.r.t. (selected) parameters, model in eval mode.
@@ -157,18 +175,14 @@ impl HessianOperator {
     }
     /// Mean loss and gradient over the data source (detached). Cost: 1 fwd + 1 bwd per chunk.
     pub fn loss_and_gradient(&self) -> Result<(f64, ParamVec)> {
+        let n = self.source.len() as f64;
         let mut loss = 0.0;
-        let mut acc: Option<ParamVec> = None;
-        self.source.for_each(self.model.runtime(), |b, w| {
+        let g = self.source.weighted_sum(self.model.runtime(), |b| {
             let (l, g) = gradient(&self.model, b, &self.sel)?;
-            loss += w * l;
-            acc = Some(match acc.take() {
-                None => g.scale(w)?,
-                Some(a) => a.axpy(w, &g)?,
-            });
-            Ok(())
+            loss += l * b.len() as f64 / n;
+            Ok(g)
         })?;
-        Ok((loss, acc.ok_or_else(|| Error::Empty("no data".into()))?))
+        Ok((loss, g))
     }
 }
 
@@ -188,17 +202,10 @@ impl CurvatureOperator for HessianOperator {
                 .ok_or_else(|| Error::Empty("gradient cache".into()))?;
             return hvp_from_graph(&self.model, g, &self.sel, v);
         }
-        let mut acc: Option<ParamVec> = None;
-        self.source.for_each(self.model.runtime(), |b, w| {
+        self.source.weighted_sum(self.model.runtime(), |b| {
             let (_, g) = gradient_with_graph(&self.model, b, &self.sel)?;
-            let hv = hvp_from_graph(&self.model, &g, &self.sel, v)?;
-            acc = Some(match acc.take() {
-                None => hv.scale(w)?,
-                Some(a) => a.axpy(w, &hv)?,
-            });
-            Ok(())
-        })?;
-        acc.ok_or_else(|| Error::Empty("no data".into()))
+            hvp_from_graph(&self.model, &g, &self.sel, v)
+        })
     }
     fn like(&self) -> &[Tensor] {
         &self.like
@@ -282,16 +289,8 @@ impl CurvatureOperator for GgnOperator {
     /// Gv = Σ_b |b|/N · G_b v. Cost: 1 forward + 3 backward passes per chunk.
     fn apply(&self, v: &ParamVec) -> Result<ParamVec> {
         self.count.set(self.count.get() + 1);
-        let mut acc: Option<ParamVec> = None;
-        self.source.for_each(self.model.runtime(), |b, w| {
-            let gv = self.apply_batch(b, v)?;
-            acc = Some(match acc.take() {
-                None => gv.scale(w)?,
-                Some(a) => a.axpy(w, &gv)?,
-            });
-            Ok(())
-        })?;
-        acc.ok_or_else(|| Error::Empty("no data".into()))
+        self.source
+            .weighted_sum(self.model.runtime(), |b| self.apply_batch(b, v))
     }
     fn like(&self) -> &[Tensor] {
         &self.like
