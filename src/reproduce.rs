@@ -217,7 +217,7 @@ pub fn table9(
         let mut fgsm = std::collections::BTreeMap::new();
         for i in 0..eps.len() {
             fgsm.insert(
-                format!("{}", eps[i]),
+                eps_key(eps[i]),
                 TrainTest {
                     train: f_tr.per_eps[i].accuracy,
                     test: f_te.per_eps[i].accuracy,
@@ -250,6 +250,25 @@ pub fn table9(
         settings: s.clone(),
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+impl Table9Row {
+    /// FGSM accuracy (train, test) at ε, one of the table's ε (0.1, 0.2); NaN for another ε, so
+    /// a figure shows a gap rather than the program stopping.
+    pub fn fgsm(&self, eps: f64) -> TrainTest {
+        self.fgsm_accuracy
+            .get(&eps_key(eps))
+            .cloned()
+            .unwrap_or(TrainTest {
+                train: f64::NAN,
+                test: f64::NAN,
+            })
+    }
+}
+
+/// The JSON key of an ε in `fgsm_accuracy` ("0.1", "0.2": a contract of table9.json).
+pub fn eps_key(eps: f64) -> String {
+    format!("{eps}")
 }
 
 impl Table9 {

@@ -9,14 +9,17 @@ use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
-/// Which stochastic estimator.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Which stochastic estimator (its JSON name in brackets).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub enum TraceMethod {
+    /// ("hutchinson")
     /// vᵀHv averaged over Rademacher probes v; stops when the running mean changes by less
     /// than `tol` relative (PyHessian's rule) or at `max_iter` probes.
+    #[serde(rename = "hutchinson")]
     Hutchinson,
-    /// Hutch++ (Meyer, Musco, Musco & Woodruff 2021) with `max_iter` matvecs (rounded down to
+    /// ("hutch++") Hutch++ (Meyer, Musco, Musco & Woodruff 2021) with `max_iter` matvecs (rounded down to
     /// a multiple of 3): exact trace of a rank-m/3 sketch plus Hutchinson on the rest.
+    #[serde(rename = "hutch++")]
     HutchPlusPlus,
 }
 
@@ -64,7 +67,7 @@ pub struct TraceResult {
     pub std_error: f64,
     pub probes: usize,
     pub hvps: usize,
-    pub method: String,
+    pub method: TraceMethod,
 }
 
 /// Estimates tr(H). Cost: `probes` HVPs (Hutchinson) or `max_iter` HVPs (Hutch++).
@@ -106,7 +109,7 @@ fn trace_unchecked(op: &dyn CurvatureOperator, opts: &TraceOpts) -> Result<Trace
                 std_error: se,
                 probes: samples.len(),
                 hvps: op.matvecs() - start,
-                method: "hutchinson".into(),
+                method: TraceMethod::Hutchinson,
             })
         }
         TraceMethod::HutchPlusPlus => {
@@ -145,7 +148,7 @@ fn trace_unchecked(op: &dyn CurvatureOperator, opts: &TraceOpts) -> Result<Trace
                 std_error: se,
                 probes: m,
                 hvps: op.matvecs() - start,
-                method: "hutch++".into(),
+                method: TraceMethod::HutchPlusPlus,
             })
         }
     }

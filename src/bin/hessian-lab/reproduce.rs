@@ -211,10 +211,10 @@ fn table9(a: Table9Args) -> Result<()> {
         "batch size",
         "accuracy",
         vec![
-            l(&|r| r.fgsm_accuracy["0.1"].train, "ε=0.1 train"),
-            l(&|r| r.fgsm_accuracy["0.1"].test, "ε=0.1 test"),
-            l(&|r| r.fgsm_accuracy["0.2"].train, "ε=0.2 train"),
-            l(&|r| r.fgsm_accuracy["0.2"].test, "ε=0.2 test"),
+            l(&|r| r.fgsm(0.1).train, "ε=0.1 train"),
+            l(&|r| r.fgsm(0.1).test, "ε=0.1 test"),
+            l(&|r| r.fgsm(0.2).train, "ε=0.2 train"),
+            l(&|r| r.fgsm(0.2).test, "ε=0.2 test"),
         ],
         false,
     )?
