@@ -79,17 +79,20 @@ println!("vᵀHv / vᵀv = {:.5}", v.dot(&hv)? / v.dot(&v)?);"""),
 Any closure over candle `Var`s gets an exact Hessian-vector product, with no setup: keeping the
 gradient graph is an argument of each backward pass (`hessian_lab::autodiff`), not a property of
 the thread. Least squares ½‖Xw − y‖² has the Hessian XᵀX, so Hv must equal XᵀXv."""),
-    code("""use hessian_lab::candle_core::{Tensor, Var, DType, Device};
-let xm = Tensor::randn(0f64, 1f64, (50, 4), &Device::Cpu)?;
-let y = Tensor::randn(0f64, 1f64, (50, 1), &Device::Cpu)?;
-let w = Var::zeros((4, 1), DType::F64, &Device::Cpu)?;
-let loss = || -> hessian_lab::Result<Tensor> { Ok((xm.matmul(w.as_tensor())?.sub(&y)?.sqr()?.sum_all()? * 0.5)?) };
-let v = Tensor::new(&[[1.0f64], [-2.0], [0.5], [3.0]], &Device::Cpu)?;
-let hv = curvature::hvp_closure(&[w.clone()], loss, &ParamVec(vec![v.clone()]))?;
-let exact = xm.t()?.matmul(&xm.matmul(&v)?)?;
-let err = (&hv.0[0] - &exact)?.abs()?.max_all()?.to_scalar::<f64>()?;
-println!("max |Hv − XᵀXv| = {err:.1e}");
-assert!(err < 1e-10);"""),
+    code("""// in braces: evcxr cannot keep a closure as a cell variable
+{
+    use hessian_lab::candle_core::{Tensor, Var, DType, Device};
+    let xm = Tensor::randn(0f64, 1f64, (50, 4), &Device::Cpu)?;
+    let y = Tensor::randn(0f64, 1f64, (50, 1), &Device::Cpu)?;
+    let w = Var::zeros((4, 1), DType::F64, &Device::Cpu)?;
+    let loss = || -> hessian_lab::Result<Tensor> { Ok((xm.matmul(w.as_tensor())?.sub(&y)?.sqr()?.sum_all()? * 0.5)?) };
+    let v = Tensor::new(&[[1.0f64], [-2.0], [0.5], [3.0]], &Device::Cpu)?;
+    let hv = curvature::hvp_closure(&[w.clone()], loss, &ParamVec(vec![v.clone()]))?;
+    let exact = xm.t()?.matmul(&xm.matmul(&v)?)?;
+    let err = (&hv.0[0] - &exact)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    println!("max |Hv − XᵀXv| = {err:.1e}");
+    assert!(err < 1e-10);
+}"""),
     md("## Top eigenvalues (Lanczos) — λ₁^θ of the paper"),
     code("""let op = HessianOperator::new(&model, DataSource::Batch(batch.clone()))?;
 let top = curvature::lanczos(&op, 2, &LanczosOpts::default())?;
