@@ -646,3 +646,131 @@ fn cuda_on_a_cpu_build_says_so() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("no CUDA support"), "silent fallback: {err}");
 }
+
+/// Every numeric or named option of every analysis subcommand with out-of-range values: a
+/// typed error (exit 1) or the parser's usage error (exit 2), never success, a panic or a
+/// long run.
+#[test]
+fn every_option_out_of_range_is_an_error() {
+    let d = tmp("sweep");
+    let w = m1_file(&d);
+    let w = s(&w).to_string();
+    let out = s(&d.join("o.safetensors")).to_string();
+    let png = s(&d.join("o.png")).to_string();
+    let m = |cmd: &str| -> Vec<String> {
+        let mut v = vec![cmd.to_string(), "--model".into(), "m1".into()];
+        match cmd {
+            "train" => v.extend(
+                [
+                    "--samples",
+                    "128",
+                    "--epochs",
+                    "1",
+                    "--quiet",
+                    "--out",
+                    &out,
+                ]
+                .map(String::from),
+            ),
+            "interpolate" => v.extend(
+                ["--from", &w, "--to", &w, "--samples", "16", "--out", &png].map(String::from),
+            ),
+            "bench" => {}
+            _ => v.extend(["--weights", &w, "--samples", "16"].map(String::from)),
+        }
+        if cmd == "landscape" {
+            v.extend(["--out", &png, "--direction", "random"].map(String::from));
+        }
+        v
+    };
+    #[rustfmt::skip]
+    let sweep: &[(&str, &str, &[&str])] = &[
+        ("train", "--batch-size", &["0", "-1", "x"]),
+        ("train", "--epochs", &["0"]),
+        ("train", "--lr", &["-1", "nan", "inf"]),
+        ("train", "--momentum", &["-0.5", "1.5", "nan"]),
+        ("train", "--weight-decay", &["-1", "nan"]),
+        ("train", "--lr-gamma", &["-1", "nan"]),
+        ("train", "--lr-scale-base", &["0"]),
+        ("train", "--warmup-epochs", &["-1", "nan"]),
+        ("train", "--micro-batch", &["0"]),
+        ("train", "--samples", &["0"]),
+        ("train", "--adv-ratio", &["1.5", "-0.1"]),
+        ("train", "--adversarial", &["magic"]),
+        ("train", "--model", &["m7"]),
+        ("train", "--dataset", &["imagenet"]),
+        ("eval", "--samples", &["0"]),
+        ("eval", "--split", &["validation"]),
+        ("spectrum", "--top-k", &["0", "100000000"]),
+        ("spectrum", "--max-iter", &["0"]),
+        ("spectrum", "--tol", &["0", "-1", "nan"]),
+        ("spectrum", "--chunk", &["0"]),
+        ("spectrum", "--filter", &["nosuchlayer."]),
+        ("spectrum", "--samples", &["0"]),
+        ("input-hessian", "--chunk", &["0"]),
+        ("input-hessian", "--samples", &["0"]),
+        ("attack", "--eps", &["-0.1", "nan", "inf"]),
+        ("attack", "--attack", &["magic"]),
+        ("attack", "--chunk", &["0"]),
+        ("landscape", "--range", &["0:1:0", "a:b:c", "0:1", "nan:1:3", "0:inf:3"]),
+        ("landscape", "--eval", &["magic"]),
+        ("landscape", "--chunk", &["0"]),
+        ("interpolate", "--range", &["0:1:0", "x"]),
+        ("interpolate", "--chunk", &["0"]),
+        ("bench", "--batch-size", &["0"]),
+        ("bench", "--repeats", &["0"]),
+        ("bench", "--threads", &["0"]),
+    ];
+    let mut tried = 0;
+    for (cmd, flag, values) in sweep {
+        for v in *values {
+            let mut args = m(cmd);
+            // the flag given here replaces a default of the same name
+            if let Some(i) = args.iter().position(|a| a == flag) {
+                args.drain(i..i + 2);
+            }
+            args.extend([flag.to_string(), v.to_string()]);
+            let a: Vec<&str> = args.iter().map(|x| x.as_str()).collect();
+            let t0 = Instant::now();
+            let o = run_for(&a, Duration::from_secs(60));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                matches!(o.status.code(), Some(1) | Some(2)),
+                "{cmd} {flag} {v}: exit {:?}\n{err}",
+                o.status.code()
+            );
+            assert!(!err.contains("panicked"), "{cmd} {flag} {v}: {err}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{cmd} {flag} {v}: slow"
+            );
+            tried += 1;
+        }
+    }
+    // the attack's iterations and the Newton solver, where they apply
+    for (attack, flag, v) in [
+        ("ifgsm", "--steps", "0"),
+        ("fhsm", "--cg-iters", "0"),
+        ("fhsm", "--cg-tol", "0"),
+        ("fhsm", "--cg-tol", "nan"),
+    ] {
+        let mut args = m("attack");
+        args.extend(
+            [
+                "--attack", attack, "--eps", "0.1", "--newton", "cg", flag, v,
+            ]
+            .map(String::from),
+        );
+        let a: Vec<&str> = args.iter().map(|x| x.as_str()).collect();
+        let o = run_for(&a, Duration::from_secs(60));
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{attack} {flag} {v}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        tried += 1;
+    }
+    assert!(tried >= 59, "{tried} cases");
+    assert!(!Path::new(&out).exists() && !Path::new(&png).exists());
+}

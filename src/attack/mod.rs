@@ -273,9 +273,6 @@ pub fn attack(
     for &e in eps_list {
         check_eps(e)?;
     }
-    for &e in eps_list {
-        check_eps(e)?;
-    }
     let x = batch.x.detach();
     // Unit direction (ε = 1) for the one-shot attacks.
     let unit = match kind {
@@ -315,10 +312,17 @@ pub fn attack(
         let mean = |t: Tensor| -> Result<f64> {
             Ok(t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?)
         };
+        let (linf_mean, l2_mean) = (mean(linf_norms(&d)?)?, mean(l2_norms(&d)?)?);
+        if !linf_mean.is_finite() || !l2_mean.is_finite() {
+            return Err(Error::NonFinite(format!(
+                "{} adversarial inputs",
+                kind.name()
+            )));
+        }
         out.push(AttackOutcome {
             eps,
-            linf_mean: mean(linf_norms(&d)?)?,
-            l2_mean: mean(l2_norms(&d)?)?,
+            linf_mean,
+            l2_mean,
             x_adv,
             success,
             accuracy: correct as f64 / batch.len() as f64,

@@ -95,13 +95,13 @@ impl LrSchedule {
                 format!("{} must be positive", self.lr),
             ));
         }
-        if !(self.gamma > 0.0) {
+        if !(self.gamma > 0.0) || !self.gamma.is_finite() {
             return Err(Error::invalid("lr gamma", "must be positive"));
         }
         if self.scale_from_batch == Some(0) {
             return Err(Error::invalid("lr scaling base batch", "must be ≥ 1"));
         }
-        if !(self.warmup_epochs >= 0.0) {
+        if !(self.warmup_epochs >= 0.0) || !self.warmup_epochs.is_finite() {
             return Err(Error::invalid("warmup epochs", "must be ≥ 0"));
         }
         Ok(())

@@ -94,6 +94,9 @@ fn reset_peak() {
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
+    if a.repeats == 0 || a.batch_size == 0 || a.threads == Some(0) {
+        anyhow::bail!("--repeats, --batch-size and --threads must be ≥ 1");
+    }
     let rt = runtime(&a.common)?.with_kernels(match a.kernels {
         KernelsArg::Fused => hessian_lab::models::layers::Kernels::Fused,
         KernelsArg::Candle => hessian_lab::models::layers::Kernels::Candle,

@@ -135,6 +135,16 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
     };
     drop(prog);
     let eig_seconds = t0.elapsed().as_secs_f64();
+    for (i, (&c, &r)) in eig.converged.iter().zip(&eig.residuals).enumerate() {
+        if !c {
+            eprintln!(
+                "warning: eigenpair {} did not converge: relative residual {r:.2e} > {:.0e} \
+                 (raise --max-iter, or use --method lanczos)",
+                i + 1,
+                eig.residual_tol
+            );
+        }
+    }
     let mut out = json!({
         "model": model.kind().name(),
         "dataset": ds.name(),

@@ -56,9 +56,11 @@ pub struct LandscapeArgs {
 }
 
 pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
+    // options and the output first: nothing long runs before they are known to be fine
+    let grid = parse_range(&a.range)?;
+    hessian_lab::files::check_writable(&a.out)?;
     let (rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
     let t0 = Instant::now();
-    let grid = parse_range(&a.range)?;
     let batch_src = DataSource::from_split(&split, a.chunk, &rt)?;
     let mut sources: Vec<(String, DataSource)> = vec![];
     for e in &a.eval {
@@ -182,6 +184,8 @@ pub struct InterpolateArgs {
 }
 
 pub fn interpolate_cmd(a: InterpolateArgs) -> Result<()> {
+    parse_range(&a.range)?;
+    hessian_lab::files::check_writable(&a.out)?;
     let rt = runtime(&a.common)?;
     let kind: ModelKind = a.model.parse()?;
     let ds = crate::common::dataset_for(kind, &a.dataset)?;

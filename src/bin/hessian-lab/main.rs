@@ -147,6 +147,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         None => Model::from_config(ModelConfig::for_dataset(kind, ds), &rt, a.seed)?,
     };
     let mut cfg = TrainConfig::new(a.epochs, a.batch_size, a.lr);
+    if !(a.warmup_epochs >= 0.0) || !a.warmup_epochs.is_finite() {
+        anyhow::bail!(
+            "--warmup-epochs {}: must be finite and ≥ 0",
+            a.warmup_epochs
+        );
+    }
     cfg.schedule = LrSchedule {
         lr: a.lr,
         milestones: a.lr_steps.clone(),
