@@ -21,7 +21,7 @@ pub enum Error {
     },
 
     /// A model name that hessian-lab does not know.
-    #[error("unknown model `{0}` (expected one of: m1, c1, c2, c3, resnet18, logreg, mlp)")]
+    #[error("unknown model `{0}` (expected one of: {names})", names = crate::models::ModelKind::names())]
     UnknownModel(String),
 
     /// A dataset name that hessian-lab does not know.

@@ -39,20 +39,30 @@ pub enum ModelKind {
 impl std::str::FromStr for ModelKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "m1" => ModelKind::M1,
-            "c1" => ModelKind::C1,
-            "c2" => ModelKind::C2,
-            "c3" => ModelKind::C3,
-            "resnet18" | "resnet-18" => ModelKind::ResNet18,
-            "logreg" => ModelKind::LogReg,
-            "mlp" => ModelKind::Mlp,
-            _ => return Err(Error::UnknownModel(s.to_string())),
-        })
+        let low = s.to_ascii_lowercase();
+        let low = if low == "resnet-18" { "resnet18" } else { &low };
+        ModelKind::ALL
+            .into_iter()
+            .find(|k| k.name() == low)
+            .ok_or_else(|| Error::UnknownModel(s.to_string()))
     }
 }
 
 impl ModelKind {
+    /// Every architecture, in the order lists and messages show them.
+    pub const ALL: [ModelKind; 7] = [
+        ModelKind::M1,
+        ModelKind::C1,
+        ModelKind::C2,
+        ModelKind::C3,
+        ModelKind::ResNet18,
+        ModelKind::LogReg,
+        ModelKind::Mlp,
+    ];
+    /// "m1, c1, …": the names [`ModelKind::from_str`](std::str::FromStr) accepts.
+    pub fn names() -> String {
+        Self::ALL.map(Self::name).join(", ")
+    }
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::M1 => "m1",
@@ -259,11 +269,12 @@ impl Model {
                 "std must be positive and finite",
             ));
         }
-        let specs = zoo::specs(
+        let specs = zoo::Shapes::specs(
             config.kind,
             config.input_shape,
             config.num_classes,
             config.hidden,
+            config.activation,
         )?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut params = Vec::new();
@@ -395,12 +406,17 @@ impl Model {
                 Some((m, s)) => x.broadcast_sub(m)?.broadcast_div(s)?,
                 None => x.clone(),
             };
-            zoo::forward(
-                self.config.kind,
-                self.config.activation,
-                &View(self),
+            let c = &self.config;
+            zoo::architecture(
+                c.kind,
+                c.activation,
+                c.hidden,
+                c.num_classes,
+                &mut zoo::Forward {
+                    l: &View(self),
+                    train,
+                },
                 &xn,
-                train,
             )
         })
     }

@@ -1,7 +1,8 @@
-//! The paper's architectures (Table 8) plus two small test models, as parameter specs and
-//! forward functions. ReLU follows every convolution and every hidden fully connected layer.
-//!
-//! Parameter names are exactly PyTorch `state_dict` names.
+//! The paper's architectures (Table 8) plus two small test models, each defined once, by
+//! [`architecture`], over the [`Net`] trait. Run with [`Shapes`] it yields the parameter and
+//! buffer specs (names, shapes, initialisation) from the input shape alone; run with
+//! [`Forward`] it computes the logits. Names are exactly PyTorch `state_dict` names, and a
+//! layer's input width is read from its input, so the two runs cannot disagree.
 //!
 //! Note on C2: the seed table says 63 channels and omits the pools; the authors' code
 //! (HessianFlow `c2_model`) pools after conv2 and conv4 and uses 64 channels — 63 is a typo.
@@ -9,6 +10,7 @@
 
 use super::layers::{BnBuffers, Kernels};
 use super::ModelKind;
+use crate::ops::conv::out_len;
 use crate::{Error, Result};
 use candle_core::Tensor;
 
@@ -36,72 +38,34 @@ pub enum Activation {
     Tanh,
 }
 
-impl Activation {
-    /// The activation on the given CPU kernels.
-    pub fn apply(self, kernels: Kernels, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Activation::Relu => kernels.relu(x)?,
-            Activation::Tanh => x.tanh()?,
-        })
-    }
-}
-
-pub(crate) struct Specs {
-    pub params: Vec<TensorSpec>,
-    pub buffers: Vec<TensorSpec>,
-}
-
-impl Specs {
-    fn new() -> Self {
-        Specs {
-            params: vec![],
-            buffers: vec![],
-        }
-    }
-    fn conv(&mut self, name: &str, cin: usize, cout: usize, k: usize, bias: bool) {
-        let b = 1.0 / ((cin * k * k) as f64).sqrt();
-        self.params.push(TensorSpec {
-            name: format!("{name}.weight"),
-            shape: vec![cout, cin, k, k],
-            init: Init::Uniform(b),
-        });
-        if bias {
-            self.params.push(TensorSpec {
-                name: format!("{name}.bias"),
-                shape: vec![cout],
-                init: Init::Uniform(b),
-            });
-        }
-    }
-    fn linear(&mut self, name: &str, din: usize, dout: usize) {
-        let b = 1.0 / (din as f64).sqrt();
-        self.params.push(TensorSpec {
-            name: format!("{name}.weight"),
-            shape: vec![dout, din],
-            init: Init::Uniform(b),
-        });
-        self.params.push(TensorSpec {
-            name: format!("{name}.bias"),
-            shape: vec![dout],
-            init: Init::Uniform(b),
-        });
-    }
-    fn bn(&mut self, name: &str, c: usize) {
-        for (suffix, init) in [("weight", Init::Ones), ("bias", Init::Zeros)] {
-            self.params.push(TensorSpec {
-                name: format!("{name}.{suffix}"),
-                shape: vec![c],
-                init,
-            });
-        }
-        for (suffix, init) in [("running_mean", Init::Zeros), ("running_var", Init::Ones)] {
-            self.buffers.push(TensorSpec {
-                name: format!("{name}.{suffix}"),
-                shape: vec![c],
-                init,
-            });
-        }
-    }
+/// The operations an architecture is written in. `V` is what flows between layers: a shape
+/// for [`Shapes`], a tensor for [`Forward`].
+pub(crate) trait Net {
+    type V;
+    /// 2-D convolution `name` with `cout` filters of k×k, stride, zero padding, optional bias;
+    /// followed by a ReLU when `relu` (one fused op where the kernels allow).
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        name: &str,
+        x: &Self::V,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+        relu: bool,
+    ) -> Result<Self::V>;
+    /// BatchNorm2d `name` over x's channels.
+    fn bn(&mut self, name: &str, x: &Self::V) -> Result<Self::V>;
+    /// Affine layer `name` with `dout` outputs (and bias) over x's last dimension.
+    fn linear(&mut self, name: &str, x: &Self::V, dout: usize) -> Result<Self::V>;
+    fn act(&mut self, a: Activation, x: &Self::V) -> Result<Self::V>;
+    fn max_pool(&mut self, x: &Self::V, k: usize, s: usize, p: usize) -> Result<Self::V>;
+    fn flatten(&mut self, x: &Self::V) -> Result<Self::V>;
+    fn add(&mut self, a: &Self::V, b: &Self::V) -> Result<Self::V>;
+    /// Mean over the spatial dimensions: (N, C, H, W) → (N, C).
+    fn global_avg_pool(&mut self, x: &Self::V) -> Result<Self::V>;
 }
 
 /// ResNet-18 stages: (name, in planes, planes, stride) of each BasicBlock.
@@ -118,75 +82,106 @@ fn resnet_blocks() -> Vec<(String, usize, usize, usize)> {
     v
 }
 
-pub(crate) fn specs(
+/// Every architecture, once: logits of a normalised input `x` (N, C, H, W). ReLU follows
+/// every convolution and every hidden fully connected layer.
+pub(crate) fn architecture<N: Net>(
     kind: ModelKind,
-    input: [usize; 3],
-    classes: usize,
+    act: Activation,
     hidden: usize,
-) -> Result<Specs> {
-    let [c, h, w] = input;
-    let mut s = Specs::new();
-    let need = |ok: bool, what: &str| -> Result<()> {
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                "model config",
-                format!("{} needs {what}, got input {:?}", kind.name(), input),
-            ))
-        }
-    };
+    classes: usize,
+    n: &mut N,
+    x: &N::V,
+) -> Result<N::V> {
+    let relu = Activation::Relu;
     match kind {
         ModelKind::M1 => {
-            need(h % 4 == 0 && w % 4 == 0, "H and W divisible by 4")?;
-            s.conv("conv1", c, 20, 5, true);
-            s.conv("conv2", 20, 50, 5, true);
-            s.linear("fc1", 50 * (h / 4) * (w / 4), 500);
-            s.linear("fc2", 500, classes);
+            let x = n.conv("conv1", x, 20, 5, 2, 2, true, true)?;
+            let x = n.conv("conv2", &x, 50, 5, 2, 2, true, true)?;
+            let x = n.flatten(&x)?;
+            let x = n.linear("fc1", &x, 500)?;
+            let x = n.act(relu, &x)?;
+            n.linear("fc2", &x, classes)
         }
         ModelKind::C1 => {
-            need(h % 16 == 0 && w % 16 == 0, "H and W divisible by 16")?;
-            s.conv("conv1", c, 64, 5, true);
-            s.bn("bn1", 64);
-            s.conv("conv2", 64, 64, 5, true);
-            s.bn("bn2", 64);
-            s.linear("fc1", 64 * (h / 16) * (w / 16), 384);
-            s.linear("fc2", 384, 192);
-            s.linear("fc3", 192, classes);
+            let x = n.conv("conv1", x, 64, 5, 2, 2, true, true)?;
+            let x = n.max_pool(&x, 3, 2, 1)?;
+            let x = n.bn("bn1", &x)?;
+            let x = n.conv("conv2", &x, 64, 5, 2, 2, true, true)?;
+            let x = n.max_pool(&x, 3, 2, 1)?;
+            let x = n.bn("bn2", &x)?;
+            let x = n.flatten(&x)?;
+            let x = n.linear("fc1", &x, 384)?;
+            let x = n.act(relu, &x)?;
+            let x = n.linear("fc2", &x, 192)?;
+            let x = n.act(relu, &x)?;
+            n.linear("fc3", &x, classes)
         }
         ModelKind::C2 | ModelKind::C3 => {
-            need(h % 4 == 0 && w % 4 == 0, "H and W divisible by 4")?;
-            let bn = kind == ModelKind::C2;
-            for (i, (ci, co)) in [(c, 64), (64, 64), (64, 128), (128, 128)]
-                .iter()
-                .enumerate()
-            {
-                s.conv(&format!("conv{}", i + 1), *ci, *co, 3, true);
-                if bn {
-                    s.bn(&format!("bn{}", i + 1), *co);
+            let with_bn = kind == ModelKind::C2;
+            let mut x = n.conv("conv1", x, 64, 3, 1, 1, true, true)?;
+            for (i, co) in [64, 64, 128, 128].into_iter().enumerate() {
+                if i > 0 {
+                    x = n.conv(&format!("conv{}", i + 1), &x, co, 3, 1, 1, true, true)?;
+                }
+                if with_bn {
+                    x = n.bn(&format!("bn{}", i + 1), &x)?;
+                }
+                if i == 1 || i == 3 {
+                    x = n.max_pool(&x, 2, 2, 0)?;
                 }
             }
-            s.linear("fc1", 128 * (h / 4) * (w / 4), 256);
-            s.linear("fc2", 256, 256);
-            s.linear("fc3", 256, classes);
+            let x = n.flatten(&x)?;
+            let x = n.linear("fc1", &x, 256)?;
+            let x = n.act(relu, &x)?;
+            let x = n.linear("fc2", &x, 256)?;
+            let x = n.act(relu, &x)?;
+            n.linear("fc3", &x, classes)
         }
         ModelKind::ResNet18 => {
-            need(h % 8 == 0 && w % 8 == 0, "H and W divisible by 8")?;
-            s.conv("conv1", c, 64, 3, false);
-            s.bn("bn1", 64);
+            let x = n.conv("conv1", x, 64, 3, 1, 1, false, false)?;
+            let x = n.bn("bn1", &x)?;
+            let mut x = n.act(relu, &x)?;
             for (name, inp, planes, stride) in resnet_blocks() {
-                s.conv(&format!("{name}.conv1"), inp, planes, 3, false);
-                s.bn(&format!("{name}.bn1"), planes);
-                s.conv(&format!("{name}.conv2"), planes, planes, 3, false);
-                s.bn(&format!("{name}.bn2"), planes);
-                if stride != 1 || inp != planes {
-                    s.conv(&format!("{name}.shortcut.0"), inp, planes, 1, false);
-                    s.bn(&format!("{name}.shortcut.1"), planes);
-                }
+                let o = n.conv(
+                    &format!("{name}.conv1"),
+                    &x,
+                    planes,
+                    3,
+                    stride,
+                    1,
+                    false,
+                    false,
+                )?;
+                let o = n.bn(&format!("{name}.bn1"), &o)?;
+                let o = n.act(relu, &o)?;
+                let o = n.conv(&format!("{name}.conv2"), &o, planes, 3, 1, 1, false, false)?;
+                let o = n.bn(&format!("{name}.bn2"), &o)?;
+                let sc = if stride != 1 || inp != planes {
+                    let s = n.conv(
+                        &format!("{name}.shortcut.0"),
+                        &x,
+                        planes,
+                        1,
+                        stride,
+                        0,
+                        false,
+                        false,
+                    )?;
+                    n.bn(&format!("{name}.shortcut.1"), &s)?
+                } else {
+                    x
+                };
+                let s = n.add(&o, &sc)?;
+                x = n.act(relu, &s)?;
             }
-            s.linear("linear", 512, classes);
+            // Global average pool (kuangliu's avg_pool2d(out, 4) on the 4x4 map).
+            let x = n.global_avg_pool(&x)?;
+            n.linear("linear", &x, classes)
         }
-        ModelKind::LogReg => s.linear("linear", c * h * w, classes),
+        ModelKind::LogReg => {
+            let x = n.flatten(x)?;
+            n.linear("linear", &x, classes)
+        }
         ModelKind::Mlp => {
             if hidden == 0 {
                 return Err(Error::invalid(
@@ -194,11 +189,147 @@ pub(crate) fn specs(
                     "mlp needs at least one hidden unit",
                 ));
             }
-            s.linear("fc1", c * h * w, hidden);
-            s.linear("fc2", hidden, classes);
+            let x = n.flatten(x)?;
+            let h = n.linear("fc1", &x, hidden)?;
+            let h = n.act(act, &h)?;
+            n.linear("fc2", &h, classes)
         }
     }
-    Ok(s)
+}
+
+/// Parameter and buffer specs of an architecture, in the order its layers are met (the
+/// order in which initial values are drawn from the seeded generator).
+pub(crate) struct Specs {
+    pub params: Vec<TensorSpec>,
+    pub buffers: Vec<TensorSpec>,
+}
+
+/// [`Net`] over shapes: records what each layer needs, computes nothing.
+pub(crate) struct Shapes {
+    kind: ModelKind,
+    input: [usize; 3],
+    specs: Specs,
+}
+
+impl Shapes {
+    /// The specs of `kind` for one input of shape `input` (C, H, W).
+    pub(crate) fn specs(
+        kind: ModelKind,
+        input: [usize; 3],
+        classes: usize,
+        hidden: usize,
+        act: Activation,
+    ) -> Result<Specs> {
+        let mut s = Shapes {
+            kind,
+            input,
+            specs: Specs {
+                params: vec![],
+                buffers: vec![],
+            },
+        };
+        let x = vec![1, input[0], input[1], input[2]];
+        architecture(kind, act, hidden, classes, &mut s, &x)?;
+        Ok(s.specs)
+    }
+
+    fn too_small(&self, what: &str, x: &[usize]) -> Error {
+        Error::invalid(
+            "model config",
+            format!(
+                "{}: input {:?} is too small for {what} (its feature map is {:?})",
+                self.kind.name(),
+                self.input,
+                &x[1..]
+            ),
+        )
+    }
+
+    fn param(&mut self, name: String, shape: Vec<usize>, init: Init) {
+        self.specs.params.push(TensorSpec { name, shape, init });
+    }
+
+    fn window(&self, what: &str, x: &[usize], k: usize, s: usize, p: usize) -> Result<Vec<usize>> {
+        if x.len() != 4 || x[2] + 2 * p < k || x[3] + 2 * p < k {
+            return Err(self.too_small(what, x));
+        }
+        Ok(vec![
+            x[0],
+            x[1],
+            out_len(x[2], k, s, p),
+            out_len(x[3], k, s, p),
+        ])
+    }
+}
+
+impl Net for Shapes {
+    type V = Vec<usize>;
+    fn conv(
+        &mut self,
+        name: &str,
+        x: &Vec<usize>,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+        _relu: bool,
+    ) -> Result<Vec<usize>> {
+        let mut y = self.window(name, x, k, stride, pad)?;
+        let cin = x[1];
+        let b = 1.0 / ((cin * k * k) as f64).sqrt();
+        self.param(
+            format!("{name}.weight"),
+            vec![cout, cin, k, k],
+            Init::Uniform(b),
+        );
+        if bias {
+            self.param(format!("{name}.bias"), vec![cout], Init::Uniform(b));
+        }
+        y[1] = cout;
+        Ok(y)
+    }
+    fn bn(&mut self, name: &str, x: &Vec<usize>) -> Result<Vec<usize>> {
+        let c = x[1];
+        self.param(format!("{name}.weight"), vec![c], Init::Ones);
+        self.param(format!("{name}.bias"), vec![c], Init::Zeros);
+        for (suffix, init) in [("running_mean", Init::Zeros), ("running_var", Init::Ones)] {
+            self.specs.buffers.push(TensorSpec {
+                name: format!("{name}.{suffix}"),
+                shape: vec![c],
+                init,
+            });
+        }
+        Ok(x.clone())
+    }
+    fn linear(&mut self, name: &str, x: &Vec<usize>, dout: usize) -> Result<Vec<usize>> {
+        let din = *x.last().ok_or_else(|| self.too_small(name, x))?;
+        let b = 1.0 / (din as f64).sqrt();
+        self.param(format!("{name}.weight"), vec![dout, din], Init::Uniform(b));
+        self.param(format!("{name}.bias"), vec![dout], Init::Uniform(b));
+        let mut y = x.clone();
+        let last = y.len() - 1;
+        y[last] = dout;
+        Ok(y)
+    }
+    fn act(&mut self, _: Activation, x: &Vec<usize>) -> Result<Vec<usize>> {
+        Ok(x.clone())
+    }
+    fn max_pool(&mut self, x: &Vec<usize>, k: usize, s: usize, p: usize) -> Result<Vec<usize>> {
+        self.window("max pool", x, k, s, p)
+    }
+    fn flatten(&mut self, x: &Vec<usize>) -> Result<Vec<usize>> {
+        Ok(vec![x[0], x[1..].iter().product()])
+    }
+    fn add(&mut self, a: &Vec<usize>, b: &Vec<usize>) -> Result<Vec<usize>> {
+        if a != b {
+            return Err(Error::Shape(format!("residual sum of {a:?} and {b:?}")));
+        }
+        Ok(a.clone())
+    }
+    fn global_avg_pool(&mut self, x: &Vec<usize>) -> Result<Vec<usize>> {
+        Ok(x[..2].to_vec())
+    }
 }
 
 /// Read access to a model's named tensors during a forward pass.
@@ -209,125 +340,70 @@ pub(crate) trait Lookup {
     fn kernels(&self) -> Kernels;
 }
 
-fn relu<L: Lookup>(l: &L, x: &Tensor) -> Result<Tensor> {
-    l.kernels().relu(x)
+/// [`Net`] over tensors: the forward pass, with the model's parameters, kernels and mode.
+pub(crate) struct Forward<'a, L> {
+    pub l: &'a L,
+    pub train: bool,
 }
 
-fn max_pool2d<L: Lookup>(l: &L, x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
-    l.kernels().max_pool2d(x, k, s, p)
-}
-
-fn bn<L: Lookup>(l: &L, name: &str, x: &Tensor, train: bool) -> Result<Tensor> {
-    l.kernels().batch_norm(
-        x,
-        l.p(&format!("{name}.weight"))?,
-        l.p(&format!("{name}.bias"))?,
-        &l.bufs(name)?,
-        train,
-    )
-}
-
-fn conv<L: Lookup>(l: &L, name: &str, x: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
-    let b = l.p(&format!("{name}.bias")).ok();
-    l.kernels()
-        .conv2d(x, l.p(&format!("{name}.weight"))?, b, stride, pad)
-}
-
-/// relu(conv(…)) as one fused op where the kernels allow.
-fn conv_relu<L: Lookup>(
-    l: &L,
-    name: &str,
-    x: &Tensor,
-    stride: usize,
-    pad: usize,
-) -> Result<Tensor> {
-    let b = l.p(&format!("{name}.bias")).ok();
-    l.kernels()
-        .conv2d_relu(x, l.p(&format!("{name}.weight"))?, b, stride, pad)
-}
-
-fn fc<L: Lookup>(l: &L, name: &str, x: &Tensor) -> Result<Tensor> {
-    l.kernels().linear(
-        x,
-        l.p(&format!("{name}.weight"))?,
-        Some(l.p(&format!("{name}.bias"))?),
-    )
-}
-
-/// Logits of a normalised input `x` (N, C, H, W).
-pub(crate) fn forward<L: Lookup>(
-    kind: ModelKind,
-    act: Activation,
-    l: &L,
-    x: &Tensor,
-    train: bool,
-) -> Result<Tensor> {
-    match kind {
-        ModelKind::M1 => {
-            let x = conv_relu(l, "conv1", x, 2, 2)?;
-            let x = conv_relu(l, "conv2", &x, 2, 2)?;
-            let x = relu(l, &fc(l, "fc1", &x.flatten_from(1)?)?)?;
-            fc(l, "fc2", &x)
+impl<L: Lookup> Net for Forward<'_, L> {
+    type V = Tensor;
+    fn conv(
+        &mut self,
+        name: &str,
+        x: &Tensor,
+        _cout: usize,
+        _k: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let w = self.l.p(&format!("{name}.weight"))?;
+        let b = if bias {
+            Some(self.l.p(&format!("{name}.bias"))?)
+        } else {
+            None
+        };
+        let k = self.l.kernels();
+        if relu {
+            k.conv2d_relu(x, w, b, stride, pad)
+        } else {
+            k.conv2d(x, w, b, stride, pad)
         }
-        ModelKind::C1 => {
-            let x = conv_relu(l, "conv1", x, 2, 2)?;
-            let x = bn(l, "bn1", &max_pool2d(l, &x, 3, 2, 1)?, train)?;
-            let x = conv_relu(l, "conv2", &x, 2, 2)?;
-            let x = bn(l, "bn2", &max_pool2d(l, &x, 3, 2, 1)?, train)?;
-            let x = relu(l, &fc(l, "fc1", &x.flatten_from(1)?)?)?;
-            let x = relu(l, &fc(l, "fc2", &x)?)?;
-            fc(l, "fc3", &x)
+    }
+    fn bn(&mut self, name: &str, x: &Tensor) -> Result<Tensor> {
+        self.l.kernels().batch_norm(
+            x,
+            self.l.p(&format!("{name}.weight"))?,
+            self.l.p(&format!("{name}.bias"))?,
+            &self.l.bufs(name)?,
+            self.train,
+        )
+    }
+    fn linear(&mut self, name: &str, x: &Tensor, _dout: usize) -> Result<Tensor> {
+        self.l.kernels().linear(
+            x,
+            self.l.p(&format!("{name}.weight"))?,
+            Some(self.l.p(&format!("{name}.bias"))?),
+        )
+    }
+    fn act(&mut self, a: Activation, x: &Tensor) -> Result<Tensor> {
+        match a {
+            Activation::Relu => self.l.kernels().relu(x),
+            Activation::Tanh => Ok(x.tanh()?),
         }
-        ModelKind::C2 | ModelKind::C3 => {
-            let with_bn = kind == ModelKind::C2;
-            let mut x = x.clone();
-            for i in 1..=4 {
-                x = conv_relu(l, &format!("conv{i}"), &x, 1, 1)?;
-                if with_bn {
-                    x = bn(l, &format!("bn{i}"), &x, train)?;
-                }
-                if i == 2 || i == 4 {
-                    x = max_pool2d(l, &x, 2, 2, 0)?;
-                }
-            }
-            let x = relu(l, &fc(l, "fc1", &x.flatten_from(1)?)?)?;
-            let x = relu(l, &fc(l, "fc2", &x)?)?;
-            fc(l, "fc3", &x)
-        }
-        ModelKind::ResNet18 => {
-            let mut x = relu(l, &bn(l, "bn1", &conv(l, "conv1", x, 1, 1)?, train)?)?;
-            for (name, inp, planes, stride) in resnet_blocks() {
-                let o = relu(
-                    l,
-                    &bn(
-                        l,
-                        &format!("{name}.bn1"),
-                        &conv(l, &format!("{name}.conv1"), &x, stride, 1)?,
-                        train,
-                    )?,
-                )?;
-                let o = bn(
-                    l,
-                    &format!("{name}.bn2"),
-                    &conv(l, &format!("{name}.conv2"), &o, 1, 1)?,
-                    train,
-                )?;
-                let sc = if stride != 1 || inp != planes {
-                    let s = conv(l, &format!("{name}.shortcut.0"), &x, stride, 0)?;
-                    bn(l, &format!("{name}.shortcut.1"), &s, train)?
-                } else {
-                    x.clone()
-                };
-                x = relu(l, &(o + sc)?)?;
-            }
-            // Global average pool (kuangliu's avg_pool2d(out, 4) on the 4x4 map).
-            let x = x.mean(3)?.mean(2)?;
-            fc(l, "linear", &x)
-        }
-        ModelKind::LogReg => fc(l, "linear", &x.flatten_from(1)?),
-        ModelKind::Mlp => {
-            let h = act.apply(l.kernels(), &fc(l, "fc1", &x.flatten_from(1)?)?)?;
-            fc(l, "fc2", &h)
-        }
+    }
+    fn max_pool(&mut self, x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+        self.l.kernels().max_pool2d(x, k, s, p)
+    }
+    fn flatten(&mut self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.flatten_from(1)?)
+    }
+    fn add(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok((a + b)?)
+    }
+    fn global_avg_pool(&mut self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.mean(3)?.mean(2)?)
     }
 }
