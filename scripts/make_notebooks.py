@@ -8,7 +8,7 @@ import json, os
 
 DEP = ':dep hessian_lab = { package = "hessian-lab", path = "..", default-features = false }'
 USE = """use hessian_lab::{Runtime, data::{self, DatasetKind, SplitKind}, models::{Model, ModelKind, ModelConfig, Activation}};
-use hessian_lab::{train::{self, TrainConfig}, curvature::{self, DataSource, HessianOperator, LanczosOpts, ParamVec, ParamSelection, CurvatureOperator}};
+use hessian_lab::{train::{self, Adversarial, FitOpts}, curvature::{self, DataSource, HessianOperator, LanczosOpts, ParamVec, ParamSelection, CurvatureOperator}};
 use hessian_lab::{attack::{self, AttackKind, NewtonSolver}, landscape, plot::{self, Figure, Line}};
 let rt = Runtime::cpu_f32(); // device, dtype and CPU kernels; nothing else to set up"""
 
@@ -35,21 +35,7 @@ def nb(cells):
 
 
 TRAIN_M1 = """let train_split = data::load(DatasetKind::Mnist, SplitKind::Train, "../data")?.first(10_000)?;
-let test = data::load(DatasetKind::Mnist, SplitKind::Test, "../data")?.first(1_000)?;
-fn fit(rt: &Runtime, train_split: &data::Split, batch: usize, lr: f64, epochs: usize,
-       adv: Option<(AttackKind, f64)>) -> hessian_lab::Result<Model> {
-    let m = Model::new(ModelKind::M1, rt, 0)?;
-    let mut cfg = TrainConfig::new(epochs, batch, lr);
-    cfg.progress = None; cfg.eval_train_samples = 0; cfg.eval_test = false;
-    match adv {
-        Some((k, eps)) => {
-            let mut hook = move |m: &Model, b| attack::adversarial_batch(m, b, k, eps, 0.5);
-            train::train(&m, train_split, None, &cfg, Some(&mut hook), None)?;
-        }
-        None => { train::train(&m, train_split, None, &cfg, None, None)?; }
-    }
-    Ok(m)
-}"""
+let test = data::load(DatasetKind::Mnist, SplitKind::Test, "../data")?.first(1_000)?;"""
 
 notebooks = {}
 
@@ -65,7 +51,8 @@ and `hessian_lab::candle_nn`; use those rather than a separate candle dependency
 this cell prints the same build as the crate's source."""),
     code("""println!("candle build: {}", hessian_lab::autodiff::candle_build());"""),
     code(TRAIN_M1),
-    code("""let model = fit(&rt, &train_split, 128, 0.05, 1, None)?;
+    code("""let model = Model::new(ModelKind::M1, &rt, 0)?;
+train::fit(&model, &train_split, &FitOpts { epochs: 1, ..Default::default() })?;
 let (loss, acc) = model.evaluate(&test, 500)?;
 println!("M1 after one epoch on 10k images: test loss {loss:.4}, accuracy {acc:.4} ({} parameters)", model.num_params());"""),
     md("""## One Hessian-vector product
@@ -173,8 +160,11 @@ no scaling), then λ₁^θ (Lanczos, first 320 test images), mean λ₁^x and �
     code(DEP),
     code(USE),
     code(TRAIN_M1),
-    code("""let small = fit(&rt, &train_split, 64, 0.02, 3, None)?;
-let large = fit(&rt, &train_split, 1024, 0.02, 3, None)?;"""),
+    code("""// the same recipe at two batch sizes: lr 0.02, 3 epochs, no decay
+fn opts(batch_size: usize) -> FitOpts { FitOpts { epochs: 3, batch_size, lr: 0.02, last_epoch_factor: 1.0, ..Default::default() } }
+let (small, large) = (Model::new(ModelKind::M1, &rt, 0)?, Model::new(ModelKind::M1, &rt, 0)?);
+train::fit(&small, &train_split, &opts(64))?;
+train::fit(&large, &train_split, &opts(1024))?;"""),
     code("""let hb = test.first(320)?.to_batch(&rt)?;
 let ib = test.first(200)?.to_batch(&rt)?;
 let mut rows = vec![];
@@ -208,7 +198,8 @@ flatter minimum. CPU, a few minutes."""),
     code(DEP),
     code(USE),
     code(TRAIN_M1),
-    code("""let clean = fit(&rt, &train_split, 128, 0.05, 1, None)?;
+    code("""let clean = Model::new(ModelKind::M1, &rt, 0)?;
+train::fit(&clean, &train_split, &FitOpts { epochs: 1, ..Default::default() })?;
 let t300 = test.first(300)?;
 let eps_linf = vec![0.0, 0.05, 0.1, 0.15, 0.2];
 let eps_l2 = vec![0.0, 1.0, 2.0, 3.0, 4.0];
@@ -237,7 +228,10 @@ fig.evcxr_display();"""),
 More robust — and flatter? After this one short epoch on 10,000 images the λ₁^θ comparison can go
 either way; on M1 trained for 2 epochs on all 60,000 images we measured λ₁^θ = 2.92 (clean) vs
 1.68 (FGSM-robust) on the first 1,000 test images (the paper's "robust models are flatter")."""),
-    code("""let robust = fit(&rt, &train_split, 128, 0.05, 1, Some((AttackKind::Fgsm, 0.1)))?;
+    code("""// robust training: half of each batch replaced by FGSM examples at ε = 0.1
+let robust = Model::new(ModelKind::M1, &rt, 0)?;
+let adv = Adversarial { attack: AttackKind::Fgsm, eps: 0.1, ratio: 0.5 };
+train::fit(&robust, &train_split, &FitOpts { epochs: 1, adversarial: Some(adv), ..Default::default() })?;
 let hb = test.first(320)?.to_batch(&rt)?;
 for (name, m) in [("clean", &clean), ("robust", &robust)] {
     let (_, acc) = m.evaluate(&test, 500)?;
@@ -261,7 +255,8 @@ and `hessian_lab::candle_nn`; use those rather than a separate candle dependency
 this cell prints the same build as the crate's source."""),
     code("""println!("candle build: {}", hessian_lab::autodiff::candle_build());"""),
     code(TRAIN_M1),
-    code("""let model = fit(&rt, &train_split, 128, 0.05, 1, None)?;
+    code("""let model = Model::new(ModelKind::M1, &rt, 0)?;
+train::fit(&model, &train_split, &FitOpts { epochs: 1, ..Default::default() })?;
 let batch = DataSource::Batch(test.first(320)?.to_batch(&rt)?);
 let tr = DataSource::Split { split: train_split.first(1000)?, chunk: 500 };
 let te = DataSource::Split { split: test.clone(), chunk: 500 };
@@ -276,7 +271,10 @@ let surf = landscape::landscape_2d(&model, &vecs[0], &vecs[1], &grid, &grid, &ba
 let fig = plot::surface_figure(&surf, "M1: loss on θ + α v₁ + β v₂")?;
 fig.evcxr_display();"""),
     md("## From the clean model to an FGSM-robust one"),
-    code("""let robust = fit(&rt, &train_split, 128, 0.05, 1, Some((AttackKind::Fgsm, 0.1)))?;
+    code("""// robust training: half of each batch replaced by FGSM examples at ε = 0.1
+let robust = Model::new(ModelKind::M1, &rt, 0)?;
+let adv = Adversarial { attack: AttackKind::Fgsm, eps: 0.1, ratio: 0.5 };
+train::fit(&robust, &train_split, &FitOpts { epochs: 1, adversarial: Some(adv), ..Default::default() })?;
 let lams = landscape::linspace(-0.5, 1.5, 9)?;
 let c = landscape::interpolate(&model, &robust, &lams, &[("train", &tr), ("test", &te)],
                                Some((&batch, &LanczosOpts { max_iter: 40, tol: 1e-2, seed: 0 })), None)?;

@@ -63,17 +63,21 @@ struct TrainArgs {
     #[arg(long, default_value_t = 2)]
     epochs: usize,
     /// Base learning rate
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.05)]
     lr: f64,
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
-    /// Epochs at which the LR is multiplied by --lr-gamma, e.g. 10,20
+    /// Epochs at which the LR is multiplied by --lr-gamma, e.g. 10,20 (default: the last
+    /// epoch, when there are at least two and no --lr-scale-base)
     #[arg(long, value_delimiter = ',')]
-    lr_steps: Vec<usize>,
-    #[arg(long, default_value_t = 0.1)]
+    lr_steps: Option<Vec<usize>>,
+    #[arg(long, default_value_t = 0.2)]
     lr_gamma: f64,
+    /// Keep the learning rate constant (no default last-epoch step)
+    #[arg(long, conflicts_with = "lr_steps")]
+    constant_lr: bool,
     /// Goyal et al.: scale the LR linearly by batch/<BASE> (with warm-up)
     #[arg(long)]
     lr_scale_base: Option<usize>,
@@ -155,7 +159,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     cfg.schedule = LrSchedule {
         lr: a.lr,
-        milestones: a.lr_steps.clone(),
+        milestones: match &a.lr_steps {
+            Some(s) => s.clone(),
+            None if !a.constant_lr && a.lr_scale_base.is_none() && a.epochs >= 2 => {
+                vec![a.epochs - 1]
+            }
+            None => vec![],
+        },
         gamma: a.lr_gamma,
         scale_from_batch: a.lr_scale_base,
         warmup_epochs: if a.lr_scale_base.is_some() {
