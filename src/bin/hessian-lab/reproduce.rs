@@ -4,14 +4,10 @@ use crate::common::runtime;
 use crate::common::Common;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use hessian_lab::attack::AttackKind;
-use hessian_lab::curvature::{DataSource, LanczosOpts, SlqOpts};
-use hessian_lab::data::{self, DatasetKind, Split, SplitKind};
-use hessian_lab::landscape;
-use hessian_lab::models::{Model, ModelKind};
-use hessian_lab::plot::{self, Figure, Line};
+use hessian_lab::plot::Figure;
+use hessian_lab::reproduce::figures::{self, FigSettings, FigureResult};
+use hessian_lab::reproduce::table10::{Table10Data, Table10Settings};
 use hessian_lab::reproduce::{self, Table9Settings};
-use hessian_lab::train::{self, TrainConfig};
 use hessian_lab::Runtime;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -126,11 +122,11 @@ fn save_figure(
 pub fn run(a: ReproduceArgs) -> Result<()> {
     match a.what {
         What::Table9(t) => table9(t),
-        What::Fig13(f) => fig13(f.shared),
-        What::Fig8(f) => fig_landscape(f.shared, false),
-        What::Fig15(f) => fig_landscape(f.shared, true),
-        What::Fig11(f) => fig11(f.shared),
-        What::Fig17(f) => fig17(f.shared),
+        What::Fig13(f) => figure(f.shared, figures::fig13),
+        What::Fig8(f) => figure(f.shared, |rt, s| figures::fig_landscape(rt, s, false)),
+        What::Fig15(f) => figure(f.shared, |rt, s| figures::fig_landscape(rt, s, true)),
+        What::Fig11(f) => figure(f.shared, figures::fig11),
+        What::Fig17(f) => figure(f.shared, figures::fig17),
         What::Table10(t) => table10(t),
     }
 }
@@ -188,37 +184,9 @@ fn table9(a: Table9Args) -> Result<()> {
     );
     std::fs::create_dir_all(&sh.out).with_context(|| format!("creating {}", sh.out.display()))?;
     write_json(&sh.out.join("table9.json"), &serde_json::to_value(&t)?)?;
-    let bs: Vec<f64> = t.rows.iter().map(|r| r.batch_size as f64).collect();
-    let l = |f: &dyn Fn(&reproduce::Table9Row) -> f64, label: &str| Line {
-        label: label.into(),
-        x: bs.clone(),
-        y: t.rows.iter().map(f).collect(),
-        markers: true,
-    };
-    Figure::lines(
-        "M1: λ₁^θ vs batch size",
-        "batch size",
-        "λ₁^θ",
-        vec![
-            l(&|r| r.lambda1_theta_train, "train"),
-            l(&|r| r.lambda1_theta_test, "test"),
-        ],
-        true,
-    )?
-    .save(sh.out.join("table9_lambda1.png"))?;
-    Figure::lines(
-        "M1: FGSM accuracy vs batch size",
-        "batch size",
-        "accuracy",
-        vec![
-            l(&|r| r.fgsm(0.1).train, "ε=0.1 train"),
-            l(&|r| r.fgsm(0.1).test, "ε=0.1 test"),
-            l(&|r| r.fgsm(0.2).train, "ε=0.2 train"),
-            l(&|r| r.fgsm(0.2).test, "ε=0.2 test"),
-        ],
-        false,
-    )?
-    .save(sh.out.join("table9_fgsm.png"))?;
+    let [lambda1, fgsm] = figures::table9_figures(&t)?;
+    lambda1.save(sh.out.join("table9_lambda1.png"))?;
+    fgsm.save(sh.out.join("table9_fgsm.png"))?;
     println!(
         "wrote {}/table9.json, table9_lambda1.png, table9_fgsm.png",
         sh.out.display()
@@ -226,361 +194,52 @@ fn table9(a: Table9Args) -> Result<()> {
     Ok(())
 }
 
-struct FigSetup {
-    rt: Runtime,
-    train: Split,
-    test: Split,
-    epochs: usize,
-    eval_n: usize,
-}
-
-fn fig_setup(sh: &Shared) -> Result<FigSetup> {
-    let rt = runtime(&sh.common)?;
-    let (n, epochs, eval_n) = if sh.quick {
-        (10_000, 2, 2000)
-    } else {
-        (60_000, 10, 10_000)
-    };
-    let train = data::load(DatasetKind::Mnist, SplitKind::Train, &sh.common.data_dir)?.first(n)?;
-    let test = data::load(DatasetKind::Mnist, SplitKind::Test, &sh.common.data_dir)?;
-    println!(
-        "settings: M1 trained on {} MNIST images for {} epochs at batch 128 (lr 0.02, momentum 0.9, seed {}); robust = FGSM ε=0.1 on half of each batch; evaluations on {} images; {}",
-        n, epochs, sh.seed, eval_n, if sh.quick { "quick" } else { "full" }
-    );
-    Ok(FigSetup {
-        rt,
-        train,
-        test,
-        epochs,
-        eval_n,
-    })
-}
-
-/// Train and test evaluation sources (first `eval_n` images of each).
-fn eval_sources(f: &FigSetup) -> Result<(DataSource, DataSource)> {
-    Ok((
-        DataSource::Split {
-            split: f.train.first(f.eval_n)?,
-            chunk: 1000,
-        },
-        DataSource::Split {
-            split: f.test.first(f.eval_n)?,
-            chunk: 1000,
-        },
-    ))
-}
-
-/// Clean and robust M1, cached in <out>/models/.
-fn clean_and_robust(sh: &Shared, f: &FigSetup) -> Result<(Model, Model)> {
-    let mut s = Table9Settings::quick();
-    s.epochs = f.epochs;
-    s.seed = sh.seed;
-    let dir = sh.out.join("models");
-    let tag = format!("n{}_e{}_s{}", f.train.len(), f.epochs, sh.seed);
-    let get = |name: &str, adv: Option<(AttackKind, f64, f64)>| -> Result<Model> {
-        let p = dir.join(format!("m1_{name}_{tag}.safetensors"));
-        if p.exists() {
-            eprintln!("reusing {}", p.display());
-            return Ok(Model::load(ModelKind::M1, &p, &f.rt)?);
-        }
-        eprintln!("training the {name} M1 ...");
-        let (m, _) = reproduce::train_m1(&f.rt, &f.train, 128, &s, adv)?;
-        m.save(&p)?;
-        Ok(m)
-    };
-    let clean = get("clean", None)?;
-    let robust = get("robust", Some((AttackKind::Fgsm, 0.1, 0.5)))?;
-    Ok((clean, robust))
-}
-
-fn fig13(sh: Shared) -> Result<()> {
-    let t0 = Instant::now();
-    let f = fig_setup(&sh)?;
-    let (clean, robust) = clean_and_robust(&sh, &f)?;
-    let full = if sh.quick { 2000 } else { f.train.len() };
-    println!("spectra of the Hessian on the first 1, 320 and {full} training images (SLQ, {} Lanczos steps)", if sh.quick { 40 } else { 90 });
-    let opts = SlqOpts {
-        iter: if sh.quick { 40 } else { 90 },
-        grid: 2000,
+fn fig_settings(sh: &Shared) -> FigSettings {
+    FigSettings {
+        quick: sh.quick,
         seed: sh.seed,
-        ..Default::default()
-    };
-    let mut figs = vec![];
-    let mut js = vec![];
-    for (name, m) in [("clean", &clean), ("robust", &robust)] {
-        for (n, d) in reproduce::spectra(m, &f.train, &[1, 320, full], &opts, 1000)? {
-            let top = d
-                .nodes
-                .iter()
-                .flatten()
-                .cloned()
-                .fold(f64::NEG_INFINITY, f64::max);
-            println!(
-                "{name:6} B={n:5}: λ range [{:.3e}, {:.3e}]",
-                d.nodes
-                    .iter()
-                    .flatten()
-                    .cloned()
-                    .fold(f64::INFINITY, f64::min),
-                top
-            );
-            figs.push(plot::density_figure(&d, &format!("{name}, B = {n}"))?);
-            js.push(json!({"model": name, "samples": n, "density": d}));
-        }
+        data_dir: sh.common.data_dir.clone(),
+        cache_dir: Some(sh.out.join("models")),
+        progress: Some(crate::bars::Bars::reporter()),
     }
-    save_figure(
-        &sh,
-        "fig13",
-        &Figure::panels(figs, 3)?,
-        json!({"spectra": js}),
-        t0,
-    )
 }
 
-fn fig_landscape(sh: Shared, two_d: bool) -> Result<()> {
+/// Computes one figure in the library, prints its notes, writes `<out>/<name>.png/.json`.
+fn figure(
+    sh: Shared,
+    f: impl FnOnce(&Runtime, &FigSettings) -> hessian_lab::Result<FigureResult>,
+) -> Result<()> {
     let t0 = Instant::now();
-    let f = fig_setup(&sh)?;
-    let (clean, _) = clean_and_robust(&sh, &f)?;
-    let batch = DataSource::Batch(f.train.first(320)?.to_batch(&f.rt)?);
-    let (vals, vecs) = landscape::eigen_directions(
-        &clean,
-        &batch,
-        2,
-        &LanczosOpts {
-            max_iter: 80,
-            tol: 1e-3,
-            seed: sh.seed,
-        },
-    )?;
-    println!("v₁, v₂ from the Hessian on the first 320 training images: λ = {vals:?}");
-    let name = if two_d { "fig15" } else { "fig8" };
-    let (fig, value) = if two_d {
-        let g = landscape::linspace(-1.0, 1.0, if sh.quick { 11 } else { 21 })?;
-        let s = landscape::landscape_2d(
-            &clean,
-            &vecs[0],
-            &vecs[1],
-            &g,
-            &g,
-            &batch,
-            Some(&crate::bars::Bars::default()),
-        )?;
-        (
-            plot::surface_figure(&s, "M1: loss on θ + α v₁ + β v₂ (320 train images)")?,
-            serde_json::to_value(&s)?,
-        )
-    } else {
-        let (tr, te) = eval_sources(&f)?;
-        let g = landscape::linspace(-1.0, 1.0, if sh.quick { 21 } else { 41 })?;
-        let c = landscape::landscape_1d(
-            &clean,
-            &vecs[0],
-            &g,
-            &[("batch (320)", &batch), ("train", &tr), ("test", &te)],
-            Some(&crate::bars::Bars::default()),
-        )?;
-        (
-            plot::landscape_figure(&c, "M1: loss along v₁", "ε", false)?,
-            serde_json::to_value(&c)?,
-        )
-    };
-    save_figure(
-        &sh,
-        name,
-        &fig,
-        json!({"eigenvalues": vals, "data": value}),
-        t0,
-    )
-}
-
-fn fig11(sh: Shared) -> Result<()> {
-    let t0 = Instant::now();
-    let f = fig_setup(&sh)?;
-    let (clean, robust) = clean_and_robust(&sh, &f)?;
-    let (tr, te) = eval_sources(&f)?;
-    let hb = DataSource::Batch(f.train.first(320)?.to_batch(&f.rt)?);
-    let lams = landscape::linspace(-0.5, 1.5, if sh.quick { 9 } else { 21 })?;
-    let c = landscape::interpolate(
-        &clean,
-        &robust,
-        &lams,
-        &[("train", &tr), ("test", &te)],
-        Some((
-            &hb,
-            &LanczosOpts {
-                max_iter: 40,
-                tol: 1e-2,
-                seed: sh.seed,
-            },
-        )),
-        Some(&crate::bars::Bars::default()),
-    )?;
-    for (i, l) in lams.iter().enumerate() {
-        println!(
-            "λ={l:+.2}: train loss {:.4}, test loss {:.4}, λ₁ {:.3}",
-            c.series[0].loss[i], c.series[1].loss[i], c.lambda1[i]
-        );
+    hessian_lab::files::check_writable(&sh.out.join("probe.json"))?;
+    let rt = runtime(&sh.common)?;
+    let r = f(&rt, &fig_settings(&sh))?;
+    for line in &r.notes {
+        println!("{line}");
     }
-    let fig = plot::landscape_figure(&c, "M1: clean (λ=0) → robust (λ=1)", "λ", false)?;
-    save_figure(&sh, "fig11", &fig, json!({"data": c}), t0)
-}
-
-fn fig17(sh: Shared) -> Result<()> {
-    let t0 = Instant::now();
-    let f = fig_setup(&sh)?;
-    let hb = DataSource::Batch(f.train.first(320)?.to_batch(&f.rt)?);
-    let runs: [(&str, usize, bool); 3] = [
-        ("B=128", 128, false),
-        ("B=2048", 2048, false),
-        ("B=128 robust", 128, true),
-    ];
-    let (mut l1s, mut gns) = (vec![], vec![]);
-    for (name, b, robust) in runs {
-        eprintln!("training {name} with λ₁ tracking ...");
-        let m = Model::new(ModelKind::M1, &f.rt, sh.seed)?;
-        let mut cfg = TrainConfig::new(f.epochs.max(3), b, 0.02);
-        cfg.progress = None;
-        cfg.eval_train_samples = 0;
-        cfg.seed = sh.seed;
-        let mut hook = landscape::curvature_epoch_hook(
-            hb.clone(),
-            LanczosOpts {
-                max_iter: 40,
-                tol: 1e-2,
-                seed: sh.seed,
-            },
-        );
-        let mut adv = |m: &Model, batch| {
-            hessian_lab::attack::adversarial_batch(m, batch, AttackKind::Fgsm, 0.1, 0.5)
-        };
-        let rep = train::train(
-            &m,
-            &f.train,
-            Some(&f.test),
-            &cfg,
-            if robust { Some(&mut adv) } else { None },
-            Some(hook.as_mut()),
-        )?;
-        let l1: Vec<f64> = rep
-            .epochs
-            .iter()
-            .map(|e| e.extra["lambda1"].as_f64().unwrap_or(f64::NAN))
-            .collect();
-        let gn: Vec<f64> = rep
-            .epochs
-            .iter()
-            .map(|e| e.extra["grad_norm"].as_f64().unwrap_or(f64::NAN))
-            .collect();
-        println!("{name}: λ₁ per epoch {l1:.3?}, ‖g‖ {gn:.4?}");
-        l1s.push((name.to_string(), l1));
-        gns.push((name.to_string(), gn));
-    }
-    let fig = Figure::panels(
-        vec![
-            plot::per_epoch_figure(
-                "λ₁^θ per epoch (320 train images)",
-                "λ₁^θ",
-                l1s.clone(),
-                true,
-            )?,
-            plot::per_epoch_figure("‖g‖ per epoch", "‖g‖", gns.clone(), true)?,
-        ],
-        2,
-    )?;
-    save_figure(
-        &sh,
-        "fig17",
-        &fig,
-        json!({"lambda1": l1s, "grad_norm": gns}),
-        t0,
-    )
+    save_figure(&sh, r.name, &r.figure, r.data, t0)
 }
 
 fn table10(a: Table10Args) -> Result<()> {
     let sh = &a.shared;
     let rt = runtime(&sh.common)?;
-    let (train_split, test_split, default_bs) = match (&a.cifar10, a.sample) {
-        (Some(dir), _) => (
-            data::load_from_dir(DatasetKind::Cifar10, SplitKind::Train, dir)?,
-            data::load_from_dir(DatasetKind::Cifar10, SplitKind::Test, dir)?,
-            vec![8000, 16000, 32000, 50000],
-        ),
-        (None, true) => {
-            // The sample file holds 1,000 dogs then 1,000 cats: every fifth image is held out
-            // (200 of each class), the other 1,600 train.
-            let all = data::load(DatasetKind::Cifar10Sample, SplitKind::Train, &sh.common.data_dir)?;
-            let (tr, ho): (Vec<usize>, Vec<usize>) = (0..all.len()).partition(|i| i % 5 != 4);
-            (all.select(&tr)?, all.select(&ho)?, vec![200, 400, 800, 1600])
-        }
+    let data = match (&a.cifar10, a.sample) {
+        (Some(dir), _) => Table10Data::Cifar10(dir.clone()),
+        (None, true) => Table10Data::Sample(sh.common.data_dir.clone()),
         (None, false) => anyhow::bail!(
             "table10 needs the full CIFAR-10 data set, which hessian-lab cannot download: put the official binary files \
              (data_batch_1.bin … data_batch_5.bin, test_batch.bin from cifar-10-binary.tar.gz) in a folder and pass \
              --cifar10 DIR (e.g. data/cifar10). To run the pipeline on the shipped 2,000-image cat/dog sample instead, pass --sample."
         ),
     };
-    let bs = if a.batch_sizes.is_empty() {
-        default_bs
-    } else {
-        a.batch_sizes.clone()
+    hessian_lab::files::check_writable(&sh.out.join("table10.json"))?;
+    let settings = Table10Settings {
+        data,
+        batch_sizes: a.batch_sizes.clone(),
+        epochs: a.epochs,
+        quick: sh.quick,
+        seed: sh.seed,
     };
-    let epochs = a
-        .epochs
-        .unwrap_or(if sh.quick || a.sample { 3 } else { 30 });
-    println!(
-        "# Table 10 — C1 on {} ({} training images; accuracy on {} {} images); {} epochs, SGD momentum 0.9, lr 0.02 (baseline), lr·B/{} with warm-up (LR scaling), FGSM ε=0.01 on half of each batch (robust); micro-batches of 1024 (BatchNorm sees ghost batches)",
-        if a.sample { "the shipped CIFAR-10 sample (cats and dogs only)" } else { "CIFAR-10" },
-        train_split.len(), test_split.len(), if a.sample { "held-out sample (every 5th image; cats and dogs balanced)" } else { "test" }, epochs, bs[0]
-    );
-    println!("\n| Batch | Baseline | LR scaling | Robust |\n|---|---|---|---|");
-    let mut rows = vec![];
-    for &b in &bs {
-        let mut accs = vec![];
-        for variant in ["baseline", "scaled", "robust"] {
-            let m = Model::from_config(
-                hessian_lab::models::ModelConfig::for_dataset(ModelKind::C1, DatasetKind::Cifar10),
-                &rt,
-                sh.seed,
-            )?;
-            let mut cfg = TrainConfig::new(epochs, b.min(train_split.len()), 0.02);
-            cfg.progress = None;
-            cfg.eval_train_samples = 0;
-            cfg.eval_test = false;
-            cfg.seed = sh.seed;
-            if variant == "scaled" {
-                cfg.schedule.scale_from_batch = Some(bs[0]);
-                cfg.schedule.warmup_epochs = 1.0;
-            }
-            let mut adv = |m: &Model, batch| {
-                hessian_lab::attack::adversarial_batch(m, batch, AttackKind::Fgsm, 0.01, 0.5)
-            };
-            train::train(
-                &m,
-                &train_split,
-                None,
-                &cfg,
-                if variant == "robust" {
-                    Some(&mut adv)
-                } else {
-                    None
-                },
-                None,
-            )?;
-            accs.push(m.evaluate(&test_split, 500)?.1);
-        }
-        println!(
-            "| {b} | {:.2} | {:.2} | {:.2} |",
-            100.0 * accs[0],
-            100.0 * accs[1],
-            100.0 * accs[2]
-        );
-        rows.push(
-            json!({"batch_size": b, "baseline": accs[0], "lr_scaling": accs[1], "robust": accs[2]}),
-        );
-    }
-    std::fs::create_dir_all(&sh.out)?;
-    write_json(
-        &sh.out.join("table10.json"),
-        &json!({"rows": rows, "epochs": epochs, "sample": a.sample}),
-    )?;
+    let t = reproduce::table10::table10(&rt, &settings, |line| println!("{line}"))?;
+    write_json(&sh.out.join("table10.json"), &serde_json::to_value(&t)?)?;
     Ok(())
 }

@@ -1,6 +1,10 @@
 //! The paper's experiments as functions: Table 9 (M1, batch size vs curvature and robustness),
 //! Fig. 13 (spectra of sub-sampled Hessians), Figs. 8/11/15 (landscapes), Fig. 17 (λ₁ per
-//! epoch), Table 10 (C1 on CIFAR-10, large batch). The CLI's `reproduce` calls these.
+//! epoch) in [`figures`], Table 10 (C1 on CIFAR-10, large batch) in [`table10`]. The CLI's
+//! `reproduce` only parses its arguments, calls these and writes what they return.
+
+pub mod figures;
+pub mod table10;
 
 use crate::attack::{self, AttackKind};
 use crate::curvature::{self, DataSource, HessianOperator, LanczosOpts, SlqOpts};

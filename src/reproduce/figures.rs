@@ -1,0 +1,359 @@
+//! The paper's figures as library calls: Fig. 8 (1-D landscape along v₁), Fig. 11
+//! (interpolation clean → robust with λ₁ along the path), Fig. 13 (spectra of sub-sampled
+//! Hessians), Fig. 15 (2-D landscape along v₁, v₂), Fig. 17 (λ₁^θ and ‖g‖ per epoch), and the two
+//! figures of Table 9. Each returns a [`FigureResult`]: the figure, its data as JSON (the keys
+//! the CLI writes to `<name>.json`) and the lines worth printing. Nothing is written to disk
+//! except the trained models' cache when [`FigSettings::cache_dir`] is set.
+
+use super::{Table9, Table9Row, Table9Settings};
+use crate::attack::AttackKind;
+use crate::curvature::{DataSource, LanczosOpts, SlqOpts};
+use crate::data::{self, DatasetKind, Split, SplitKind};
+use crate::landscape;
+use crate::models::{Model, ModelKind};
+use crate::plot::{self, Figure, Line};
+use crate::progress::{Progress, Reporter};
+use crate::train::{self, TrainConfig};
+use crate::{Result, Runtime};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// What every figure is computed from: M1 on MNIST, trained clean and FGSM-robust.
+#[derive(Clone, Debug)]
+pub struct FigSettings {
+    /// Quick: 10,000 training images, 2 epochs, evaluations on 2,000 images; else all 60,000,
+    /// 10 epochs, 10,000.
+    pub quick: bool,
+    pub seed: u64,
+    /// The folder that holds `mnist/`.
+    pub data_dir: PathBuf,
+    /// Trained models are saved here and reused by later figures (`None`: trained each time).
+    pub cache_dir: Option<PathBuf>,
+    /// Where training and long loops report progress (`None`: silent).
+    pub progress: Option<Reporter>,
+}
+
+impl FigSettings {
+    pub fn new(quick: bool, data_dir: impl Into<PathBuf>) -> Self {
+        FigSettings {
+            quick,
+            seed: 0,
+            data_dir: data_dir.into(),
+            cache_dir: None,
+            progress: None,
+        }
+    }
+    fn progress(&self) -> Option<&dyn Progress> {
+        self.progress.as_ref().map(|r| r.as_dyn())
+    }
+    fn pick<T>(&self, quick: T, full: T) -> T {
+        if self.quick {
+            quick
+        } else {
+            full
+        }
+    }
+}
+
+/// A figure with its data and the lines a report prints.
+pub struct FigureResult {
+    /// `fig8`, `fig11`, …: the file name the CLI uses.
+    pub name: &'static str,
+    pub figure: Figure,
+    /// The figure's data (and settings) as JSON.
+    pub data: serde_json::Value,
+    /// Settings and per-point values, one line each.
+    pub notes: Vec<String>,
+}
+
+struct Setup {
+    rt: Runtime,
+    train: Split,
+    test: Split,
+    epochs: usize,
+    eval_n: usize,
+    notes: Vec<String>,
+}
+
+fn setup(rt: &Runtime, s: &FigSettings) -> Result<Setup> {
+    let (n, epochs, eval_n) = s.pick((10_000, 2, 2000), (60_000, 10, 10_000));
+    let train = data::load(DatasetKind::Mnist, SplitKind::Train, &s.data_dir)?.first(n)?;
+    let test = data::load(DatasetKind::Mnist, SplitKind::Test, &s.data_dir)?;
+    let notes = vec![format!(
+        "settings: M1 trained on {n} MNIST images for {epochs} epochs at batch 128 (lr 0.02, \
+         momentum 0.9, seed {}); robust = FGSM ε=0.1 on half of each batch; evaluations on \
+         {eval_n} images; {}",
+        s.seed,
+        s.pick("quick", "full")
+    )];
+    Ok(Setup {
+        rt: rt.clone(),
+        train,
+        test,
+        epochs,
+        eval_n,
+        notes,
+    })
+}
+
+/// Train and test evaluation sources (first `eval_n` images of each).
+fn eval_sources(f: &Setup) -> Result<(DataSource, DataSource)> {
+    let src = |split: &Split| -> Result<DataSource> {
+        Ok(DataSource::Split {
+            split: split.first(f.eval_n)?,
+            chunk: 1000,
+        })
+    };
+    Ok((src(&f.train)?, src(&f.test)?))
+}
+
+/// The clean and the FGSM-robust M1 of these settings, from the cache when it holds them.
+fn clean_and_robust(s: &FigSettings, f: &Setup) -> Result<(Model, Model)> {
+    let mut ts = Table9Settings::quick();
+    ts.epochs = f.epochs;
+    ts.seed = s.seed;
+    let tag = format!("n{}_e{}_s{}", f.train.len(), f.epochs, s.seed);
+    let get = |name: &str, adv: Option<(AttackKind, f64, f64)>| -> Result<Model> {
+        let path = s
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("m1_{name}_{tag}.safetensors")));
+        if let Some(p) = path.as_ref().filter(|p| p.exists()) {
+            if let Some(pr) = s.progress() {
+                pr.log(&format!("reusing {}", p.display()));
+            }
+            return Model::load(ModelKind::M1, p, &f.rt);
+        }
+        if let Some(pr) = s.progress() {
+            pr.log(&format!("training the {name} M1 ..."));
+        }
+        let (m, _) = super::train_m1(&f.rt, &f.train, 128, &ts, adv)?;
+        if let Some(p) = &path {
+            m.save(p)?;
+        }
+        Ok(m)
+    };
+    Ok((
+        get("clean", None)?,
+        get("robust", Some((AttackKind::Fgsm, 0.1, 0.5)))?,
+    ))
+}
+
+fn lanczos(max_iter: usize, tol: f64, seed: u64) -> LanczosOpts {
+    LanczosOpts {
+        max_iter,
+        tol,
+        seed,
+    }
+}
+
+/// Fig. 13: spectral densities (SLQ) of the Hessian sub-sampled on 1, 320 and the full set of
+/// training images, clean vs robust M1.
+pub fn fig13(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
+    let mut f = setup(rt, s)?;
+    let (clean, robust) = clean_and_robust(s, &f)?;
+    let full = s.pick(2000, f.train.len());
+    let iter = s.pick(40, 90);
+    f.notes.push(format!(
+        "spectra of the Hessian on the first 1, 320 and {full} training images (SLQ, {iter} Lanczos steps)"
+    ));
+    let opts = SlqOpts {
+        iter,
+        grid: 2000,
+        seed: s.seed,
+        ..Default::default()
+    };
+    let (mut figs, mut js) = (vec![], vec![]);
+    for (name, m) in [("clean", &clean), ("robust", &robust)] {
+        for (n, d) in super::spectra(m, &f.train, &[1, 320, full], &opts, 1000)? {
+            let nodes = d.nodes.iter().flatten().cloned();
+            let (lo, hi) = nodes.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+                (a.min(x), b.max(x))
+            });
+            f.notes
+                .push(format!("{name:6} B={n:5}: λ range [{lo:.3e}, {hi:.3e}]"));
+            figs.push(plot::density_figure(&d, &format!("{name}, B = {n}"))?);
+            js.push(json!({"model": name, "samples": n, "density": d}));
+        }
+    }
+    Ok(FigureResult {
+        name: "fig13",
+        figure: Figure::panels(figs, 3)?,
+        data: json!({ "spectra": js }),
+        notes: f.notes,
+    })
+}
+
+/// Fig. 8 (`two_d` false: loss along v₁ on a batch, train and test) or Fig. 15 (`two_d`: the
+/// loss surface along v₁, v₂), v₁, v₂ the top Hessian eigenvectors of the clean M1 on 320
+/// training images.
+pub fn fig_landscape(rt: &Runtime, s: &FigSettings, two_d: bool) -> Result<FigureResult> {
+    let mut f = setup(rt, s)?;
+    let (clean, _) = clean_and_robust(s, &f)?;
+    let batch = DataSource::Batch(f.train.first(320)?.to_batch(&f.rt)?);
+    let (vals, vecs) = landscape::eigen_directions(&clean, &batch, 2, &lanczos(80, 1e-3, s.seed))?;
+    f.notes.push(format!(
+        "v₁, v₂ from the Hessian on the first 320 training images: λ = {vals:?}"
+    ));
+    let (figure, value) = if two_d {
+        let g = landscape::linspace(-1.0, 1.0, s.pick(11, 21))?;
+        let surf =
+            landscape::landscape_2d(&clean, &vecs[0], &vecs[1], &g, &g, &batch, s.progress())?;
+        (
+            plot::surface_figure(&surf, "M1: loss on θ + α v₁ + β v₂ (320 train images)")?,
+            serde_json::to_value(&surf)?,
+        )
+    } else {
+        let (tr, te) = eval_sources(&f)?;
+        let g = landscape::linspace(-1.0, 1.0, s.pick(21, 41))?;
+        let c = landscape::landscape_1d(
+            &clean,
+            &vecs[0],
+            &g,
+            &[("batch (320)", &batch), ("train", &tr), ("test", &te)],
+            s.progress(),
+        )?;
+        (
+            plot::landscape_figure(&c, "M1: loss along v₁", "ε", false)?,
+            serde_json::to_value(&c)?,
+        )
+    };
+    Ok(FigureResult {
+        name: if two_d { "fig15" } else { "fig8" },
+        figure,
+        data: json!({"eigenvalues": vals, "data": value}),
+        notes: f.notes,
+    })
+}
+
+/// Fig. 11: loss on train and test and λ₁ along (1−λ)·θ_clean + λ·θ_robust.
+pub fn fig11(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
+    let mut f = setup(rt, s)?;
+    let (clean, robust) = clean_and_robust(s, &f)?;
+    let (tr, te) = eval_sources(&f)?;
+    let hb = DataSource::Batch(f.train.first(320)?.to_batch(&f.rt)?);
+    let lams = landscape::linspace(-0.5, 1.5, s.pick(9, 21))?;
+    let c = landscape::interpolate(
+        &clean,
+        &robust,
+        &lams,
+        &[("train", &tr), ("test", &te)],
+        Some((&hb, &lanczos(40, 1e-2, s.seed))),
+        s.progress(),
+    )?;
+    for (i, l) in lams.iter().enumerate() {
+        f.notes.push(format!(
+            "λ={l:+.2}: train loss {:.4}, test loss {:.4}, λ₁ {:.3}",
+            c.series[0].loss[i], c.series[1].loss[i], c.lambda1[i]
+        ));
+    }
+    Ok(FigureResult {
+        name: "fig11",
+        figure: plot::landscape_figure(&c, "M1: clean (λ=0) → robust (λ=1)", "λ", false)?,
+        data: json!({ "data": c }),
+        notes: f.notes,
+    })
+}
+
+/// Fig. 17: λ₁^θ (on 320 training images) and ‖g‖ after each epoch, for batch 128, batch 2048
+/// and batch 128 with FGSM robust training.
+pub fn fig17(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
+    let mut f = setup(rt, s)?;
+    let hb = DataSource::Batch(f.train.first(320)?.to_batch(&f.rt)?);
+    let runs: [(&str, usize, bool); 3] = [
+        ("B=128", 128, false),
+        ("B=2048", 2048, false),
+        ("B=128 robust", 128, true),
+    ];
+    let (mut l1s, mut gns) = (vec![], vec![]);
+    for (name, b, robust) in runs {
+        if let Some(pr) = s.progress() {
+            pr.log(&format!("training {name} with λ₁ tracking ..."));
+        }
+        let m = Model::new(ModelKind::M1, &f.rt, s.seed)?;
+        let mut cfg = TrainConfig::new(f.epochs.max(3), b, 0.02);
+        cfg.eval_train_samples = 0;
+        cfg.seed = s.seed;
+        let mut hook = landscape::curvature_epoch_hook(hb.clone(), lanczos(40, 1e-2, s.seed));
+        let mut adv = |m: &Model, batch| {
+            crate::attack::adversarial_batch(m, batch, AttackKind::Fgsm, 0.1, 0.5)
+        };
+        let rep = train::train(
+            &m,
+            &f.train,
+            Some(&f.test),
+            &cfg,
+            if robust { Some(&mut adv) } else { None },
+            Some(hook.as_mut()),
+        )?;
+        let series = |key: &str| -> Vec<f64> {
+            rep.epochs
+                .iter()
+                .map(|e| {
+                    e.extra
+                        .get(key)
+                        .and_then(|v| v.as_f64())
+                        .unwrap_or(f64::NAN)
+                })
+                .collect()
+        };
+        let (l1, gn) = (series("lambda1"), series("grad_norm"));
+        f.notes
+            .push(format!("{name}: λ₁ per epoch {l1:.3?}, ‖g‖ {gn:.4?}"));
+        l1s.push((name.to_string(), l1));
+        gns.push((name.to_string(), gn));
+    }
+    let figure = Figure::panels(
+        vec![
+            plot::per_epoch_figure(
+                "λ₁^θ per epoch (320 train images)",
+                "λ₁^θ",
+                l1s.clone(),
+                true,
+            )?,
+            plot::per_epoch_figure("‖g‖ per epoch", "‖g‖", gns.clone(), true)?,
+        ],
+        2,
+    )?;
+    Ok(FigureResult {
+        name: "fig17",
+        figure,
+        data: json!({"lambda1": l1s, "grad_norm": gns}),
+        notes: f.notes,
+    })
+}
+
+/// Table 9's two figures: λ₁^θ vs batch size (train, test) and FGSM accuracy vs batch size.
+pub fn table9_figures(t: &Table9) -> Result<[Figure; 2]> {
+    let bs: Vec<f64> = t.rows.iter().map(|r| r.batch_size as f64).collect();
+    let line = |f: &dyn Fn(&Table9Row) -> f64, label: &str| Line {
+        label: label.into(),
+        x: bs.clone(),
+        y: t.rows.iter().map(f).collect(),
+        markers: true,
+    };
+    Ok([
+        Figure::lines(
+            "M1: λ₁^θ vs batch size",
+            "batch size",
+            "λ₁^θ",
+            vec![
+                line(&|r| r.lambda1_theta_train, "train"),
+                line(&|r| r.lambda1_theta_test, "test"),
+            ],
+            true,
+        )?,
+        Figure::lines(
+            "M1: FGSM accuracy vs batch size",
+            "batch size",
+            "accuracy",
+            vec![
+                line(&|r| r.fgsm(0.1).train, "ε=0.1 train"),
+                line(&|r| r.fgsm(0.1).test, "ε=0.1 test"),
+                line(&|r| r.fgsm(0.2).train, "ε=0.2 train"),
+                line(&|r| r.fgsm(0.2).test, "ε=0.2 test"),
+            ],
+            false,
+        )?,
+    ])
+}
