@@ -15,21 +15,32 @@ use std::path::{Path, PathBuf};
 
 /// The data sets hessian-lab reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum DatasetKind {
+    #[cfg_attr(feature = "cli", value(name = "mnist"))]
     Mnist,
+    #[cfg_attr(
+        feature = "cli",
+        value(name = "fashion-mnist", alias = "fashion_mnist", alias = "fmnist")
+    )]
     FashionMnist,
     /// Full CIFAR-10 from a user-given folder (`data_batch_{1..5}.bin`, `test_batch.bin`).
+    #[cfg_attr(feature = "cli", value(name = "cifar10", alias = "cifar-10"))]
     Cifar10,
     /// Full CIFAR-100 from a user-given folder (`train.bin`, `test.bin`).
+    #[cfg_attr(feature = "cli", value(name = "cifar100", alias = "cifar-100"))]
     Cifar100,
     /// The shipped CIFAR-10 sample: train = 2,000 cat/dog images, test = the first 20 test images.
+    #[cfg_attr(feature = "cli", value(name = "cifar10-sample"))]
     Cifar10Sample,
     /// The shipped CIFAR-100 sample: the first 20 test images (test split only).
+    #[cfg_attr(feature = "cli", value(name = "cifar100-sample"))]
     Cifar100Sample,
 }
 
 /// Train or test split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum SplitKind {
     Train,
     Test,

@@ -19,20 +19,28 @@ pub use zoo::{Activation, Init, TensorSpec};
 
 /// Which architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum ModelKind {
     /// LeNet-5 variant for MNIST: conv(1→20,5,s2) conv(20→50,5,s2) fc(2450→500) fc(500→10).
+    #[cfg_attr(feature = "cli", value(name = "m1"))]
     M1,
     /// CIFAR-10: conv(3→64,5,s2) pool(3,2,1) bn conv(64→64,5,s2) pool bn fc 256→384→192→10.
+    #[cfg_attr(feature = "cli", value(name = "c1"))]
     C1,
     /// CIFAR-10: 4× conv3x3 (64,64,128,128) with BN, pools after conv2/conv4, fc 8192→256→256→10.
+    #[cfg_attr(feature = "cli", value(name = "c2"))]
     C2,
     /// C2 without BatchNorm.
+    #[cfg_attr(feature = "cli", value(name = "c3"))]
     C3,
     /// CIFAR ResNet-18 (kuangliu/pytorch-cifar layout), CIFAR-100.
+    #[cfg_attr(feature = "cli", value(name = "resnet18", alias = "resnet-18"))]
     ResNet18,
     /// Softmax regression (test model).
+    #[cfg_attr(feature = "cli", value(name = "logreg"))]
     LogReg,
     /// One hidden layer (ReLU or tanh) (test model).
+    #[cfg_attr(feature = "cli", value(name = "mlp"))]
     Mlp,
 }
 

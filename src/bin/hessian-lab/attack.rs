@@ -8,6 +8,17 @@ use serde_json::json;
 use std::time::Instant;
 
 crate::common::cli_enum!(
+    /// The paper's attacks (FGSM-10 is `ifgsm`).
+    AttackArg {
+        Fgsm = "fgsm",
+        Ifgsm = "ifgsm" | "fgsm10" | "fgsm-10",
+        L2Grad = "l2grad",
+        Fhsm = "fhsm",
+        L2Hess = "l2hess",
+    }
+);
+
+crate::common::cli_enum!(
     /// Newton solver of the second-order attacks.
     NewtonArg { Exact = "exact", Cg = "cg" }
 );
@@ -19,8 +30,8 @@ pub struct AttackArgs {
     #[command(flatten)]
     pub md: ModelData,
     /// fgsm, ifgsm (FGSM-10), l2grad, fhsm or l2hess
-    #[arg(long)]
-    pub attack: String,
+    #[arg(long, value_enum)]
+    pub attack: crate::attack::AttackArg,
     /// Budgets ε (pixel units in [0,1]), comma separated
     #[arg(
         long,
@@ -47,13 +58,13 @@ pub struct AttackArgs {
 }
 
 pub fn parse_attack(
-    name: &str,
+    name: AttackArg,
     steps: usize,
     newton: NewtonArg,
     cg_iters: usize,
     cg_tol: f64,
 ) -> Result<AttackKind> {
-    let mut k: AttackKind = name.parse()?;
+    let mut k: AttackKind = name.name().parse()?;
     if let AttackKind::Ifgsm { .. } = k {
         k = AttackKind::Ifgsm { steps };
     }
@@ -69,7 +80,7 @@ pub fn parse_attack(
 
 pub fn run(a: AttackArgs) -> Result<()> {
     let (_rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
-    let kind = parse_attack(&a.attack, a.steps, a.newton, a.cg_iters, a.cg_tol)?;
+    let kind = parse_attack(a.attack, a.steps, a.newton, a.cg_iters, a.cg_tol)?;
     let t0 = Instant::now();
     let rep = attack::adversarial_accuracy(
         &model,

@@ -8,7 +8,7 @@ use hessian_lab::curvature::{
     PowerOpts,
 };
 use hessian_lab::data::{DatasetKind, SplitKind};
-use hessian_lab::models::{Model, ModelConfig, ModelKind};
+use hessian_lab::models::{Model, ModelConfig};
 use serde_json::json;
 use std::time::Instant;
 
@@ -21,8 +21,8 @@ crate::common::cli_enum!(
 pub struct BenchArgs {
     #[command(flatten)]
     pub common: Common,
-    #[arg(long, default_value = "m1")]
-    pub model: String,
+    #[arg(long, value_enum, default_value_t = hessian_lab::models::ModelKind::M1)]
+    pub model: hessian_lab::models::ModelKind,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     /// CPU threads (sets RAYON_NUM_THREADS before any work; default: all cores)
@@ -101,7 +101,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         KernelsArg::Fused => hessian_lab::models::layers::Kernels::Fused,
         KernelsArg::Candle => hessian_lab::models::layers::Kernels::Candle,
     });
-    let kind: ModelKind = a.model.parse()?;
+    let kind = a.model;
     let ds = kind.default_dataset();
     let model = match &a.weights {
         Some(p) => Model::load(kind, p, &rt)?,

@@ -62,15 +62,15 @@ pub struct Common {
 /// Model + data selection shared by the analysis commands.
 #[derive(Args, Clone)]
 pub struct ModelData {
-    #[arg(long)]
-    pub model: String,
+    #[arg(long, value_enum)]
+    pub model: hessian_lab::models::ModelKind,
     /// Weights (safetensors); without them a freshly initialised model (seed --seed) is used
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    #[arg(long)]
-    pub dataset: Option<String>,
-    #[arg(long, default_value = "test")]
-    pub split: String,
+    #[arg(long, value_enum)]
+    pub dataset: Option<hessian_lab::data::DatasetKind>,
+    #[arg(long, value_enum, default_value_t = hessian_lab::data::SplitKind::Test)]
+    pub split: hessian_lab::data::SplitKind,
     /// Use the first N samples of the split (default: all)
     #[arg(long)]
     pub samples: Option<usize>,
@@ -109,11 +109,8 @@ pub fn load_split(
     })
 }
 
-pub fn dataset_for(model: ModelKind, name: &Option<String>) -> Result<DatasetKind> {
-    Ok(match name {
-        Some(n) => n.parse()?,
-        None => model.default_dataset(),
-    })
+pub fn dataset_for(model: ModelKind, name: &Option<DatasetKind>) -> Result<DatasetKind> {
+    Ok(name.unwrap_or(model.default_dataset()))
 }
 
 /// Loads (or initialises) the model and the requested split.
@@ -122,9 +119,9 @@ pub fn model_and_data(
     md: &ModelData,
 ) -> Result<(Runtime, Model, Split, DatasetKind, SplitKind)> {
     let rt = runtime(c)?;
-    let kind: ModelKind = md.model.parse()?;
+    let kind = md.model;
     let ds = dataset_for(kind, &md.dataset)?;
-    let sk: SplitKind = md.split.parse()?;
+    let sk = md.split;
     let split = load_split(c, ds, sk, md.samples)?;
     let model = match &md.weights {
         Some(p) => Model::load(kind, p, &rt)?,

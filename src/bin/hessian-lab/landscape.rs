@@ -6,7 +6,7 @@ use clap::Args;
 use hessian_lab::curvature::{DataSource, LanczosOpts};
 use hessian_lab::data::SplitKind;
 use hessian_lab::landscape::{self, parse_range};
-use hessian_lab::models::{Model, ModelKind};
+use hessian_lab::models::Model;
 use hessian_lab::plot;
 use serde_json::json;
 use std::path::PathBuf;
@@ -156,16 +156,16 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
 pub struct InterpolateArgs {
     #[command(flatten)]
     pub common: Common,
-    #[arg(long)]
-    pub model: String,
+    #[arg(long, value_enum)]
+    pub model: hessian_lab::models::ModelKind,
     /// Weights of the first model (λ = 0)
     #[arg(long)]
     pub from: PathBuf,
     /// Weights of the second model (λ = 1)
     #[arg(long)]
     pub to: PathBuf,
-    #[arg(long)]
-    pub dataset: Option<String>,
+    #[arg(long, value_enum)]
+    pub dataset: Option<hessian_lab::data::DatasetKind>,
     /// start:stop:count (may extend beyond [0, 1])
     #[arg(long, default_value = "-0.5:1.5:21", allow_hyphen_values = true)]
     pub range: String,
@@ -187,7 +187,7 @@ pub fn interpolate_cmd(a: InterpolateArgs) -> Result<()> {
     parse_range(&a.range)?;
     hessian_lab::files::check_writable(&a.out)?;
     let rt = runtime(&a.common)?;
-    let kind: ModelKind = a.model.parse()?;
+    let kind = a.model;
     let ds = crate::common::dataset_for(kind, &a.dataset)?;
     let ma = Model::load(kind, &a.from, &rt)?;
     let mb = Model::load(kind, &a.to, &rt)?;

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use common::{dataset_for, load_split, runtime, Common};
 use hessian_lab::data::SplitKind;
-use hessian_lab::models::{Model, ModelConfig, ModelKind};
+use hessian_lab::models::{Model, ModelConfig};
 use hessian_lab::train::{self, LrSchedule, TrainConfig};
 use serde_json::json;
 use std::path::PathBuf;
@@ -54,10 +54,10 @@ enum Cmd {
 struct TrainArgs {
     #[command(flatten)]
     common: Common,
-    #[arg(long)]
-    model: String,
-    #[arg(long)]
-    dataset: Option<String>,
+    #[arg(long, value_enum)]
+    model: hessian_lab::models::ModelKind,
+    #[arg(long, value_enum)]
+    dataset: Option<hessian_lab::data::DatasetKind>,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     #[arg(long, default_value_t = 2)]
@@ -105,8 +105,8 @@ struct TrainArgs {
     #[arg(long)]
     log: Option<PathBuf>,
     /// Robust training: mix in adversarial examples from this attack (fgsm, ifgsm, l2grad, fhsm, l2hess)
-    #[arg(long)]
-    adversarial: Option<String>,
+    #[arg(long, value_enum)]
+    adversarial: Option<crate::attack::AttackArg>,
     /// Budget ε of the adversarial examples
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     adv_eps: f64,
@@ -125,14 +125,14 @@ struct TrainArgs {
 struct EvalArgs {
     #[command(flatten)]
     common: Common,
-    #[arg(long)]
-    model: String,
+    #[arg(long, value_enum)]
+    model: hessian_lab::models::ModelKind,
     #[arg(long)]
     weights: PathBuf,
-    #[arg(long)]
-    dataset: Option<String>,
-    #[arg(long, default_value = "test")]
-    split: String,
+    #[arg(long, value_enum)]
+    dataset: Option<hessian_lab::data::DatasetKind>,
+    #[arg(long, value_enum, default_value_t = hessian_lab::data::SplitKind::Test)]
+    split: hessian_lab::data::SplitKind,
     /// The first N samples of the split (default: all)
     #[arg(long)]
     samples: Option<usize>,
@@ -142,7 +142,7 @@ struct EvalArgs {
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let rt = runtime(&a.common)?;
-    let kind: ModelKind = a.model.parse()?;
+    let kind = a.model;
     let ds = dataset_for(kind, &a.dataset)?;
     let train_split = load_split(&a.common, ds, SplitKind::Train, a.samples)?;
     let test_split = load_split(&a.common, ds, SplitKind::Test, None).ok();
@@ -208,7 +208,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     );
     let adv = match &a.adversarial {
         Some(name) => Some(attack::parse_attack(
-            name,
+            *name,
             10,
             attack::NewtonArg::Exact,
             20,
@@ -276,9 +276,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let rt = runtime(&a.common)?;
-    let kind: ModelKind = a.model.parse()?;
+    let kind = a.model;
     let ds = dataset_for(kind, &a.dataset)?;
-    let split: SplitKind = a.split.parse()?;
+    let split = a.split;
     let s = load_split(&a.common, ds, split, a.samples)?;
     let model = Model::load(kind, &a.weights, &rt)?;
     let t = std::time::Instant::now();
