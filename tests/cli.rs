@@ -181,7 +181,10 @@ fn train_eval_spectrum_input_hessian_json() {
 #[test]
 fn bad_input_gives_clear_errors_not_panics() {
     let (ok, _, err) = run(&["eval", "--model", "lenet", "--weights", "x", "--json"]);
-    assert!(!ok && err.contains("unknown model `lenet`"), "{err}");
+    assert!(
+        !ok && err.contains("invalid value 'lenet'") && err.contains("m1, c1"),
+        "{err}"
+    );
     let (ok, _, err) = run(&[
         "eval",
         "--model",
