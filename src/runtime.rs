@@ -61,8 +61,8 @@ pub(crate) fn tune_malloc() {}
 
 /// Which kernels [`Kernels::conv2d`], [`Kernels::linear`], [`Kernels::relu`],
 /// [`Kernels::max_pool2d`] and eval-mode [`Kernels::batch_norm`] run on the CPU (both exact to
-/// any order). A model takes its choice from its [`Runtime`]; the free functions of
-/// [`crate::models::layers`] use [`Kernels::Fused`].
+/// any order), as methods: `Kernels::Fused.conv2d(x, w, b, stride, pad)`. A model takes its
+/// choice from its [`Runtime`].
 ///
 /// The fused kernels are the faster and leaner ones (BENCHMARKS.md); `Candle` is there for
 /// cross-checks, and is what runs on other devices either way.

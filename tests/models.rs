@@ -483,7 +483,9 @@ fn max_pool_gradient_goes_to_the_first_tied_maximum() {
                 .unwrap(),
         )
         .unwrap();
-        let y = layers::max_pool2d(x.as_tensor(), k, s, p).unwrap();
+        let y = layers::Kernels::Fused
+            .max_pool2d(x.as_tensor(), k, s, p)
+            .unwrap();
         let g = y.sum_all().unwrap().backward_with_graph(true).unwrap();
         let gx = to_vec(g.get(x.as_tensor()).unwrap());
         let mut want = vec![0.0; 12];
@@ -582,7 +584,9 @@ fn conv_with_windows_wholly_in_the_padding_matches_candle() {
             let xt =
                 candle_core::Tensor::from_vec(v.to_vec(), (2, 2, h, w), &candle_core::Device::Cpu)
                     .unwrap();
-            let y = layers::conv2d(&xt, wt.as_tensor(), Some(b.as_tensor()), s, p).unwrap();
+            let y = Kernels::Fused
+                .conv2d(&xt, wt.as_tensor(), Some(b.as_tensor()), s, p)
+                .unwrap();
             y.sqr()
                 .unwrap()
                 .sum_all()

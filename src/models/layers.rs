@@ -1,4 +1,6 @@
-//! Differentiable building blocks, exact to second order under candle's autograd.
+//! Differentiable building blocks, exact to second order under candle's autograd: the layers
+//! as methods of [`Kernels`] (the fused CPU ops of `crate::ops`, or candle's own), and the
+//! losses.
 //!
 //! Everything here is composed of candle primitives whose backward passes are themselves
 //! differentiable (conv2d, matmul, elementwise ops, reductions, narrow/reshape). candle 0.11's
@@ -133,54 +135,6 @@ impl Kernels {
         }
         out.ok_or_else(|| Error::invalid("max_pool2d", "empty kernel"))
     }
-}
-
-/// [`Kernels::conv2d`] with the fused kernels.
-pub fn conv2d(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    Kernels::Fused.conv2d(x, w, b, stride, padding)
-}
-
-/// [`Kernels::conv2d_relu`] with the fused kernels.
-pub fn conv2d_relu(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    Kernels::Fused.conv2d_relu(x, w, b, stride, padding)
-}
-
-/// [`Kernels::relu`] with the fused kernels.
-pub fn relu(x: &Tensor) -> Result<Tensor> {
-    Kernels::Fused.relu(x)
-}
-
-/// [`Kernels::linear`] with the fused kernels.
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    Kernels::Fused.linear(x, w, b)
-}
-
-/// [`Kernels::max_pool2d`] with the fused kernels.
-pub fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
-    Kernels::Fused.max_pool2d(x, k, s, p)
-}
-
-/// [`Kernels::batch_norm`] with the fused kernels.
-pub fn batch_norm(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    bufs: &BnBuffers<'_>,
-    train: bool,
-) -> Result<Tensor> {
-    Kernels::Fused.batch_norm(x, gamma, beta, bufs, train)
 }
 
 /// Pads dimension `dim` with `left`/`right` copies of a constant (no gradient flows to the pad).
