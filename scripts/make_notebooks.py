@@ -86,7 +86,7 @@ let top = curvature::lanczos(&op, 2, &LanczosOpts::default())?;
 println!("λ₁, λ₂ = {:?} after {} HVPs (residuals {:?})", top.eigenvalues, top.hvps, top.residuals);"""),
     md("## One attack: FGSM at several ε"),
     code("""let eps = vec![0.0, 0.05, 0.1, 0.15, 0.2];
-let rep = attack::adversarial_accuracy(&model, &test, AttackKind::Fgsm, &eps, 500, None)?;
+let rep = attack::adversarial_accuracy(&model, &test, AttackKind::Fgsm, &eps, &Default::default())?;
 let accs: Vec<f64> = rep.per_eps.iter().map(|e| e.accuracy).collect();
 println!("FGSM accuracy: {:?}", accs);"""),
     code("""let fig = plot::accuracy_vs_eps_figure("M1: accuracy under FGSM", vec![("FGSM".to_string(), eps.clone(), accs.clone())])?;
@@ -173,7 +173,7 @@ for (name, m) in [("B=64", &small), ("B=1024", &large)] {
     let op = HessianOperator::new(m, DataSource::Batch(hb.clone()))?;
     let l1 = curvature::lanczos(&op, 1, &LanczosOpts::default())?.eigenvalues[0];
     let s = curvature::input_hessian(m, &ib)?.summary();
-    let f = attack::adversarial_accuracy(m, &test, AttackKind::Fgsm, &[0.1, 0.2], 500, None)?;
+    let f = attack::adversarial_accuracy(m, &test, AttackKind::Fgsm, &[0.1, 0.2], &Default::default())?;
     println!("{name}: acc {acc:.4}  λ₁^θ {l1:.3}  λ₁^x {:.4}  ‖∇ₓJ‖ {:.4}  FGSM ε=0.1 {:.3}  ε=0.2 {:.3}",
         s.lambda1_x_mean, s.grad_norm_mean, f.per_eps[0].accuracy, f.per_eps[1].accuracy);
     rows.push((name, l1));
@@ -206,7 +206,7 @@ let eps_l2 = vec![0.0, 1.0, 2.0, 3.0, 4.0];
 let mut series = vec![];
 for (k, eps) in [(AttackKind::Fgsm, &eps_linf), (AttackKind::Ifgsm { steps: 10 }, &eps_linf), (AttackKind::Fhsm(NewtonSolver::Exact), &eps_linf),
                  (AttackKind::L2Grad, &eps_l2), (AttackKind::L2Hess(NewtonSolver::Exact), &eps_l2)] {
-    let r = attack::adversarial_accuracy(&clean, &t300, k, eps, 300, None)?;
+    let r = attack::adversarial_accuracy(&clean, &t300, k, eps, &attack::SplitOpts::chunk(300))?;
     println!("{:7} {:?}", r.attack, r.per_eps.iter().map(|e| (e.eps, e.accuracy)).collect::<Vec<_>>());
     series.push((r.attack.clone(), eps.clone(), r.per_eps.iter().map(|e| e.accuracy).collect::<Vec<f64>>()));
 }"""),
@@ -235,7 +235,7 @@ train::fit(&robust, &train_split, &FitOpts { epochs: 1, adversarial: Some(adv), 
 let hb = test.first(320)?.to_batch(&rt)?;
 for (name, m) in [("clean", &clean), ("robust", &robust)] {
     let (_, acc) = m.evaluate(&test, 500)?;
-    let f = attack::adversarial_accuracy(m, &t300, AttackKind::Fgsm, &[0.1], 300, None)?.per_eps[0].accuracy;
+    let f = attack::adversarial_accuracy(m, &t300, AttackKind::Fgsm, &[0.1], &attack::SplitOpts::chunk(300))?.per_eps[0].accuracy;
     let op = HessianOperator::new(m, DataSource::Batch(hb.clone()))?;
     let l1 = curvature::lanczos(&op, 1, &LanczosOpts::default())?.eigenvalues[0];
     println!("{name:6}: clean accuracy {acc:.4}, FGSM(0.1) accuracy {f:.3}, λ₁^θ {l1:.3}");
@@ -267,7 +267,7 @@ let curve = landscape::landscape_1d(&model, &vecs[0], &alphas, &[("batch", &batc
 let fig = plot::landscape_figure(&curve, "M1: loss along v₁", "ε", false)?;
 fig.evcxr_display();"""),
     code("""let grid = landscape::linspace(-1.0, 1.0, 11)?;
-let surf = landscape::landscape_2d(&model, &vecs[0], &vecs[1], &grid, &grid, &batch, None)?;
+let surf = landscape::landscape_2d(&model, &landscape::Plane { d1: &vecs[0], d2: &vecs[1], alphas: &grid, betas: &grid }, &batch, None)?;
 let fig = plot::surface_figure(&surf, "M1: loss on θ + α v₁ + β v₂")?;
 fig.evcxr_display();"""),
     md("## From the clean model to an FGSM-robust one"),

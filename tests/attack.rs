@@ -237,16 +237,22 @@ fn trained_m1_monotone_in_eps_ifgsm_stronger_and_robust_training_helps() {
     cfg.eval_train_samples = 0;
     cfg.eval_test = false;
     let clean = Model::new(ModelKind::M1, &rt, 0).unwrap();
-    train::train(&clean, &train_split, None, &cfg, None, None).unwrap();
+    train::train(&clean, &train_split, &cfg, train::TrainWith::default()).unwrap();
     let eps = [0.0, 0.05, 0.1, 0.15, 0.2];
-    let f = adversarial_accuracy(&clean, &test, AttackKind::Fgsm, &eps, 150, None).unwrap();
+    let f = adversarial_accuracy(
+        &clean,
+        &test,
+        AttackKind::Fgsm,
+        &eps,
+        &SplitOpts::chunk(150),
+    )
+    .unwrap();
     let i = adversarial_accuracy(
         &clean,
         &test,
         AttackKind::Ifgsm { steps: 10 },
         &eps,
-        150,
-        None,
+        &SplitOpts::chunk(150),
     )
     .unwrap();
     assert!(f.clean_accuracy > 0.9, "{}", f.clean_accuracy);
@@ -277,8 +283,24 @@ fn trained_m1_monotone_in_eps_ifgsm_stronger_and_robust_training_helps() {
     // Robust training (half of each batch FGSM at ε = 0.1).
     let robust = Model::new(ModelKind::M1, &rt, 0).unwrap();
     let mut hook = |m: &Model, b| adversarial_batch(m, b, AttackKind::Fgsm, 0.1, 0.5);
-    train::train(&robust, &train_split, None, &cfg, Some(&mut hook), None).unwrap();
-    let fr = adversarial_accuracy(&robust, &test, AttackKind::Fgsm, &[0.1], 150, None).unwrap();
+    train::train(
+        &robust,
+        &train_split,
+        &cfg,
+        train::TrainWith {
+            batch_hook: Some(&mut hook),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let fr = adversarial_accuracy(
+        &robust,
+        &test,
+        AttackKind::Fgsm,
+        &[0.1],
+        &SplitOpts::chunk(150),
+    )
+    .unwrap();
     assert!(
         fr.per_eps[0].accuracy > f.per_eps[2].accuracy + 0.1,
         "robust {} vs clean {}",

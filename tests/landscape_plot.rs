@@ -51,10 +51,12 @@ fn surface_at_origin_and_gradient_direction() {
     let d2 = filter_normalized_direction(&m, 2).unwrap();
     let s = landscape_2d(
         &m,
-        &d1,
-        &d2,
-        &[-0.5, 0.0, 0.5],
-        &[-0.5, 0.0, 0.5, 1.0],
+        &hessian_lab::landscape::Plane {
+            d1: &d1,
+            d2: &d2,
+            alphas: &[-0.5, 0.0, 0.5],
+            betas: &[-0.5, 0.0, 0.5, 1.0],
+        },
         &src,
         None,
     )

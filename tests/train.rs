@@ -25,7 +25,7 @@ fn tiny_training_run_lowers_the_loss() {
     cfg.progress = None;
     cfg.eval_train_samples = 512;
     cfg.eval_test = false;
-    let rep = train::train(&m, &split, None, &cfg, None, None).unwrap();
+    let rep = train::train(&m, &split, &cfg, train::TrainWith::default()).unwrap();
     let (l1, a1) = m.evaluate(&split, 256).unwrap();
     assert!(l1 < 0.5 * l0, "loss {l0} -> {l1}");
     assert!(a1 > 0.8, "accuracy {a1}");
@@ -39,7 +39,7 @@ fn tiny_training_run_lowers_the_loss() {
         0,
     )
     .unwrap();
-    train::train(&m2, &split, None, &cfg, None, None).unwrap();
+    train::train(&m2, &split, &cfg, train::TrainWith::default()).unwrap();
     assert_eq!(
         to_vec(m.params()[0].1.as_tensor()),
         to_vec(m2.params()[0].1.as_tensor())

@@ -349,16 +349,43 @@ pub struct AdversarialReport {
     pub per_eps: Vec<EpsReport>,
 }
 
-/// Adversarial accuracy of `model` on `split` under `kind` for each ε, in chunks of `chunk`
-/// samples (bounded memory), with an optional progress bar. Cost: as [`attack`] per chunk.
+/// How [`adversarial_accuracy`] walks a split. `SplitOpts::default()`: chunks of 500, silent.
+#[derive(Clone, Copy)]
+pub struct SplitOpts<'a> {
+    /// Samples attacked at once (memory grows with it).
+    pub chunk: usize,
+    pub progress: Option<&'a dyn crate::progress::Progress>,
+}
+
+impl Default for SplitOpts<'_> {
+    fn default() -> Self {
+        SplitOpts {
+            chunk: 500,
+            progress: None,
+        }
+    }
+}
+
+impl SplitOpts<'_> {
+    /// Chunks of `chunk` samples, silent.
+    pub fn chunk(chunk: usize) -> Self {
+        SplitOpts {
+            chunk,
+            ..Default::default()
+        }
+    }
+}
+
+/// Adversarial accuracy of `model` on `split` under `kind` for each ε, chunk by chunk
+/// (bounded memory). Cost: as [`attack`] per chunk.
 pub fn adversarial_accuracy(
     model: &Model,
     split: &Split,
     kind: AttackKind,
     eps_list: &[f64],
-    chunk: usize,
-    progress: Option<&dyn crate::progress::Progress>,
+    opts: &SplitOpts<'_>,
 ) -> Result<AdversarialReport> {
+    let (chunk, progress) = (opts.chunk, opts.progress);
     if split.is_empty() {
         return Err(Error::Empty("split has no samples".into()));
     }

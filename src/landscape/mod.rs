@@ -227,16 +227,28 @@ pub struct Surface2d {
     pub accuracy: Vec<Vec<f64>>,
 }
 
+/// The plane θ + α·d₁ + β·d₂ sampled on a grid (for [`landscape_2d`]).
+#[derive(Clone, Copy)]
+pub struct Plane<'a> {
+    pub d1: &'a ParamVec,
+    pub d2: &'a ParamVec,
+    pub alphas: &'a [f64],
+    pub betas: &'a [f64],
+}
+
 /// The 2-D loss surface (the paper's Figs. 14–15). Cost: |α|·|β| × the source's forwards.
 pub fn landscape_2d(
     model: &Model,
-    d1: &ParamVec,
-    d2: &ParamVec,
-    alphas: &[f64],
-    betas: &[f64],
+    plane: &Plane<'_>,
     source: &DataSource,
     progress: Option<&dyn Progress>,
 ) -> Result<Surface2d> {
+    let Plane {
+        d1,
+        d2,
+        alphas,
+        betas,
+    } = *plane;
     check_direction(model, d1)?;
     check_direction(model, d2)?;
     if alphas.is_empty() || betas.is_empty() {

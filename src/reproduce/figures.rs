@@ -197,8 +197,17 @@ pub fn fig_landscape(rt: &Runtime, s: &FigSettings, two_d: bool) -> Result<Figur
     ));
     let (figure, value) = if two_d {
         let g = landscape::linspace(-1.0, 1.0, s.pick(11, 21))?;
-        let surf =
-            landscape::landscape_2d(&clean, &vecs[0], &vecs[1], &g, &g, &batch, s.progress())?;
+        let surf = landscape::landscape_2d(
+            &clean,
+            &landscape::Plane {
+                d1: &vecs[0],
+                d2: &vecs[1],
+                alphas: &g,
+                betas: &g,
+            },
+            &batch,
+            s.progress(),
+        )?;
         (
             plot::surface_figure(&surf, "M1: loss on θ + α v₁ + β v₂ (320 train images)")?,
             serde_json::to_value(&surf)?,
@@ -281,10 +290,12 @@ pub fn fig17(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
         let rep = train::train(
             &m,
             &f.train,
-            Some(&f.test),
             &cfg,
-            if robust { Some(&mut adv) } else { None },
-            Some(hook.as_mut()),
+            train::TrainWith {
+                test: Some(&f.test),
+                batch_hook: if robust { Some(&mut adv) } else { None },
+                epoch_hook: Some(hook.as_mut()),
+            },
         )?;
         let series = |key: &str| -> Vec<f64> {
             rep.epochs

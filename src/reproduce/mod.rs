@@ -152,10 +152,18 @@ pub fn train_m1(
         Some((k, eps, ratio)) => {
             let mut hook =
                 move |m: &Model, batch| attack::adversarial_batch(m, batch, k, eps, ratio);
-            train::train(&m, train_split, None, &cfg, Some(&mut hook), None)?;
+            train::train(
+                &m,
+                train_split,
+                &cfg,
+                train::TrainWith {
+                    batch_hook: Some(&mut hook),
+                    ..Default::default()
+                },
+            )?;
         }
         None => {
-            train::train(&m, train_split, None, &cfg, None, None)?;
+            train::train(&m, train_split, &cfg, train::TrainWith::default())?;
         }
     }
     Ok((m, t.elapsed().as_secs_f64()))
@@ -216,8 +224,20 @@ pub fn table9(
         let (lx_tr, gx_tr) = input_means(&m, &x_tr)?;
         let (lx_te, gx_te) = input_means(&m, &x_te)?;
         let eps = [0.2, 0.1];
-        let f_tr = attack::adversarial_accuracy(&m, &x_tr, AttackKind::Fgsm, &eps, s.chunk, None)?;
-        let f_te = attack::adversarial_accuracy(&m, &x_te, AttackKind::Fgsm, &eps, s.chunk, None)?;
+        let f_tr = attack::adversarial_accuracy(
+            &m,
+            &x_tr,
+            AttackKind::Fgsm,
+            &eps,
+            &attack::SplitOpts::chunk(s.chunk),
+        )?;
+        let f_te = attack::adversarial_accuracy(
+            &m,
+            &x_te,
+            AttackKind::Fgsm,
+            &eps,
+            &attack::SplitOpts::chunk(s.chunk),
+        )?;
         let mut fgsm = std::collections::BTreeMap::new();
         for i in 0..eps.len() {
             fgsm.insert(

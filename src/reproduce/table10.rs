@@ -143,7 +143,15 @@ pub fn table10(rt: &Runtime, s: &Table10Settings, mut report: impl FnMut(&str)) 
             } else {
                 None
             };
-            train::train(&m, &train_split, None, &cfg, hook, None)?;
+            train::train(
+                &m,
+                &train_split,
+                &cfg,
+                train::TrainWith {
+                    batch_hook: hook,
+                    ..Default::default()
+                },
+            )?;
             accs.push(m.evaluate(&test_split, 500)?.1);
         }
         let row = Table10Row {

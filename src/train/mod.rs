@@ -188,18 +188,33 @@ pub fn batch_gradient(
     Ok((loss_sum, grads.unwrap_or_default()))
 }
 
-/// Trains `model` in place with SGD on `train`, evaluating on `test` after each epoch.
+/// What [`train`] is given besides its configuration: a test split to evaluate on after each
+/// epoch and hooks. `TrainWith::default()`: none of them.
+#[derive(Default)]
+pub struct TrainWith<'a> {
+    /// Evaluated after each epoch (when `TrainConfig::eval_test`).
+    pub test: Option<&'a Split>,
+    /// Called on each batch before its step; may replace it (robust training).
+    pub batch_hook: Option<&'a mut BatchHook<'a>>,
+    /// Called after each epoch's evaluation; may record extra values.
+    pub epoch_hook: Option<&'a mut EpochHook<'a>>,
+}
+
+/// Trains `model` in place with SGD on `train`, evaluating on `with.test` after each epoch.
 ///
 /// Cost per epoch: ⌈N/B⌉ steps of one forward + backward per micro-batch, plus the
 /// evaluation forwards.
 pub fn train(
     model: &Model,
     train_split: &Split,
-    test_split: Option<&Split>,
     cfg: &TrainConfig,
-    mut batch_hook: Option<&mut BatchHook<'_>>,
-    mut epoch_hook: Option<&mut EpochHook<'_>>,
+    with: TrainWith<'_>,
 ) -> Result<TrainReport> {
+    let TrainWith {
+        test: test_split,
+        mut batch_hook,
+        mut epoch_hook,
+    } = with;
     cfg.validate()?;
     if train_split.is_empty() {
         return Err(Error::Empty("training split has no samples".into()));
@@ -442,8 +457,12 @@ pub fn fit(model: &Model, split: &Split, opts: &FitOpts) -> Result<TrainReport> 
             let mut hook = move |m: &Model, b: Batch| {
                 crate::attack::adversarial_batch(m, b, a.attack, a.eps, a.ratio)
             };
-            train(model, split, None, &cfg, Some(&mut hook), None)
+            let with = TrainWith {
+                batch_hook: Some(&mut hook),
+                ..Default::default()
+            };
+            train(model, split, &cfg, with)
         }
-        None => train(model, split, None, &cfg, None, None),
+        None => train(model, split, &cfg, TrainWith::default()),
     }
 }

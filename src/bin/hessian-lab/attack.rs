@@ -87,8 +87,10 @@ pub fn run(a: AttackArgs) -> Result<()> {
         &split,
         kind,
         &a.eps,
-        a.chunk,
-        Some(&crate::bars::Bars::default()),
+        &hessian_lab::attack::SplitOpts {
+            chunk: a.chunk,
+            progress: Some(&crate::bars::Bars::default()),
+        },
     )?;
     let cg_cos = match kind {
         AttackKind::Fhsm(NewtonSolver::Cg { iters, tol })

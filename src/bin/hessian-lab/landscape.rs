@@ -130,10 +130,12 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
             let src = srcs.first().map(|s| s.1).unwrap_or(&batch_src);
             let s = landscape::landscape_2d(
                 &model,
-                &d1,
-                &d2,
-                &grid,
-                &grid,
+                &landscape::Plane {
+                    d1: &d1,
+                    d2: &d2,
+                    alphas: &grid,
+                    betas: &grid,
+                },
                 src,
                 Some(&crate::bars::Bars::default()),
             )?;

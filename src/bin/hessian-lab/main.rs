@@ -227,10 +227,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let report = train::train(
         &model,
         &train_split,
-        test_split.as_ref(),
         &cfg,
-        if adv.is_some() { Some(&mut hook) } else { None },
-        None,
+        train::TrainWith {
+            test: test_split.as_ref(),
+            batch_hook: if adv.is_some() { Some(&mut hook) } else { None },
+            ..Default::default()
+        },
     )?;
     model
         .save(&a.out)
