@@ -110,3 +110,69 @@ fn lr_schedules() {
     c.batch_size = 0;
     assert!(c.validate().is_err());
 }
+
+/// The Fig. 17 hook records, after each epoch, λ₁^θ and ‖g‖ of the model as it is then: the
+/// last epoch's values must equal those of the trained model, computed independently (power
+/// iteration instead of Lanczos; a plain gradient).
+#[test]
+fn curvature_epoch_hook_records_the_models_lambda1_and_gradient_norm() {
+    use hessian_lab::curvature::{
+        self, DataSource, HessianOperator, LanczosOpts, ParamSelection, PowerOpts,
+    };
+    let rt = rt64();
+    let split = synthetic_split(96, 4);
+    let m = Model::from_config(
+        ModelConfig::for_dataset(ModelKind::LogReg, DatasetKind::Mnist),
+        &rt,
+        0,
+    )
+    .unwrap();
+    let src = DataSource::Batch(split.first(64).unwrap().to_batch(&rt).unwrap());
+    let mut hook = hessian_lab::landscape::curvature_epoch_hook(
+        src.clone(),
+        LanczosOpts {
+            max_iter: 200,
+            tol: 1e-10,
+            seed: 0,
+        },
+    );
+    let mut cfg = TrainConfig::new(2, 32, 0.05);
+    cfg.eval_train_samples = 0;
+    cfg.eval_test = false;
+    let with = train::TrainWith {
+        epoch_hook: Some(hook.as_mut()),
+        ..Default::default()
+    };
+    let rep = train::train(&m, &split, &cfg, with).unwrap();
+    assert!(rep
+        .epochs
+        .iter()
+        .all(|e| e.lambda1.is_some() && e.grad_norm.is_some()));
+    let last = rep.epochs.last().unwrap();
+    let op = HessianOperator::new(&m, src.clone()).unwrap();
+    let power = curvature::top_eigen(
+        &op,
+        1,
+        &PowerOpts {
+            max_iter: 2000,
+            tol: 1e-12,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let l1 = last.lambda1.unwrap();
+    assert!(
+        (l1 - power.eigenvalues[0]).abs() < 1e-6 * l1,
+        "{l1} vs {:?}",
+        power.eigenvalues
+    );
+    let DataSource::Batch(b) = &src else {
+        unreachable!()
+    };
+    let (_, g) = curvature::hvp::gradient(&m, b, &ParamSelection::all(&m)).unwrap();
+    let gn = g.norm().unwrap();
+    assert!((last.grad_norm.unwrap() - gn).abs() < 1e-10 * gn.max(1.0));
+    // typed fields, and the JSON log keeps their names
+    let js = serde_json::to_value(last).unwrap();
+    assert_eq!(js["lambda1"].as_f64(), Some(l1));
+}

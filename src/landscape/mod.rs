@@ -329,16 +329,16 @@ pub fn interpolate(
 }
 
 /// An epoch hook for [`crate::train::train`] recording λ₁^θ (Lanczos, top-1) and the
-/// full-gradient norm ‖g‖ on `source` after every epoch into the record's `extra`
-/// (`lambda1`, `grad_norm`): the paper's Fig. 17. Cost per epoch: the Lanczos HVPs + 1 gradient.
+/// full-gradient norm ‖g‖ on `source` after every epoch into the record's `lambda1` and
+/// `grad_norm`: the paper's Fig. 17. Cost per epoch: the Lanczos HVPs + 1 gradient.
 pub fn curvature_epoch_hook(source: DataSource, opts: LanczosOpts) -> Box<EpochHook<'static>> {
     Box::new(move |model: &Model, rec: &mut EpochRecord| {
         let op =
             HessianOperator::with_selection(model, source.clone(), ParamSelection::all(model))?;
         let l1 = curvature::lanczos(&op, 1, &opts)?.eigenvalues[0];
         let g = op.loss_and_gradient()?.1.norm()?;
-        rec.extra.insert("lambda1".into(), serde_json::json!(l1));
-        rec.extra.insert("grad_norm".into(), serde_json::json!(g));
+        rec.lambda1 = Some(l1);
+        rec.grad_norm = Some(g);
         Ok(())
     })
 }

@@ -297,18 +297,13 @@ pub fn fig17(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
                 epoch_hook: Some(hook.as_mut()),
             },
         )?;
-        let series = |key: &str| -> Vec<f64> {
+        let series = |f: fn(&train::EpochRecord) -> Option<f64>| -> Vec<f64> {
             rep.epochs
                 .iter()
-                .map(|e| {
-                    e.extra
-                        .get(key)
-                        .and_then(|v| v.as_f64())
-                        .unwrap_or(f64::NAN)
-                })
+                .map(|e| f(e).unwrap_or(f64::NAN))
                 .collect()
         };
-        let (l1, gn) = (series("lambda1"), series("grad_norm"));
+        let (l1, gn) = (series(|e| e.lambda1), series(|e| e.grad_norm));
         f.notes
             .push(format!("{name}: λ₁ per epoch {l1:.3?}, ‖g‖ {gn:.4?}"));
         l1s.push((name.to_string(), l1));

@@ -114,7 +114,14 @@ pub struct EpochRecord {
     /// Learning rate at the end of the epoch.
     pub lr: f64,
     pub seconds: f64,
-    /// Extra values recorded by an epoch hook (e.g. λ₁ and ‖g‖ for the paper's Fig. 17).
+    /// λ₁^θ after the epoch, when an epoch hook measured it
+    /// ([`crate::landscape::curvature_epoch_hook`]: the paper's Fig. 17).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda1: Option<f64>,
+    /// ‖∇θ L‖ after the epoch, when an epoch hook measured it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Further values recorded by a user's epoch hook, by name.
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -308,6 +315,8 @@ pub fn train(
             test_accuracy: None,
             lr,
             seconds: 0.0,
+            lambda1: None,
+            grad_norm: None,
             extra: Default::default(),
         };
         if cfg.eval_train_samples > 0 {

@@ -58,6 +58,9 @@ pub struct LandscapeArgs {
 pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
     // options and the output first: nothing long runs before they are known to be fine
     let grid = parse_range(&a.range)?;
+    if a.eval_samples == Some(0) {
+        anyhow::bail!("--eval-samples must be at least 1");
+    }
     hessian_lab::files::check_writable(&a.out)?;
     let (rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
     let t0 = Instant::now();

@@ -354,7 +354,16 @@ fn main() {
         Cmd::Reproduce(a) => reproduce::run(a),
     };
     if let Err(e) = r {
-        eprintln!("error: {e:#}");
+        // The chain, each cause once: typed errors already name their source (an I/O error
+        // says the OS's reason), which the chain would repeat.
+        let mut msg = e.to_string();
+        for cause in e.chain().skip(1) {
+            let c = cause.to_string();
+            if !msg.contains(&c) {
+                msg = format!("{msg}: {c}");
+            }
+        }
+        eprintln!("error: {msg}");
         let interrupted = matches!(
             e.downcast_ref::<hessian_lab::Error>(),
             Some(hessian_lab::Error::Interrupted { .. })
