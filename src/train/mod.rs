@@ -59,10 +59,6 @@ pub fn checkpoint_path(path: &std::path::Path, epoch: usize) -> PathBuf {
 /// A step's loss above this many times max(the first step's loss, ln C) counts as divergence:
 /// cross-entropy that large means logits off by hundreds.
 const DIVERGENCE_FACTOR: f64 = 100.0;
-/// Parameters are checked for NaN/±Inf every this many steps (and after every epoch): a
-/// pass over all parameters, cheap next to a step but not free (ReLU can hide a NaN weight
-/// from the loss, so the loss alone does not tell).
-const FINITE_CHECK_EVERY: usize = 50;
 
 impl TrainConfig {
     pub fn new(epochs: usize, batch_size: usize, lr: f64) -> Self {
@@ -288,7 +284,8 @@ pub fn train(
                 )));
             }
             opt.step(&grads, lr)?;
-            if (iterations + 1) % FINITE_CHECK_EVERY == 0 {
+            // after every step: ReLU can hide a NaN weight from the loss
+            if !params_sum_finite(model)? {
                 check_params_finite(model, epoch + 1, lr)?;
             }
             loss_acc += loss * idx.len() as f64;
@@ -373,6 +370,22 @@ pub fn train(
         seconds: t0.elapsed().as_secs_f64(),
         iterations,
     })
+}
+
+/// Whether Σ of all parameters is finite: one vectorised sum per tensor, in the parameters'
+/// dtype (a NaN or ±Inf anywhere makes it non-finite; so would finite values near the dtype's
+/// maximum, which [`check_params_finite`] then tells apart). Costs about a tenth of a
+/// gradient's memory traffic, so it runs after every step.
+fn params_sum_finite(model: &Model) -> Result<bool> {
+    let mut total = 0.0f64;
+    for (_, v) in model.params() {
+        total += v
+            .as_tensor()
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+    }
+    Ok(total.is_finite())
 }
 
 /// Errors with [`Error::Diverged`], naming the tensors, when a parameter holds NaN or ±Inf.
