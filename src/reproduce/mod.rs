@@ -69,6 +69,20 @@ impl Table9Settings {
             ..Self::quick()
         }
     }
+    /// One line that says what the run does (printed above the table).
+    pub fn describe(&self, dtype: candle_core::DType) -> String {
+        let s = self;
+        format!(
+            "settings: batch sizes {:?}; {} training images, {} epochs, SGD momentum {}, lr {}{}; λ₁^θ on the first {} train/test images (Lanczos, tol {}); λ₁^x, ‖∂ₓJ‖ (per-sample means) and FGSM on the first {} train/test images; seed {}; {:?}",
+            s.batch_sizes, s.train_samples, s.epochs, s.momentum, s.lr,
+            match s.lr_scale_base {
+                Some(b) => format!(" scaled linearly by B/{b} with 1 warm-up epoch"),
+                None => " for every batch size (no scaling)".into(),
+            },
+            s.hessian_samples, s.lanczos_tol, s.input_samples, s.seed, dtype
+        )
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.batch_sizes.is_empty() || self.batch_sizes.contains(&0) {
             return Err(Error::invalid(

@@ -153,12 +153,7 @@ fn table9(a: Table9Args) -> Result<()> {
         "# Table 9 — M1 on MNIST ({})",
         if sh.quick { "quick" } else { "full" }
     );
-    println!(
-        "settings: batch sizes {:?}; {} training images, {} epochs, SGD momentum {}, lr {}{}; λ₁^θ on the first {} train/test images (Lanczos, tol {}); λ₁^x, ‖∂ₓJ‖ (per-sample means) and FGSM on the first {} train/test images; seed {}; {:?}",
-        s.batch_sizes, s.train_samples, s.epochs, s.momentum, s.lr,
-        match s.lr_scale_base { Some(b) => format!(" scaled linearly by B/{b} with 1 warm-up epoch"), None => " for every batch size (no scaling)".into() },
-        s.hessian_samples, s.lanczos_tol, s.input_samples, s.seed, rt.dtype
-    );
+    println!("{}", s.describe(rt.dtype));
     if !sh.quick {
         println!(
             "expected time: about 20 min on a 2-core CPU (measured 18 min: training ~2 min and Hessians ~1 min per batch size)"
