@@ -51,11 +51,12 @@ impl Default for LanczosOpts {
     }
 }
 
-/// Eigenpairs, sorted by eigenvalue (descending).
-#[derive(Clone, Debug)]
+/// Eigenpairs, sorted by eigenvalue (descending). Serialises without the vectors and names.
+#[derive(Clone, Debug, Serialize)]
 pub struct EigenResult {
     pub eigenvalues: Vec<f64>,
     /// Unit eigenvectors, one tensor per parameter (names in `names`).
+    #[serde(skip)]
     pub eigenvectors: Vec<ParamVec>,
     /// Relative residuals ‖Hv − λv‖ / |λ| (measured with one extra HVP per pair for power
     /// iteration; the Lanczos bound β|yₘ|/|θ| for Lanczos).
@@ -71,23 +72,8 @@ pub struct EigenResult {
     pub iterations: Vec<usize>,
     /// Total operator applications.
     pub hvps: usize,
+    #[serde(skip)]
     pub names: Vec<String>,
-}
-
-/// Serializable summary (no vectors).
-#[derive(Clone, Debug, Serialize)]
-pub struct EigenSummary {
-    pub eigenvalues: Vec<f64>,
-    pub residuals: Vec<f64>,
-    /// `residuals[i] ≤ residual_tol`: the pair is an eigenpair to that accuracy.
-    pub converged: Vec<bool>,
-    /// The relative-residual tolerance `converged` refers to.
-    pub residual_tol: f64,
-    /// Whether the solver's own stopping rule was met for each pair (power iteration:
-    /// PyHessian's relative change of λ; Lanczos: the residual bound, as `converged`).
-    pub rule_met: Vec<bool>,
-    pub iterations: Vec<usize>,
-    pub hvps: usize,
 }
 
 impl EigenResult {
@@ -105,17 +91,6 @@ impl EigenResult {
             .cloned()
             .zip(v.0.iter().cloned())
             .collect())
-    }
-    pub fn summary(&self) -> EigenSummary {
-        EigenSummary {
-            eigenvalues: self.eigenvalues.clone(),
-            residuals: self.residuals.clone(),
-            converged: self.converged.clone(),
-            residual_tol: self.residual_tol,
-            rule_met: self.rule_met.clone(),
-            iterations: self.iterations.clone(),
-            hvps: self.hvps,
-        }
     }
     fn sort_desc(mut self) -> Self {
         let mut idx: Vec<usize> = (0..self.eigenvalues.len()).collect();
