@@ -27,6 +27,7 @@
 use crate::Result;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
+use std::borrow::Borrow;
 
 /// Whether the gradients a backward pass returns can be differentiated again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,18 +45,24 @@ pub fn backward(loss: &Tensor, graph: Graph) -> Result<GradStore> {
     Ok(loss.backward_with_graph(graph == Graph::Keep)?)
 }
 
-/// ∂loss/∂t for each of `wrt`; zeros (t's shape) for a tensor the loss does not reach.
-/// With [`Graph::Drop`] the results are detached. Cost: one backward pass.
-pub fn grads(loss: &Tensor, wrt: &[&Tensor], graph: Graph) -> Result<Vec<Tensor>> {
+/// ∂loss/∂t for each of `wrt` (tensors or references to them); zeros (t's shape) for a
+/// tensor the loss does not reach. With [`Graph::Drop`] the results are detached.
+/// Cost: one backward pass.
+pub fn grads<T: Borrow<Tensor>>(loss: &Tensor, wrt: &[T], graph: Graph) -> Result<Vec<Tensor>> {
     let store = backward(loss, graph)?;
     grads_in(&store, wrt, graph)
 }
 
 /// The gradient of each of `wrt` stored in `store`, zeros where the loss did not reach it
 /// (so callers never branch on a missing gradient); detached for [`Graph::Drop`].
-pub fn grads_in(store: &GradStore, wrt: &[&Tensor], graph: Graph) -> Result<Vec<Tensor>> {
+pub fn grads_in<T: Borrow<Tensor>>(
+    store: &GradStore,
+    wrt: &[T],
+    graph: Graph,
+) -> Result<Vec<Tensor>> {
     wrt.iter()
         .map(|t| {
+            let t = t.borrow();
             Ok(match store.get(t) {
                 Some(g) if graph == Graph::Keep => g.clone(),
                 Some(g) => g.detach(),

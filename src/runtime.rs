@@ -1,6 +1,5 @@
 //! Device, dtype and CPU kernels, chosen once and passed around; optional process tuning.
 
-use crate::{Error, Result};
 use candle_core::{DType, Device};
 
 /// Optional process tuning for speed; nothing in the crate needs it for correct results.
@@ -146,17 +145,5 @@ impl Runtime {
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
         self.kernels = kernels;
         self
-    }
-
-    /// Parses "f32"/"f64".
-    pub fn parse_dtype(s: &str) -> Result<DType> {
-        match s {
-            "f32" => Ok(DType::F32),
-            "f64" => Ok(DType::F64),
-            _ => Err(Error::invalid(
-                "dtype",
-                format!("`{s}` (expected f32 or f64)"),
-            )),
-        }
     }
 }

@@ -337,16 +337,17 @@ pub fn lanczos(op: &dyn CurvatureOperator, k: usize, opts: &LanczosOpts) -> Resu
         for i in 1..m {
             x = x.axpy(vecs[(i, c)], &kry.basis[i])?;
         }
-        out.eigenvalues.push(theta);
-        out.eigenvectors.push(x.normalized()?.0);
-        out.residuals.push(bound);
         if !theta.is_finite() || !bound.is_finite() {
             return Err(Error::NonFinite("Lanczos Ritz value".into()));
         }
+        out.eigenvalues.push(theta);
+        out.eigenvectors.push(x.normalized()?.0);
+        out.residuals.push(bound);
         out.converged.push(bound <= opts.tol);
-        out.rule_met.push(bound <= opts.tol);
         out.iterations.push(m);
     }
+    // Lanczos stops on the residual bound itself
+    out.rule_met = out.converged.clone();
     out.hvps = op.matvecs() - start_count;
     Ok(out)
 }

@@ -68,11 +68,6 @@ impl ParamSelection {
     }
 }
 
-/// ∂loss/∂t for each of `ts` (zeros where the loss does not reach), as [`autodiff::grads`].
-fn grads_wrt(loss: &Tensor, ts: &[Tensor], graph: Graph) -> Result<Vec<Tensor>> {
-    autodiff::grads(loss, &ts.iter().collect::<Vec<_>>(), graph)
-}
-
 /// Mean-loss gradient with its autograd graph kept (for a following second backward).
 /// Returns (loss value, gradient tensors). Cost: 1 forward + 1 backward; memory: the graph of
 /// both passes, until the gradients are dropped.
@@ -83,7 +78,10 @@ pub fn gradient_with_graph(
 ) -> Result<(f64, Vec<Tensor>)> {
     on_pool(model.device(), || {
         let (loss, lv) = finite_loss(model, batch)?;
-        Ok((lv, grads_wrt(&loss, &sel.tensors(model), Graph::Keep)?))
+        Ok((
+            lv,
+            autodiff::grads(&loss, &sel.tensors(model), Graph::Keep)?,
+        ))
     })
 }
 
@@ -93,7 +91,7 @@ pub fn gradient(model: &Model, batch: &Batch, sel: &ParamSelection) -> Result<(f
         let (loss, lv) = finite_loss(model, batch)?;
         Ok((
             lv,
-            ParamVec(grads_wrt(&loss, &sel.tensors(model), Graph::Drop)?),
+            ParamVec(autodiff::grads(&loss, &sel.tensors(model), Graph::Drop)?),
         ))
     })
 }
@@ -109,7 +107,7 @@ fn finite_loss(model: &Model, batch: &Batch) -> Result<(Tensor, f64)> {
 }
 
 /// ⟨g, v⟩ = Σᵢ Σ gᵢ⊙vᵢ as a graph node (g keeps its graph, v is a constant).
-fn graph_dot(grads: &[Tensor], v: &ParamVec) -> Result<Tensor> {
+pub(crate) fn graph_dot(grads: &[Tensor], v: &ParamVec) -> Result<Tensor> {
     let mut acc: Option<Tensor> = None;
     for (g, vi) in grads.iter().zip(&v.0) {
         let t = (g * vi.detach())?.sum_all()?;
@@ -135,7 +133,7 @@ pub fn hvp_from_graph(
         ));
     }
     on_pool(model.device(), || {
-        Ok(ParamVec(grads_wrt(
+        Ok(ParamVec(autodiff::grads(
             &graph_dot(grads, v)?,
             &sel.tensors(model),
             Graph::Drop,
@@ -151,10 +149,8 @@ pub fn hvp_selected(
     sel: &ParamSelection,
     v: &ParamVec,
 ) -> Result<ParamVec> {
-    let hv = on_pool(model.device(), || {
-        let (_, g) = gradient_with_graph(model, batch, sel)?;
-        hvp_from_graph(model, &g, sel, v)
-    })?;
+    let (_, g) = gradient_with_graph(model, batch, sel)?;
+    let hv = hvp_from_graph(model, &g, sel, v)?;
     // Checked here, for the caller; the eigen, trace and density solvers, which run this in
     // their loops through the operators, check the scalars they build from it instead.
     hv.check_finite("Hessian-vector product")?;
@@ -286,8 +282,8 @@ pub fn hvp_closure(
         )));
     }
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let g = grads_wrt(&l.sum_all()?, &ts, Graph::Keep)?;
-    let hv = grads_wrt(&graph_dot(&g, v)?, &ts, Graph::Drop)?;
+    let g = autodiff::grads(&l.sum_all()?, &ts, Graph::Keep)?;
+    let hv = autodiff::grads(&graph_dot(&g, v)?, &ts, Graph::Drop)?;
     let hv = ParamVec(hv);
     hv.check_finite("Hessian-vector product")?;
     Ok(hv)

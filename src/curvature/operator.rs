@@ -2,7 +2,7 @@
 //! dense matrix operator for tests and small problems. Eigen solvers, trace and density
 //! estimators take any [`CurvatureOperator`].
 
-use super::hvp::{gradient, gradient_with_graph, hvp_from_graph, ParamSelection};
+use super::hvp::{gradient, gradient_with_graph, graph_dot, hvp_from_graph, ParamSelection};
 use super::vector::ParamVec;
 use crate::autodiff::{self, Graph};
 use crate::data::{Batch, Split};
@@ -255,19 +255,10 @@ fn ggn_batch(model: &Model, sel: &ParamSelection, b: &Batch, v: &ParamVec) -> Re
     let z = model.forward(&b.x)?;
     let u = Var::from_tensor(&z.zeros_like()?.detach())?;
     let s = (&z * u.as_tensor())?.sum_all()?;
-    let st = autodiff::backward(&s, Graph::Keep)?;
     let ts = sel.tensors(model);
-    let mut t: Option<Tensor> = None;
-    for (p, vi) in ts.iter().zip(&v.0) {
-        if let Some(g) = st.get(p) {
-            let d = (g * vi)?.sum_all()?;
-            t = Some(match t {
-                None => d,
-                Some(a) => (a + d)?,
-            });
-        }
-    }
-    let t = t.ok_or_else(|| Error::Empty("no parameter reaches the logits".into()))?;
+    // ∇θ⟨z, u⟩ = Jᵀu keeps its graph, so ∇ᵤ⟨Jᵀu, v⟩ = Jv
+    let jtu = autodiff::grads(&s, &ts, Graph::Keep)?;
+    let t = graph_dot(&jtu, v)?;
     let jv = autodiff::backward(&t, Graph::Drop)?
         .get(u.as_tensor())
         .ok_or_else(|| Error::Unsupported("Jv: no gradient".into()))?
@@ -275,14 +266,12 @@ fn ggn_batch(model: &Model, sel: &ParamSelection, b: &Batch, v: &ParamVec) -> Re
     let p = layers::softmax(&z.detach())?;
     let pjv = (&p * &jv)?;
     let r = ((&pjv - p.broadcast_mul(&pjv.sum_keepdim(1)?)?)? / b.len() as f64)?;
-    let gv = autodiff::grads(
+    // not checked for NaN here: the solvers check the scalars they build from it
+    Ok(ParamVec(autodiff::grads(
         &(&z * r.detach())?.sum_all()?,
-        &ts.iter().collect::<Vec<_>>(),
+        &ts,
         Graph::Drop,
-    )?;
-    let gv = ParamVec(gv);
-    gv.check_finite("Gauss-Newton-vector product")?;
-    Ok(gv)
+    )?))
 }
 
 impl CurvatureOperator for GgnOperator {

@@ -9,15 +9,14 @@ use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
 
-/// Which stochastic estimator (its JSON name in brackets).
+/// Which stochastic estimator (JSON: "hutchinson", "hutch++").
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub enum TraceMethod {
-    /// ("hutchinson")
     /// vᵀHv averaged over Rademacher probes v; stops when the running mean changes by less
     /// than `tol` relative (PyHessian's rule) or at `max_iter` probes.
     #[serde(rename = "hutchinson")]
     Hutchinson,
-    /// ("hutch++") Hutch++ (Meyer, Musco, Musco & Woodruff 2021) with `max_iter` matvecs (rounded down to
+    /// Hutch++ (Meyer, Musco, Musco & Woodruff 2021) with `max_iter` matvecs (rounded down to
     /// a multiple of 3): exact trace of a rank-m/3 sketch plus Hutchinson on the rest.
     #[serde(rename = "hutch++")]
     HutchPlusPlus,
@@ -234,7 +233,7 @@ pub fn trace_exact(
             for k in 0..c {
                 let gs = crate::autodiff::grads(
                     &zs.narrow(1, k, 1)?.sum_all()?,
-                    &ts.iter().collect::<Vec<_>>(),
+                    &ts,
                     crate::autodiff::Graph::Drop,
                 )?;
                 passes += 1;

@@ -38,24 +38,52 @@ pub enum Activation {
     Tanh,
 }
 
+/// A convolution layer: `cout` filters of k×k, stride, zero padding, bias (PyTorch's default:
+/// yes), followed by a ReLU when `relu` (one fused op where the kernels allow).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Conv {
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    bias: bool,
+    relu: bool,
+}
+
+impl Conv {
+    fn new(cout: usize, k: usize) -> Self {
+        Conv {
+            cout,
+            k,
+            stride: 1,
+            pad: 0,
+            bias: true,
+            relu: false,
+        }
+    }
+    fn stride(self, stride: usize) -> Self {
+        Conv { stride, ..self }
+    }
+    fn pad(self, pad: usize) -> Self {
+        Conv { pad, ..self }
+    }
+    fn no_bias(self) -> Self {
+        Conv {
+            bias: false,
+            ..self
+        }
+    }
+    fn relu(self) -> Self {
+        Conv { relu: true, ..self }
+    }
+}
+
 /// The operations an architecture is written in. `V` is what flows between layers: a shape
 /// for [`Shapes`], a tensor for [`Forward`].
 pub(crate) trait Net {
     type V;
-    /// 2-D convolution `name` with `cout` filters of k×k, stride, zero padding, optional bias;
-    /// followed by a ReLU when `relu` (one fused op where the kernels allow).
-    #[allow(clippy::too_many_arguments)]
-    fn conv(
-        &mut self,
-        name: &str,
-        x: &Self::V,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-        bias: bool,
-        relu: bool,
-    ) -> Result<Self::V>;
+    /// 2-D convolution `name` over x's channels (see [`Conv`]).
+    fn conv(&mut self, name: &str, x: &Self::V, c: Conv) -> Result<Self::V>;
     /// BatchNorm2d `name` over x's channels.
     fn bn(&mut self, name: &str, x: &Self::V) -> Result<Self::V>;
     /// Affine layer `name` with `dout` outputs (and bias) over x's last dimension.
@@ -95,18 +123,18 @@ pub(crate) fn architecture<N: Net>(
     let relu = Activation::Relu;
     match kind {
         ModelKind::M1 => {
-            let x = n.conv("conv1", x, 20, 5, 2, 2, true, true)?;
-            let x = n.conv("conv2", &x, 50, 5, 2, 2, true, true)?;
+            let x = n.conv("conv1", x, Conv::new(20, 5).stride(2).pad(2).relu())?;
+            let x = n.conv("conv2", &x, Conv::new(50, 5).stride(2).pad(2).relu())?;
             let x = n.flatten(&x)?;
             let x = n.linear("fc1", &x, 500)?;
             let x = n.act(relu, &x)?;
             n.linear("fc2", &x, classes)
         }
         ModelKind::C1 => {
-            let x = n.conv("conv1", x, 64, 5, 2, 2, true, true)?;
+            let x = n.conv("conv1", x, Conv::new(64, 5).stride(2).pad(2).relu())?;
             let x = n.max_pool(&x, 3, 2, 1)?;
             let x = n.bn("bn1", &x)?;
-            let x = n.conv("conv2", &x, 64, 5, 2, 2, true, true)?;
+            let x = n.conv("conv2", &x, Conv::new(64, 5).stride(2).pad(2).relu())?;
             let x = n.max_pool(&x, 3, 2, 1)?;
             let x = n.bn("bn2", &x)?;
             let x = n.flatten(&x)?;
@@ -118,10 +146,14 @@ pub(crate) fn architecture<N: Net>(
         }
         ModelKind::C2 | ModelKind::C3 => {
             let with_bn = kind == ModelKind::C2;
-            let mut x = n.conv("conv1", x, 64, 3, 1, 1, true, true)?;
+            let mut x = n.conv("conv1", x, Conv::new(64, 3).pad(1).relu())?;
             for (i, co) in [64, 64, 128, 128].into_iter().enumerate() {
                 if i > 0 {
-                    x = n.conv(&format!("conv{}", i + 1), &x, co, 3, 1, 1, true, true)?;
+                    x = n.conv(
+                        &format!("conv{}", i + 1),
+                        &x,
+                        Conv::new(co, 3).pad(1).relu(),
+                    )?;
                 }
                 if with_bn {
                     x = n.bn(&format!("bn{}", i + 1), &x)?;
@@ -138,34 +170,28 @@ pub(crate) fn architecture<N: Net>(
             n.linear("fc3", &x, classes)
         }
         ModelKind::ResNet18 => {
-            let x = n.conv("conv1", x, 64, 3, 1, 1, false, false)?;
+            let x = n.conv("conv1", x, Conv::new(64, 3).pad(1).no_bias())?;
             let x = n.bn("bn1", &x)?;
             let mut x = n.act(relu, &x)?;
             for (name, inp, planes, stride) in resnet_blocks() {
                 let o = n.conv(
                     &format!("{name}.conv1"),
                     &x,
-                    planes,
-                    3,
-                    stride,
-                    1,
-                    false,
-                    false,
+                    Conv::new(planes, 3).stride(stride).pad(1).no_bias(),
                 )?;
                 let o = n.bn(&format!("{name}.bn1"), &o)?;
                 let o = n.act(relu, &o)?;
-                let o = n.conv(&format!("{name}.conv2"), &o, planes, 3, 1, 1, false, false)?;
+                let o = n.conv(
+                    &format!("{name}.conv2"),
+                    &o,
+                    Conv::new(planes, 3).pad(1).no_bias(),
+                )?;
                 let o = n.bn(&format!("{name}.bn2"), &o)?;
                 let sc = if stride != 1 || inp != planes {
                     let s = n.conv(
                         &format!("{name}.shortcut.0"),
                         &x,
-                        planes,
-                        1,
-                        stride,
-                        0,
-                        false,
-                        false,
+                        Conv::new(planes, 1).stride(stride).no_bias(),
                     )?;
                     n.bn(&format!("{name}.shortcut.1"), &s)?
                 } else {
@@ -264,17 +290,15 @@ impl Shapes {
 
 impl Net for Shapes {
     type V = Vec<usize>;
-    fn conv(
-        &mut self,
-        name: &str,
-        x: &Vec<usize>,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-        bias: bool,
-        _relu: bool,
-    ) -> Result<Vec<usize>> {
+    fn conv(&mut self, name: &str, x: &Vec<usize>, c: Conv) -> Result<Vec<usize>> {
+        let Conv {
+            cout,
+            k,
+            stride,
+            pad,
+            bias,
+            ..
+        } = c;
         let mut y = self.window(name, x, k, stride, pad)?;
         let cin = x[1];
         let b = 1.0 / ((cin * k * k) as f64).sqrt();
@@ -348,28 +372,18 @@ pub(crate) struct Forward<'a, L> {
 
 impl<L: Lookup> Net for Forward<'_, L> {
     type V = Tensor;
-    fn conv(
-        &mut self,
-        name: &str,
-        x: &Tensor,
-        _cout: usize,
-        _k: usize,
-        stride: usize,
-        pad: usize,
-        bias: bool,
-        relu: bool,
-    ) -> Result<Tensor> {
+    fn conv(&mut self, name: &str, x: &Tensor, c: Conv) -> Result<Tensor> {
         let w = self.l.p(&format!("{name}.weight"))?;
-        let b = if bias {
+        let b = if c.bias {
             Some(self.l.p(&format!("{name}.bias"))?)
         } else {
             None
         };
         let k = self.l.kernels();
-        if relu {
-            k.conv2d_relu(x, w, b, stride, pad)
+        if c.relu {
+            k.conv2d_relu(x, w, b, c.stride, c.pad)
         } else {
-            k.conv2d(x, w, b, stride, pad)
+            k.conv2d(x, w, b, c.stride, c.pad)
         }
     }
     fn bn(&mut self, name: &str, x: &Tensor) -> Result<Tensor> {

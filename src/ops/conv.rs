@@ -250,17 +250,17 @@ fn col2im_from<T: WithDType>(
 
 /// A row-major matrix view for [`gemm`]: element (r, c) at `r * rs + c * cs`.
 #[derive(Clone, Copy)]
-pub(crate) struct Mat<'a, T> {
+pub(super) struct Mat<'a, T> {
     v: &'a [T],
     rs: usize,
     cs: usize,
 }
 
-pub(crate) fn row_major<T>(v: &[T], cols: usize) -> Mat<'_, T> {
+pub(super) fn row_major<T>(v: &[T], cols: usize) -> Mat<'_, T> {
     Mat { v, rs: cols, cs: 1 }
 }
 
-pub(crate) fn transposed<T>(v: &[T], cols: usize) -> Mat<'_, T> {
+pub(super) fn transposed<T>(v: &[T], cols: usize) -> Mat<'_, T> {
     Mat { v, rs: 1, cs: cols }
 }
 
@@ -268,7 +268,7 @@ pub(crate) fn transposed<T>(v: &[T], cols: usize) -> Mat<'_, T> {
 /// before the unsafe call; `par` lets gemm use rayon (when there are fewer samples than
 /// threads).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm<T: WithDType>(
+pub(super) fn gemm<T: WithDType>(
     m: usize,
     n: usize,
     kk: usize,
@@ -333,7 +333,7 @@ pub(crate) fn gemm<T: WithDType>(
     Ok(())
 }
 
-pub(crate) fn slice<'a, T: WithDType>(
+pub(super) fn slice<'a, T: WithDType>(
     v: &'a [T],
     l: &Layout,
     len: usize,
@@ -364,7 +364,7 @@ macro_rules! binary_op {
         }
     };
 }
-pub(crate) use binary_op;
+pub(super) use binary_op;
 
 /// [`binary_op!`] for three storages.
 macro_rules! ternary_op {
@@ -385,7 +385,7 @@ macro_rules! ternary_op {
         }
     };
 }
-pub(crate) use ternary_op;
+pub(super) use ternary_op;
 
 /// Samples per gemm. One sample's product has only H'W' columns (49 for LeNet's second
 /// layer), too few for gemm to amortise packing the weight; a group of samples side by side
@@ -651,11 +651,11 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
 }
 
 /// y = conv(x, W), see the module docs.
-pub(crate) struct ConvFwd(Geom);
+pub(super) struct ConvFwd(Geom);
 /// dx = conv_transpose(dy, W) (the input gradient of a convolution), see the module docs.
-pub(crate) struct ConvBwdData(Geom);
+pub(super) struct ConvBwdData(Geom);
 /// dW = Σᵢ dyᵢ im2col(xᵢ)ᵀ (the weight gradient of a convolution), see the module docs.
-pub(crate) struct ConvBwdFilter(Geom);
+pub(super) struct ConvBwdFilter(Geom);
 
 impl CustomOp2 for ConvFwd {
     fn name(&self) -> &'static str {
@@ -777,7 +777,7 @@ impl CustomOp2 for ConvBwdFilter {
     }
 }
 
-pub(crate) fn apply<C: CustomOp2 + Send + Sync + 'static>(
+pub(super) fn apply<C: CustomOp2 + Send + Sync + 'static>(
     a: &Tensor,
     b: &Tensor,
     op: C,
@@ -875,7 +875,7 @@ fn conv2d_gemm_act(
 /// gemm's starting value and the clamp applied to each sample's block while it is in cache.
 /// Backward: ḡ = ḡ_y·1[y > 0] (`fused::ReluMask` on the output, when `relu`), then
 /// [`ConvFwd`]'s backward and db = `fused::ChanSum`(ḡ).
-pub(crate) struct ConvBiasFwd {
+pub(super) struct ConvBiasFwd {
     g: Geom,
     relu: bool,
 }

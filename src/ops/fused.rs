@@ -72,7 +72,7 @@ fn ok<T>(v: Vec<T>) -> candle_core::Result<Vec<T>> {
 const GRAIN: usize = 1 << 14;
 
 /// Minimum number of `len`-sized chunks per rayon task.
-pub(crate) fn min_chunks(len: usize) -> usize {
+pub(super) fn min_chunks(len: usize) -> usize {
     (GRAIN / len.max(1)).max(1)
 }
 
@@ -89,7 +89,7 @@ fn par_map<T: WithDType>(v: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
 
 /// max(x, 0) with backward [`ReluMask`]: one pass where candle's ReLU backward makes four
 /// (zeros, ≥, cast, ×). Derivative at 0 is 0, as in PyTorch (candle uses 1).
-pub(crate) struct Relu;
+pub(super) struct Relu;
 
 impl CustomOp1 for Relu {
     fn name(&self) -> &'static str {
@@ -112,7 +112,7 @@ impl CustomOp1 for Relu {
 
 /// g · 1[x > 0]: linear in g (its backward w.r.t. g is itself), zero derivative w.r.t. x
 /// (ReLU'' = 0 almost everywhere), so ReLU stays exact to any order.
-pub(crate) struct ReluMask;
+pub(super) struct ReluMask;
 
 fn mask<T: WithDType>(g: &[T], x: &[T]) -> Vec<T> {
     let mut out = vec![T::zero(); g.len()];
@@ -238,15 +238,15 @@ fn chan_sum<T: WithDType>(t: &[T], ch: Chan) -> Vec<T> {
 }
 
 /// y = x·a_c + b_c per channel (BatchNorm in eval mode, a conv bias).
-pub(crate) struct ChanAffine;
+pub(super) struct ChanAffine;
 /// y = t·a_c per channel.
-pub(crate) struct ChanScale;
+pub(super) struct ChanScale;
 /// y_c = Σ_{n, pixels} u·v.
-pub(crate) struct ChanDot;
+pub(super) struct ChanDot;
 /// y_c = Σ_{n, pixels} t (a bias gradient); `Shape` is t's, for the broadcast backward.
-pub(crate) struct ChanSum(Shape);
+pub(super) struct ChanSum(Shape);
 /// g_c repeated over batch and pixels: a tensor of the given shape (ChanSum's adjoint).
-pub(crate) struct ChanBroadcast(Shape);
+pub(super) struct ChanBroadcast(Shape);
 
 impl CustomOp3 for ChanAffine {
     fn name(&self) -> &'static str {
@@ -402,7 +402,7 @@ impl CustomOp1 for ChanBroadcast {
 }
 
 /// Σ over batch and pixels per channel, as an op (used for bias gradients).
-pub(crate) fn chan_sum_op(t: &Tensor) -> candle_core::Result<Tensor> {
+pub(super) fn chan_sum_op(t: &Tensor) -> candle_core::Result<Tensor> {
     t.contiguous()?.apply_op1(ChanSum(t.shape().clone()))
 }
 
@@ -489,9 +489,9 @@ impl Pool {
 }
 
 /// v at the arg-max positions of x's windows (v and x of x's shape).
-pub(crate) struct PoolGather(Pool);
+pub(super) struct PoolGather(Pool);
 /// g (output shape) added at the arg-max positions of x's windows (x's shape).
-pub(crate) struct PoolScatter(Pool);
+pub(super) struct PoolScatter(Pool);
 
 impl CustomOp2 for PoolGather {
     fn name(&self) -> &'static str {
@@ -591,7 +591,7 @@ pub(crate) fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Ten
 /// dx = dy W, dW = dyᵀ x, db = Σₙ dy with candle's (differentiable) matmul and sum, so W's
 /// gradient comes out in W's layout with no transpose copy and the bias costs no broadcast
 /// buffers.
-pub(crate) struct LinearFwd;
+pub(super) struct LinearFwd;
 
 impl CustomOp3 for LinearFwd {
     fn name(&self) -> &'static str {

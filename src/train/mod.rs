@@ -347,14 +347,13 @@ pub fn train(
             )
         });
         records.push(rec);
-        check_params_finite(model, epoch + 1, lr)?;
         if let Some(p) = &cfg.checkpoint {
             let path = checkpoint_path(p, epoch + 1);
             model.save(&path)?;
+            bar.log(|| format!("checkpoint: {}", path.display()));
             if let Some(old) = last_checkpoint.replace(path) {
                 let _ = std::fs::remove_file(old);
             }
-            bar.log(|| format!("checkpoint: {}", checkpoint_path(p, epoch + 1).display()));
         }
         let report = TrainReport {
             epochs: records.clone(),
@@ -390,15 +389,15 @@ fn params_sum_finite(model: &Model) -> Result<bool> {
 
 /// Errors with [`Error::Diverged`], naming the tensors, when a parameter holds NaN or ±Inf.
 fn check_params_finite(model: &Model, epoch: usize, lr: f64) -> Result<()> {
-    let values = crate::curvature::ParamVec(model.param_values()?);
-    if values.norm()?.is_finite() {
-        return Ok(());
-    }
     let mut bad = vec![];
-    for ((n, _), t) in model.params().iter().zip(&values.0) {
-        if let Some(c) = crate::models::io::NonFiniteCount::of(t)? {
+    for (n, v) in model.params() {
+        if let Some(c) = crate::models::io::NonFiniteCount::of(v.as_tensor())? {
             bad.push(format!("{n} ({c})"));
         }
+    }
+    if bad.is_empty() {
+        // the sum overflowed on finite values
+        return Ok(());
     }
     Err(Error::Diverged(format!(
         "non-finite parameters in epoch {epoch}: {}; lower the learning rate ({lr}) or check \
@@ -455,12 +454,7 @@ impl Default for FitOpts {
 impl FitOpts {
     /// The learning-rate schedule these options describe.
     pub fn schedule(&self) -> LrSchedule {
-        let mut s = LrSchedule::constant(self.lr);
-        if self.epochs >= 2 && self.last_epoch_factor != 1.0 {
-            s.milestones = vec![self.epochs - 1];
-            s.gamma = self.last_epoch_factor;
-        }
-        s
+        LrSchedule::last_epoch_decay(self.lr, self.epochs, self.last_epoch_factor)
     }
 }
 

@@ -79,6 +79,19 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
+    /// `lr`, multiplied by `gamma` for the last of `epochs` epochs (constant for one epoch):
+    /// a newcomer's default, short runs end on a lower rate.
+    pub fn last_epoch_decay(lr: f64, epochs: usize, gamma: f64) -> Self {
+        LrSchedule {
+            milestones: if epochs >= 2 {
+                vec![epochs - 1]
+            } else {
+                vec![]
+            },
+            gamma,
+            ..Self::constant(lr)
+        }
+    }
     pub fn constant(lr: f64) -> Self {
         LrSchedule {
             lr,

@@ -40,7 +40,7 @@ cli_enum!(
 use anyhow::Result;
 use clap::Args;
 use hessian_lab::data::{self, DatasetKind, Split, SplitKind};
-use hessian_lab::models::{Model, ModelConfig, ModelKind};
+use hessian_lab::models::{Model, ModelConfig};
 use hessian_lab::Runtime;
 use std::path::PathBuf;
 
@@ -109,10 +109,6 @@ pub fn load_split(
     })
 }
 
-pub fn dataset_for(model: ModelKind, name: &Option<DatasetKind>) -> Result<DatasetKind> {
-    Ok(name.unwrap_or(model.default_dataset()))
-}
-
 /// Loads (or initialises) the model and the requested split.
 pub fn model_and_data(
     c: &Common,
@@ -120,7 +116,7 @@ pub fn model_and_data(
 ) -> Result<(Runtime, Model, Split, DatasetKind, SplitKind)> {
     let rt = runtime(c)?;
     let kind = md.model;
-    let ds = dataset_for(kind, &md.dataset)?;
+    let ds = md.dataset.unwrap_or(kind.default_dataset());
     let sk = md.split;
     let split = load_split(c, ds, sk, md.samples)?;
     let model = match &md.weights {

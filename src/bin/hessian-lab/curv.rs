@@ -71,23 +71,30 @@ pub struct SpectrumArgs {
 
 pub fn spectrum(a: SpectrumArgs) -> Result<()> {
     // Every option checked before the model, the data and the eigen solve.
+    let trace_opts = TraceOpts {
+        method: if a.trace_method == TraceArg::Hutchinson {
+            TraceMethod::Hutchinson
+        } else {
+            TraceMethod::HutchPlusPlus
+        },
+        max_iter: a.trace_iter,
+        seed: a.md.seed,
+        ..Default::default()
+    };
+    let slq_opts = SlqOpts {
+        iter: a.density_iter,
+        runs: a.density_runs,
+        grid: a.density_grid,
+        seed: a.md.seed,
+        ..Default::default()
+    };
     if a.trace {
-        TraceOpts {
-            max_iter: a.trace_iter,
-            ..Default::default()
-        }
-        .validate()
-        .context("--trace-iter")?;
+        trace_opts.validate().context("--trace-iter")?;
     }
     if a.density {
-        SlqOpts {
-            iter: a.density_iter,
-            runs: a.density_runs,
-            grid: a.density_grid,
-            ..Default::default()
-        }
-        .validate()
-        .context("--density-iter / --density-runs / --density-grid")?;
+        slq_opts
+            .validate()
+            .context("--density-iter / --density-runs / --density-grid")?;
     }
     let (rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
     let t0 = Instant::now();
@@ -172,22 +179,9 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
                 json!({"trace": te.trace, "std_error": 0.0, "method": "exact", "backward_passes": te.backward_passes,
                        "per_parameter": te.per_parameter.iter().map(|(n, v)| json!({"name": n, "trace": v})).collect::<Vec<_>>()})
             }
-            m => {
-                let method = if m == TraceArg::Hutchinson {
-                    TraceMethod::Hutchinson
-                } else {
-                    TraceMethod::HutchPlusPlus
-                };
+            TraceArg::Hutchinson | TraceArg::HutchPlusPlus => {
                 let p = WithProgress::new(op.as_ref(), Some(&bars), a.trace_iter, "trace");
-                let r = curvature::trace(
-                    &p,
-                    &TraceOpts {
-                        method,
-                        max_iter: a.trace_iter,
-                        seed: a.md.seed,
-                        ..Default::default()
-                    },
-                )?;
+                let r = curvature::trace(&p, &trace_opts)?;
                 drop(p);
                 serde_json::to_value(&r)?
             }
@@ -203,16 +197,7 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
             a.density_iter * a.density_runs,
             "density",
         );
-        let d = curvature::density(
-            &p,
-            &SlqOpts {
-                iter: a.density_iter,
-                runs: a.density_runs,
-                grid: a.density_grid,
-                seed: a.md.seed,
-                ..Default::default()
-            },
-        )?;
+        let d = curvature::density(&p, &slq_opts)?;
         drop(p);
         out["density"] = serde_json::to_value(&d)?;
         out["density"]["seconds"] = json!(t.elapsed().as_secs_f64());

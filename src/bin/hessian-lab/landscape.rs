@@ -193,7 +193,7 @@ pub fn interpolate_cmd(a: InterpolateArgs) -> Result<()> {
     hessian_lab::files::check_writable(&a.out)?;
     let rt = runtime(&a.common)?;
     let kind = a.model;
-    let ds = crate::common::dataset_for(kind, &a.dataset)?;
+    let ds = a.dataset.unwrap_or(kind.default_dataset());
     let ma = Model::load(kind, &a.from, &rt)?;
     let mb = Model::load(kind, &a.to, &rt)?;
     let lim = if a.samples == 0 {

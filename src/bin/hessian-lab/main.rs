@@ -10,7 +10,7 @@ mod reproduce;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use common::{dataset_for, load_split, runtime, Common};
+use common::{load_split, runtime, Common};
 use hessian_lab::data::SplitKind;
 use hessian_lab::models::{Model, ModelConfig};
 use hessian_lab::train::{self, LrSchedule, TrainConfig};
@@ -143,7 +143,7 @@ struct EvalArgs {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let rt = runtime(&a.common)?;
     let kind = a.model;
-    let ds = dataset_for(kind, &a.dataset)?;
+    let ds = a.dataset.unwrap_or(kind.default_dataset());
     let train_split = load_split(&a.common, ds, SplitKind::Train, a.samples)?;
     let test_split = load_split(&a.common, ds, SplitKind::Test, None).ok();
     let model = match &a.init {
@@ -161,8 +161,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         lr: a.lr,
         milestones: match &a.lr_steps {
             Some(s) => s.clone(),
-            None if !a.constant_lr && a.lr_scale_base.is_none() && a.epochs >= 2 => {
-                vec![a.epochs - 1]
+            None if !a.constant_lr && a.lr_scale_base.is_none() => {
+                LrSchedule::last_epoch_decay(a.lr, a.epochs, a.lr_gamma).milestones
             }
             None => vec![],
         },
@@ -279,7 +279,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let rt = runtime(&a.common)?;
     let kind = a.model;
-    let ds = dataset_for(kind, &a.dataset)?;
+    let ds = a.dataset.unwrap_or(kind.default_dataset());
     let split = a.split;
     let s = load_split(&a.common, ds, split, a.samples)?;
     let model = Model::load(kind, &a.weights, &rt)?;
