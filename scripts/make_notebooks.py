@@ -7,9 +7,7 @@ Cells tagged "allow-stderr" may write to stderr (the CI runner fails on stderr o
 import json, os
 
 DEP = ':dep hessian_lab = { package = "hessian-lab", path = "..", default-features = false }'
-USE = """use hessian_lab::{Runtime, data::{self, DatasetKind, SplitKind}, models::{Model, ModelKind, ModelConfig, Activation}};
-use hessian_lab::{train::{self, Adversarial, FitOpts}, curvature::{self, DataSource, HessianOperator, LanczosOpts, ParamVec, ParamSelection, CurvatureOperator}};
-use hessian_lab::{attack::{self, AttackKind, NewtonSolver}, landscape, plot::{self, Figure, Line}};
+USE = """use hessian_lab::prelude::*; // the Network trait, models, data, curvature, attacks, training, plots
 let rt = Runtime::cpu_f32(); // device, dtype and CPU kernels; nothing else to set up"""
 
 

@@ -33,9 +33,9 @@ pub enum Error {
     ModelDataMismatch {
         model: String,
         dataset: String,
-        expected: [usize; 3],
+        expected: Vec<usize>,
         classes: usize,
-        got: [usize; 3],
+        got: Vec<usize>,
         got_classes: usize,
     },
 

@@ -11,12 +11,18 @@
 //! candle ([`candle_core`], [`candle_nn`], vendored with a patch): use these re-exports in your
 //! code rather than a separate candle dependency. The layers are described in ARCHITECTURE.md.
 //!
+//! Every verb takes `&dyn` [`models::Network`]: the paper's built-in models, any candle-nn
+//! model wrapped in one line by [`models::CandleNet`], or your own implementation of the trait.
+//!
 //! ```no_run
-//! let dev = hessian_lab::Runtime::cpu_f32();
-//! let test = hessian_lab::data::load(hessian_lab::data::DatasetKind::Mnist, hessian_lab::data::SplitKind::Test, "data")?;
-//! let model = hessian_lab::models::Model::new(hessian_lab::models::ModelKind::M1, &dev, 0)?;
-//! let batch = test.first(128)?.to_batch(&dev)?;
+//! use hessian_lab::prelude::*;
+//! let rt = Runtime::cpu_f32();
+//! let test = data::load(DatasetKind::Mnist, SplitKind::Test, "data")?;
+//! let model = Model::new(ModelKind::M1, &rt, 0)?;
+//! let batch = test.first(128)?.to_batch(&rt)?;
 //! let (loss, acc) = model.loss_and_accuracy(&batch)?;
+//! let op = HessianOperator::new(&model, DataSource::Batch(batch))?;
+//! let top = curvature::lanczos(&op, 2, &LanczosOpts::default())?;
 //! # Ok::<(), hessian_lab::Error>(())
 //! ```
 
@@ -30,6 +36,7 @@ pub mod landscape;
 pub mod models;
 pub mod ops;
 pub mod plot;
+pub mod prelude;
 pub mod progress;
 pub mod reproduce;
 pub mod runtime;

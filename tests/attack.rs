@@ -282,7 +282,7 @@ fn trained_m1_monotone_in_eps_ifgsm_stronger_and_robust_training_helps() {
     }
     // Robust training (half of each batch FGSM at ε = 0.1).
     let robust = Model::new(ModelKind::M1, &rt, 0).unwrap();
-    let mut hook = |m: &Model, b| adversarial_batch(m, b, AttackKind::Fgsm, 0.1, 0.5);
+    let mut hook = |m: &dyn Network, b| adversarial_batch(m, b, AttackKind::Fgsm, 0.1, 0.5);
     train::train(
         &robust,
         &train_split,

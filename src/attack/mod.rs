@@ -20,7 +20,7 @@
 
 use crate::curvature::{input_gradient, input_hessian, input_hvp};
 use crate::data::{Batch, Split};
-use crate::models::{count_correct, Model};
+use crate::models::{count_correct, Network};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
@@ -97,7 +97,7 @@ fn check_eps(eps: f64) -> Result<()> {
     Ok(())
 }
 
-fn check_batch(model: &Model, batch: &Batch) -> Result<()> {
+fn check_batch(model: &dyn Network, batch: &Batch) -> Result<()> {
     model.check_input(&batch.x)?;
     let m = batch
         .x
@@ -147,7 +147,7 @@ fn oriented(d: &Tensor, g: &Tensor) -> Result<Tensor> {
 /// Cost: Exact: 1 forward + C backward passes; CG: 1 forward + 1 backward + iters × (1
 /// forward + 2 backward).
 pub fn newton_direction(
-    model: &Model,
+    model: &dyn Network,
     batch: &Batch,
     solver: NewtonSolver,
 ) -> Result<(Tensor, Tensor)> {
@@ -167,7 +167,13 @@ pub fn newton_direction(
 }
 
 /// Batched CG for Hᵢsᵢ = gᵢ, each sample with its own step sizes, from s = 0.
-fn cg_solve(model: &Model, batch: &Batch, g: &Tensor, iters: usize, tol: f64) -> Result<Tensor> {
+fn cg_solve(
+    model: &dyn Network,
+    batch: &Batch,
+    g: &Tensor,
+    iters: usize,
+    tol: f64,
+) -> Result<Tensor> {
     let n = batch.len();
     let dot = |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok((a * b)?.flatten_from(1)?.sum(1)?) };
     let mut s = g.zeros_like()?;
@@ -209,7 +215,12 @@ fn cg_solve(model: &Model, batch: &Batch, g: &Tensor, iters: usize, tol: f64) ->
 /// The one-shot perturbation Δx **before clipping** (not defined for `ifgsm`, which is
 /// iterative: use [`attack`]). Cost: as [`newton_direction`] for the Hessian attacks, else one
 /// forward + one backward.
-pub fn perturbation(model: &Model, batch: &Batch, kind: AttackKind, eps: f64) -> Result<Tensor> {
+pub fn perturbation(
+    model: &dyn Network,
+    batch: &Batch,
+    kind: AttackKind,
+    eps: f64,
+) -> Result<Tensor> {
     check_eps(eps)?;
     check_batch(model, batch)?;
     let d = match kind {
@@ -261,7 +272,7 @@ pub struct AttackOutcome {
 /// Second-order directions are computed once and scaled per ε. Cost: one direction
 /// computation (ifgsm: steps × (1 forward + 1 backward) per ε) + one forward per ε.
 pub fn attack(
-    model: &Model,
+    model: &dyn Network,
     batch: &Batch,
     kind: AttackKind,
     eps_list: &[f64],
@@ -274,6 +285,15 @@ pub fn attack(
         check_eps(e)?;
     }
     let x = batch.x.detach();
+    // Adversarial inputs stay where inputs live (pixels: [0, 1]); an unbounded box clips nothing.
+    let bx = model.input_box();
+    let clip = |t: Tensor| -> Result<Tensor> {
+        Ok(if bx.is_bounded() {
+            t.clamp(bx.lo, bx.hi)?
+        } else {
+            t
+        })
+    };
     // Unit direction (ε = 1) for the one-shot attacks.
     let unit = match kind {
         AttackKind::Ifgsm { steps } => {
@@ -296,11 +316,11 @@ pub fn attack(
                     let b = Batch::new(xa.clone(), batch.y.clone())?;
                     let (_, g) = input_gradient(model, &b)?;
                     xa = (xa + (g.sign()? * step)?)?;
-                    xa = xa.maximum(&lo)?.minimum(&hi)?.clamp(0.0, 1.0)?;
+                    xa = clip(xa.maximum(&lo)?.minimum(&hi)?)?;
                 }
                 xa
             }
-            (_, Some(u)) => (&x + (u * eps)?)?.clamp(0.0, 1.0)?,
+            (_, Some(u)) => clip((&x + (u * eps)?)?)?,
             (_, None) => return Err(Error::invalid("attack", "no direction")),
         };
         let logits = model.forward(&x_adv)?.detach();
@@ -379,7 +399,7 @@ impl SplitOpts<'_> {
 /// Adversarial accuracy of `model` on `split` under `kind` for each ε, chunk by chunk
 /// (bounded memory). Cost: as [`attack`] per chunk.
 pub fn adversarial_accuracy(
-    model: &Model,
+    model: &dyn Network,
     split: &Split,
     kind: AttackKind,
     eps_list: &[f64],
@@ -424,7 +444,7 @@ pub fn adversarial_accuracy(
 /// A batch hook for robust training: replaces the first ⌈ratio·|b|⌉ samples of each batch by
 /// adversarial versions made with the current model (eval mode) at budget `eps`.
 pub fn adversarial_batch(
-    model: &Model,
+    model: &dyn Network,
     batch: Batch,
     kind: AttackKind,
     eps: f64,
@@ -454,7 +474,7 @@ pub fn adversarial_batch(
 /// Per-sample cosine between the CG Newton direction and the exact minimum-norm one (how far
 /// the paper's inexact Newton-CG is from H⁺g). Cost: as both solvers.
 pub fn cg_cosine_to_exact(
-    model: &Model,
+    model: &dyn Network,
     batch: &Batch,
     iters: usize,
     tol: f64,

@@ -9,7 +9,7 @@
 use super::vector::ParamVec;
 use crate::autodiff::{self, on_pool, Graph};
 use crate::data::Batch;
-use crate::models::{layers, Model};
+use crate::models::{layers, Network};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var};
 
@@ -22,7 +22,7 @@ pub struct ParamSelection {
 
 impl ParamSelection {
     /// Every trainable parameter (BN running statistics are buffers and never included).
-    pub fn all(model: &Model) -> Self {
+    pub fn all(model: &dyn Network) -> Self {
         ParamSelection {
             indices: (0..model.params().len()).collect(),
             names: model.params().iter().map(|(n, _)| n.clone()).collect(),
@@ -30,7 +30,7 @@ impl ParamSelection {
     }
     /// The parameters whose names start with one of `prefixes` (e.g. `["fc1."]` for the fc1
     /// block). An error when nothing matches.
-    pub fn with_prefixes(model: &Model, prefixes: &[&str]) -> Result<Self> {
+    pub fn with_prefixes(model: &dyn Network, prefixes: &[&str]) -> Result<Self> {
         if prefixes.is_empty() {
             return Ok(Self::all(model));
         }
@@ -53,14 +53,14 @@ impl ParamSelection {
         Ok(s)
     }
     /// The selected parameter tensors (current values, with autograd identity).
-    pub fn tensors(&self, model: &Model) -> Vec<Tensor> {
+    pub fn tensors(&self, model: &dyn Network) -> Vec<Tensor> {
         self.indices
             .iter()
             .map(|&i| model.params()[i].1.as_tensor().clone())
             .collect()
     }
     /// Number of scalars selected.
-    pub fn dim(&self, model: &Model) -> usize {
+    pub fn dim(&self, model: &dyn Network) -> usize {
         self.indices
             .iter()
             .map(|&i| model.params()[i].1.elem_count())
@@ -72,7 +72,7 @@ impl ParamSelection {
 /// Returns (loss value, gradient tensors). Cost: 1 forward + 1 backward; memory: the graph of
 /// both passes, until the gradients are dropped.
 pub fn gradient_with_graph(
-    model: &Model,
+    model: &dyn Network,
     batch: &Batch,
     sel: &ParamSelection,
 ) -> Result<(f64, Vec<Tensor>)> {
@@ -86,7 +86,11 @@ pub fn gradient_with_graph(
 }
 
 /// Mean-loss gradient ∇θ (1/N)Σᵢ ℓᵢ (eval mode), detached. Cost: 1 forward + 1 backward.
-pub fn gradient(model: &Model, batch: &Batch, sel: &ParamSelection) -> Result<(f64, ParamVec)> {
+pub fn gradient(
+    model: &dyn Network,
+    batch: &Batch,
+    sel: &ParamSelection,
+) -> Result<(f64, ParamVec)> {
     on_pool(model.device(), || {
         let (loss, lv) = finite_loss(model, batch)?;
         Ok((
@@ -97,7 +101,7 @@ pub fn gradient(model: &Model, batch: &Batch, sel: &ParamSelection) -> Result<(f
 }
 
 /// The mean loss (graph node) and its value; an error when it is NaN or infinite.
-fn finite_loss(model: &Model, batch: &Batch) -> Result<(Tensor, f64)> {
+fn finite_loss(model: &dyn Network, batch: &Batch) -> Result<(Tensor, f64)> {
     let loss = model.loss(batch)?;
     let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     if !lv.is_finite() {
@@ -122,7 +126,7 @@ pub(crate) fn graph_dot(grads: &[Tensor], v: &ParamVec) -> Result<Tensor> {
 /// H·v from a gradient that still carries its graph: ∇θ ⟨g, v⟩. Cost: 1 backward (through
 /// the first backward's graph).
 pub fn hvp_from_graph(
-    model: &Model,
+    model: &dyn Network,
     grads: &[Tensor],
     sel: &ParamSelection,
     v: &ParamVec,
@@ -144,7 +148,7 @@ pub fn hvp_from_graph(
 /// Exact Hessian-vector product H v, H = ∇²θ (1/N)Σᵢ ℓᵢ over the selected parameters, by
 /// double backward (eval mode). Cost: 1 forward + 2 backward passes.
 pub fn hvp_selected(
-    model: &Model,
+    model: &dyn Network,
     batch: &Batch,
     sel: &ParamSelection,
     v: &ParamVec,
@@ -158,7 +162,7 @@ pub fn hvp_selected(
 }
 
 /// Exact H v over all parameters (see [`hvp_selected`]). Cost: 1 forward + 2 backward.
-pub fn hvp(model: &Model, batch: &Batch, v: &ParamVec) -> Result<ParamVec> {
+pub fn hvp(model: &dyn Network, batch: &Batch, v: &ParamVec) -> Result<ParamVec> {
     hvp_selected(model, batch, &ParamSelection::all(model), v)
 }
 
@@ -167,7 +171,7 @@ pub fn hvp(model: &Model, batch: &Batch, v: &ParamVec) -> Result<ParamVec> {
 /// afterwards, also on error. Cost: 2 forward + 2 backward passes.
 /// Accuracy: O(ε²) away from ReLU kinks; use f64 for checks (f32 gives ~1e-2 at best).
 pub fn hvp_fd(
-    model: &Model,
+    model: &dyn Network,
     batch: &Batch,
     sel: &ParamSelection,
     v: &ParamVec,
@@ -208,29 +212,119 @@ pub fn hvp_fd(
             meps.cbrt() * tmax / vn
         }
     };
+    let at = |alpha: f64| {
+        shifted(model, sel, &theta, v, alpha, || {
+            Ok(gradient(model, batch, sel)?.1)
+        })
+    };
+    let gp = at(eps)?;
+    let gm = at(-eps)?;
+    gp.axpy(-1.0, &gm)?.scale(0.5 / eps)
+}
+
+/// Runs `f` with the selected parameters set to θ + α·v (θ: their values `theta`), and puts θ
+/// back afterwards, also when `f` fails.
+fn shifted<T>(
+    model: &dyn Network,
+    sel: &ParamSelection,
+    theta: &[Tensor],
+    v: &ParamVec,
+    alpha: f64,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     let set = |alpha: f64| -> Result<()> {
-        for ((&i, t0), vi) in sel.indices.iter().zip(&theta).zip(&v.0) {
-            model.params()[i].1.set(&(t0 + (vi * alpha)?)?)?;
+        for ((&i, t0), vi) in sel.indices.iter().zip(theta).zip(&v.0) {
+            let t = if alpha == 0.0 {
+                t0.clone()
+            } else {
+                (t0 + (vi * alpha)?)?
+            };
+            model.params()[i].1.set(&t)?;
         }
         Ok(())
     };
-    let run = || -> Result<ParamVec> {
-        set(eps)?;
-        let (_, gp) = gradient(model, batch, sel)?;
-        set(-eps)?;
-        let (_, gm) = gradient(model, batch, sel)?;
-        gp.axpy(-1.0, &gm)?.scale(0.5 / eps)
-    };
-    let out = run();
-    for (&i, t0) in sel.indices.iter().zip(&theta) {
-        model.params()[i].1.set(t0)?;
-    }
+    let out = set(alpha).and_then(|_| f());
+    set(0.0)?;
     out
+}
+
+/// The outcome of [`check_hvp`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HvpCheck {
+    /// |gᵀv − (L(θ+εv) − L(θ−εv))/2ε| / max of the two: the gradient against the loss.
+    pub grad_rel_err: f64,
+    /// ‖Hv − FD‖ / max(‖Hv‖, ‖FD‖), FD the central difference of gradients along v.
+    pub hvp_rel_err: f64,
+    /// The tolerance `ok` was judged by: 1e-4 in f64, 5e-2 in f32 (finite differences are
+    /// O(ε²) accurate away from ReLU kinks, and ε is ∛(machine ε)-sized).
+    pub tol: f64,
+    /// Both relative errors within `tol`, and the loss does change along v.
+    pub ok: bool,
+    pub grad_dot_v: f64,
+    pub hv_norm: f64,
+    pub fd_norm: f64,
+}
+
+/// Checks a network's gradient against finite differences of its loss, and its exact
+/// Hessian-vector product against finite differences of its gradient, along one random
+/// direction v (seeded) on one batch. Catches forwards whose derivatives are silently lost (an
+/// op without a backward gives a zero gradient; one that cuts the double-backward graph a wrong
+/// Hv with a right gradient) before their eigenvalues are trusted. Use f64 for a sharp answer.
+/// Cost: 1 HVP + 3 gradients + 2 losses.
+pub fn check_hvp(model: &dyn Network, batch: &Batch, seed: u64) -> Result<HvpCheck> {
+    let sel = ParamSelection::all(model);
+    let theta: Vec<Tensor> = sel
+        .tensors(model)
+        .iter()
+        .map(|t| t.detach().copy())
+        .collect::<candle_core::Result<_>>()?;
+    let v = ParamVec::randn_like(&theta, seed)?;
+    let v = v.scale(1.0 / v.norm()?)?;
+    let (_, g) = gradient(model, batch, &sel)?;
+    let grad_dot_v = g.dot(&v)?;
+    let meps = if model.dtype() == DType::F64 {
+        f64::EPSILON
+    } else {
+        f32::EPSILON as f64
+    };
+    let h = meps.cbrt();
+    let loss_at = |a: f64| {
+        shifted(model, &sel, &theta, &v, a, || {
+            Ok(model
+                .loss(batch)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?)
+        })
+    };
+    let fd_dir = (loss_at(h)? - loss_at(-h)?) / (2.0 * h);
+    let rel = |d: f64, s: f64| if s > 0.0 { d / s } else { 0.0 };
+    let grad_rel_err = rel(
+        (grad_dot_v - fd_dir).abs(),
+        grad_dot_v.abs().max(fd_dir.abs()),
+    );
+    let hv = hvp_selected(model, batch, &sel, &v)?;
+    let fd = hvp_fd(model, batch, &sel, &v, None)?;
+    let (hv_norm, fd_norm) = (hv.norm()?, fd.norm()?);
+    let hvp_rel_err = rel(hv.axpy(-1.0, &fd)?.norm()?, hv_norm.max(fd_norm));
+    let tol = if model.dtype() == DType::F64 {
+        1e-4
+    } else {
+        5e-2
+    };
+    Ok(HvpCheck {
+        grad_rel_err,
+        hvp_rel_err,
+        tol,
+        ok: grad_rel_err <= tol && hvp_rel_err <= tol && fd_dir != 0.0,
+        grad_dot_v,
+        hv_norm,
+        fd_norm,
+    })
 }
 
 /// Per-sample input gradients gᵢ = ∇ₓ ℓᵢ (sum reduction), with per-sample losses.
 /// Returns (losses (N,), gradients shaped like x). Cost: 1 forward + 1 backward.
-pub fn input_gradient(model: &Model, batch: &Batch) -> Result<(Tensor, Tensor)> {
+pub fn input_gradient(model: &dyn Network, batch: &Batch) -> Result<(Tensor, Tensor)> {
     on_pool(model.device(), || {
         let x = Var::from_tensor(&batch.x.detach())?;
         let losses = layers::cross_entropy_per_sample(&model.forward(x.as_tensor())?, &batch.y)?;
@@ -242,7 +336,7 @@ pub fn input_gradient(model: &Model, batch: &Batch) -> Result<(Tensor, Tensor)> 
 /// Per-sample input Hessian-vector products Hᵢvᵢ, Hᵢ = ∇²ₓ ℓᵢ (sum reduction: the batch's
 /// input Hessian is block diagonal). `v` has the shape of the inputs. Cost: 1 forward +
 /// 2 backward passes.
-pub fn input_hvp(model: &Model, batch: &Batch, v: &Tensor) -> Result<Tensor> {
+pub fn input_hvp(model: &dyn Network, batch: &Batch, v: &Tensor) -> Result<Tensor> {
     if v.dims() != batch.x.dims() {
         return Err(Error::Shape(format!(
             "v {:?} vs inputs {:?}",

@@ -15,7 +15,7 @@ use super::hvp::input_hvp;
 use super::trace::softmax_core_sqrt;
 use crate::autodiff::Graph;
 use crate::data::Batch;
-use crate::models::{layers, Model};
+use crate::models::{layers, Network};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var};
 use nalgebra::{DMatrix, DVector};
@@ -162,7 +162,7 @@ impl InputHessianSummary {
 /// [`input_hessian`] over a whole split in chunks of `chunk` samples (bounded memory); the
 /// per-sample results in file order. `on_chunk(n)` is called after each chunk (progress).
 pub fn input_hessian_split(
-    model: &Model,
+    model: &dyn Network,
     split: &crate::data::Split,
     chunk: usize,
     mut on_chunk: impl FnMut(usize),
@@ -179,7 +179,10 @@ pub fn input_hessian_split(
 /// Per-sample logit Jacobians ∂zᵢ/∂xᵢ (C×d each), probabilities and losses, eval mode.
 /// Cost: 1 forward + C backward passes (samples do not interact in eval mode, so one backward
 /// of Σᵢ zᵢ,c gives row c of every Jᵢ).
-pub fn logit_jacobians(model: &Model, batch: &Batch) -> Result<(Vec<DMatrix<f64>>, Vec<Vec<f64>>)> {
+pub fn logit_jacobians(
+    model: &dyn Network,
+    batch: &Batch,
+) -> Result<(Vec<DMatrix<f64>>, Vec<Vec<f64>>)> {
     let x = Var::from_tensor(&batch.x.detach())?;
     let z = model.forward(x.as_tensor())?;
     let (n, c) = z.dims2()?;
@@ -213,14 +216,12 @@ pub fn logit_jacobians(model: &Model, batch: &Batch) -> Result<(Vec<DMatrix<f64>
 /// Refused with [`Error::Unsupported`] for nets that are not piecewise linear (tanh), where
 /// the formula does not hold; use [`input_lambda1_power`] there.
 /// Cost: 1 forward + C backward passes, then O(C²d + C³) per sample on the host.
-pub fn input_hessian(model: &Model, batch: &Batch) -> Result<InputHessian> {
-    if !model.kind().piecewise_linear(model.config.activation) {
-        return Err(Error::Unsupported(format!(
-            "Theorem 1 needs a piecewise-linear net; `{}` with {:?} is not (use input_lambda1_power)",
-            model.kind().name(),
-            model.config.activation
-        )));
-    }
+pub fn input_hessian(model: &dyn Network, batch: &Batch) -> Result<InputHessian> {
+    crate::models::network::require_piecewise_linear(
+        model,
+        "Theorem 1 (the exact input Hessian)",
+        "; use input_lambda1_power",
+    )?;
     model.check_input(&batch.x)?;
     let (jac, probs) = logit_jacobians(model, batch)?;
     let labels: Vec<u32> = batch.y.to_vec1()?;
@@ -278,7 +279,7 @@ pub fn input_hessian(model: &Model, batch: &Batch) -> Result<InputHessian> {
 /// Stops when every sample's Rayleigh quotient changes by < tol relative, or at max_iter.
 /// Cost: ≤ max_iter × (1 forward + 2 backward passes) on the batch.
 pub fn input_lambda1_power(
-    model: &Model,
+    model: &dyn Network,
     batch: &Batch,
     max_iter: usize,
     tol: f64,

@@ -15,7 +15,8 @@ pub mod vector;
 pub use density::{density, Density, SlqOpts};
 pub use eigen::{lanczos, top_eigen, EigenResult, LanczosOpts, PowerOpts};
 pub use hvp::{
-    gradient, hvp, hvp_closure, hvp_fd, hvp_selected, input_gradient, input_hvp, ParamSelection,
+    check_hvp, gradient, hvp, hvp_closure, hvp_fd, hvp_selected, input_gradient, input_hvp,
+    HvpCheck, ParamSelection,
 };
 pub use input::{
     input_hessian, input_hessian_split, input_lambda1_power, InputHessian, InputHessianSample,

@@ -6,7 +6,7 @@ use super::hvp::{gradient, gradient_with_graph, graph_dot, hvp_from_graph, Param
 use super::vector::ParamVec;
 use crate::autodiff::{self, Graph};
 use crate::data::{Batch, Split};
-use crate::models::{layers, Model};
+use crate::models::{layers, Network};
 use crate::{Error, Result, Runtime};
 use candle_core::{DType, Device, Tensor, Var};
 use std::cell::{Cell, RefCell};
@@ -133,7 +133,7 @@ impl DataSource {
 
 /// The Hessian of the mean cross-entropy w.r.t. (selected) parameters, model in eval mode.
 pub struct HessianOperator {
-    model: Model,
+    model: Box<dyn Network>,
     source: DataSource,
     sel: ParamSelection,
     like: Vec<Tensor>,
@@ -143,19 +143,23 @@ pub struct HessianOperator {
 
 impl HessianOperator {
     /// Over all parameters.
-    pub fn new(model: &Model, source: DataSource) -> Result<Self> {
+    pub fn new(model: &dyn Network, source: DataSource) -> Result<Self> {
         Self::with_selection(model, source, ParamSelection::all(model))
     }
     /// Over the parameters whose names start with one of `prefixes` (per-layer curvature).
-    pub fn with_filter(model: &Model, source: DataSource, prefixes: &[&str]) -> Result<Self> {
+    pub fn with_filter(model: &dyn Network, source: DataSource, prefixes: &[&str]) -> Result<Self> {
         let sel = ParamSelection::with_prefixes(model, prefixes)?;
         Self::with_selection(model, source, sel)
     }
-    pub fn with_selection(model: &Model, source: DataSource, sel: ParamSelection) -> Result<Self> {
+    pub fn with_selection(
+        model: &dyn Network,
+        source: DataSource,
+        sel: ParamSelection,
+    ) -> Result<Self> {
         source.validate()?;
         let like = sel.tensors(model).iter().map(|t| t.detach()).collect();
         Ok(HessianOperator {
-            model: model.clone(),
+            model: dyn_clone::clone_box(model),
             source,
             sel,
             like,
@@ -178,7 +182,7 @@ impl HessianOperator {
         let n = self.source.len() as f64;
         let mut loss = 0.0;
         let g = self.source.weighted_sum(self.model.runtime(), |b| {
-            let (l, g) = gradient(&self.model, b, &self.sel)?;
+            let (l, g) = gradient(&*self.model, b, &self.sel)?;
             loss += l * b.len() as f64 / n;
             Ok(g)
         })?;
@@ -193,18 +197,18 @@ impl CurvatureOperator for HessianOperator {
         self.count.set(self.count.get() + 1);
         if let DataSource::Batch(b) = &self.source {
             if self.cached.borrow().is_none() {
-                let (_, g) = gradient_with_graph(&self.model, b, &self.sel)?;
+                let (_, g) = gradient_with_graph(&*self.model, b, &self.sel)?;
                 *self.cached.borrow_mut() = Some(g);
             }
             let cache = self.cached.borrow();
             let g = cache
                 .as_ref()
                 .ok_or_else(|| Error::Empty("gradient cache".into()))?;
-            return hvp_from_graph(&self.model, g, &self.sel, v);
+            return hvp_from_graph(&*self.model, g, &self.sel, v);
         }
         self.source.weighted_sum(self.model.runtime(), |b| {
-            let (_, g) = gradient_with_graph(&self.model, b, &self.sel)?;
-            hvp_from_graph(&self.model, &g, &self.sel, v)
+            let (_, g) = gradient_with_graph(&*self.model, b, &self.sel)?;
+            hvp_from_graph(&*self.model, &g, &self.sel, v)
         })
     }
     fn like(&self) -> &[Tensor] {
@@ -221,7 +225,7 @@ impl CurvatureOperator for HessianOperator {
 /// The generalised Gauss–Newton matrix G = (1/N) Σᵢ Jᵢᵀ (diag pᵢ − pᵢpᵢᵀ) Jᵢ of the mean
 /// cross-entropy (Jᵢ = ∂logitsᵢ/∂θ), model in eval mode. PSD; equal to H for linear models.
 pub struct GgnOperator {
-    model: Model,
+    model: Box<dyn Network>,
     source: DataSource,
     sel: ParamSelection,
     like: Vec<Tensor>,
@@ -229,12 +233,12 @@ pub struct GgnOperator {
 }
 
 impl GgnOperator {
-    pub fn new(model: &Model, source: DataSource) -> Result<Self> {
+    pub fn new(model: &dyn Network, source: DataSource) -> Result<Self> {
         source.validate()?;
         let sel = ParamSelection::all(model);
         let like = sel.tensors(model).iter().map(|t| t.detach()).collect();
         Ok(GgnOperator {
-            model: model.clone(),
+            model: dyn_clone::clone_box(model),
             source,
             sel,
             like,
@@ -245,13 +249,18 @@ impl GgnOperator {
     /// G_b v for one batch: Jv by the double-backward trick (Jv = ∇ᵤ⟨∇θ⟨z,u⟩, v⟩), then
     /// r = (p⊙Jv − p(pᵀJv))/|b|, then Jᵀr. Cost: 1 forward + 3 backward passes.
     fn apply_batch(&self, b: &Batch, v: &ParamVec) -> Result<ParamVec> {
-        let (model, sel) = (&self.model, &self.sel);
+        let (model, sel) = (&*self.model, &self.sel);
         crate::autodiff::on_pool(model.device(), || ggn_batch(model, sel, b, v))
     }
 }
 
 /// G_b v for one batch (see [`GgnOperator::apply_batch`]).
-fn ggn_batch(model: &Model, sel: &ParamSelection, b: &Batch, v: &ParamVec) -> Result<ParamVec> {
+fn ggn_batch(
+    model: &dyn Network,
+    sel: &ParamSelection,
+    b: &Batch,
+    v: &ParamVec,
+) -> Result<ParamVec> {
     let z = model.forward(&b.x)?;
     let u = Var::from_tensor(&z.zeros_like()?.detach())?;
     let s = (&z * u.as_tensor())?.sum_all()?;

@@ -4,7 +4,7 @@
 use super::hvp::ParamSelection;
 use super::operator::{CurvatureOperator, DataSource};
 use super::vector::ParamVec;
-use crate::models::{layers, Model};
+use crate::models::{layers, Network};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
@@ -194,17 +194,11 @@ pub(crate) fn softmax_core_sqrt(p: &[f64]) -> nalgebra::DMatrix<f64> {
 ///
 /// Cost: per sample, 1 forward and C backward passes (batch size 1).
 pub fn trace_exact(
-    model: &Model,
+    model: &dyn Network,
     source: &DataSource,
     sel: Option<&ParamSelection>,
 ) -> Result<TraceExact> {
-    if !model.kind().piecewise_linear(model.config.activation) {
-        return Err(Error::Unsupported(format!(
-            "exact trace needs a piecewise-linear net (ReLU/max-pool/BN-eval); `{}` with {:?} is not",
-            model.kind().name(),
-            model.config.activation
-        )));
-    }
+    crate::models::network::require_piecewise_linear(model, "the exact trace", "")?;
     let sel = match sel {
         Some(s) => s.clone(),
         None => ParamSelection::all(model),

@@ -159,9 +159,9 @@ impl Batch {
     /// Builds a batch from tensors, checking that x is 4-D, y is 1-D u32 of the same length and
     /// the batch is not empty.
     pub fn new(x: Tensor, y: Tensor) -> Result<Self> {
-        if x.rank() != 4 {
+        if x.rank() < 2 {
             return Err(Error::Shape(format!(
-                "batch inputs must be (N, C, H, W), got {:?}",
+                "batch inputs must be (N, …) — (N, C, H, W) images or (N, D) features — got {:?}",
                 x.dims()
             )));
         }

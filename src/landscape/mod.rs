@@ -7,7 +7,7 @@
 //! afterwards, also on error.
 
 use crate::curvature::{self, DataSource, HessianOperator, LanczosOpts, ParamSelection, ParamVec};
-use crate::models::Model;
+use crate::models::Network;
 use crate::train::{EpochHook, EpochRecord};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
@@ -15,13 +15,13 @@ use serde::Serialize;
 
 /// Restores a model's parameters and buffers when dropped.
 struct Restore<'a> {
-    model: &'a Model,
+    model: &'a dyn Network,
     params: Vec<Tensor>,
     buffers: Vec<Tensor>,
 }
 
 impl<'a> Restore<'a> {
-    fn new(model: &'a Model) -> Result<Self> {
+    fn new(model: &'a dyn Network) -> Result<Self> {
         Ok(Restore {
             model,
             params: model.param_values()?,
@@ -40,7 +40,7 @@ impl Drop for Restore<'_> {
 
 /// Mean loss and accuracy over a data source (eval mode, chunk weights |b|/N).
 /// Cost: one forward per chunk.
-pub fn evaluate_source(model: &Model, source: &DataSource) -> Result<(f64, f64)> {
+pub fn evaluate_source(model: &dyn Network, source: &DataSource) -> Result<(f64, f64)> {
     let (mut loss, mut acc) = (0.0, 0.0);
     source.for_each(model.runtime(), |b, w| {
         let (l, a) = model.loss_and_accuracy(b)?;
@@ -55,7 +55,7 @@ pub fn evaluate_source(model: &Model, source: &DataSource) -> Result<(f64, f64)>
 /// filter (each row of a weight: output channel of a conv, output unit of a linear layer)
 /// rescaled to the norm of the same filter of θ. Parameters with ≤ 1 dimension (biases, BN
 /// γ/β) are set to 0 (loss-landscape's `--xignore biasbn`). Deterministic from `seed`.
-pub fn filter_normalized_direction(model: &Model, seed: u64) -> Result<ParamVec> {
+pub fn filter_normalized_direction(model: &dyn Network, seed: u64) -> Result<ParamVec> {
     let theta = model.param_values()?;
     let r = ParamVec::randn_like(&theta, seed)?;
     let mut out = vec![];
@@ -88,7 +88,7 @@ pub fn filter_normalized_direction(model: &Model, seed: u64) -> Result<ParamVec>
 /// The top-k Hessian eigenvectors on `source` (Lanczos) as unit directions, with their
 /// eigenvalues. Cost: as [`curvature::lanczos`].
 pub fn eigen_directions(
-    model: &Model,
+    model: &dyn Network,
     source: &DataSource,
     k: usize,
     opts: &LanczosOpts,
@@ -99,7 +99,7 @@ pub fn eigen_directions(
 }
 
 /// The normalised mean-loss gradient on `source`. Cost: 1 forward + 1 backward per chunk.
-pub fn gradient_direction(model: &Model, source: &DataSource) -> Result<ParamVec> {
+pub fn gradient_direction(model: &dyn Network, source: &DataSource) -> Result<ParamVec> {
     let op = HessianOperator::new(model, source.clone())?;
     Ok(op.loss_and_gradient()?.1.normalized()?.0)
 }
@@ -133,7 +133,11 @@ fn empty_series(sources: &[(&str, &DataSource)]) -> Vec<Series> {
 }
 
 /// Evaluates the model's current parameters on every source and appends to its series.
-fn push_point(model: &Model, series: &mut [Series], sources: &[(&str, &DataSource)]) -> Result<()> {
+fn push_point(
+    model: &dyn Network,
+    series: &mut [Series],
+    sources: &[(&str, &DataSource)],
+) -> Result<()> {
     for (s, (_, src)) in series.iter_mut().zip(sources) {
         let (l, acc) = evaluate_source(model, src)?;
         s.loss.push(l);
@@ -173,7 +177,7 @@ pub fn linspace(a: f64, b: f64, n: usize) -> Result<Vec<f64>> {
         .collect())
 }
 
-fn check_direction(model: &Model, d: &ParamVec) -> Result<()> {
+fn check_direction(model: &dyn Network, d: &ParamVec) -> Result<()> {
     let t = model.param_values()?;
     if d.0.len() != t.len() || d.0.iter().zip(&t).any(|(a, b)| a.dims() != b.dims()) {
         return Err(Error::Shape(
@@ -188,7 +192,7 @@ use crate::progress::{Progress, Task};
 /// Loss and accuracy of θ + α·d for each α, on each labelled source (e.g. batch, train, test
 /// in one pass: the paper's Figs. 8–10). Cost: |alphas| × Σ sources' forward passes.
 pub fn landscape_1d(
-    model: &Model,
+    model: &dyn Network,
     direction: &ParamVec,
     alphas: &[f64],
     sources: &[(&str, &DataSource)],
@@ -238,7 +242,7 @@ pub struct Plane<'a> {
 
 /// The 2-D loss surface (the paper's Figs. 14–15). Cost: |α|·|β| × the source's forwards.
 pub fn landscape_2d(
-    model: &Model,
+    model: &dyn Network,
     plane: &Plane<'_>,
     source: &DataSource,
     progress: Option<&dyn Progress>,
@@ -285,16 +289,24 @@ pub fn landscape_2d(
 /// each point (Lanczos on `lambda1_source`). Neither model is changed.
 /// Cost: |λ| × (sources' forwards [+ the Lanczos HVPs]).
 pub fn interpolate(
-    a: &Model,
-    b: &Model,
+    a: &dyn Network,
+    b: &dyn Network,
     lambdas: &[f64],
     sources: &[(&str, &DataSource)],
     lambda1: Option<(&DataSource, &LanczosOpts)>,
     progress: Option<&dyn Progress>,
 ) -> Result<Curve1d> {
-    if a.kind() != b.kind() || a.num_params() != b.num_params() {
+    let layout = |n: &dyn Network| -> Vec<(String, Vec<usize>)> {
+        n.params()
+            .iter()
+            .chain(n.buffers())
+            .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+            .collect()
+    };
+    if layout(a) != layout(b) {
         return Err(Error::Shape(
-            "interpolation needs two models of the same architecture".into(),
+            "interpolation needs two networks with the same parameter and buffer names and shapes"
+                .into(),
         ));
     }
     if lambdas.is_empty() || sources.is_empty() {
@@ -303,20 +315,22 @@ pub fn interpolate(
             "need at least one λ and one data source",
         ));
     }
-    let work = a.try_clone()?;
     let (pa, pb_) = (ParamVec(a.param_values()?), ParamVec(b.param_values()?));
     let (ba, bb) = (ParamVec(a.buffer_values()?), ParamVec(b.buffer_values()?));
     let mut series = empty_series(sources);
     let mut l1 = vec![];
     let pbar = Task::start(progress, "interpolate", lambdas.len());
+    // `a` itself is the work copy (a user's network cannot be deep-copied in general); the
+    // guard puts its parameters and buffers back however this returns
+    let _restore = Restore::new(a)?;
     for &t in lambdas {
-        work.set_param_values(&pa.scale(1.0 - t)?.axpy(t, &pb_)?.0)?;
+        a.set_param_values(&pa.scale(1.0 - t)?.axpy(t, &pb_)?.0)?;
         if !ba.0.is_empty() {
-            work.set_buffer_values(&ba.scale(1.0 - t)?.axpy(t, &bb)?.0)?;
+            a.set_buffer_values(&ba.scale(1.0 - t)?.axpy(t, &bb)?.0)?;
         }
-        push_point(&work, &mut series, sources)?;
+        push_point(a, &mut series, sources)?;
         if let Some((src, opts)) = lambda1 {
-            let op = HessianOperator::new(&work, src.clone())?;
+            let op = HessianOperator::new(a, src.clone())?;
             l1.push(curvature::lanczos(&op, 1, opts)?.eigenvalues[0]);
         }
         pbar.advance(1);
@@ -332,7 +346,7 @@ pub fn interpolate(
 /// full-gradient norm ‖g‖ on `source` after every epoch into the record's `lambda1` and
 /// `grad_norm`: the paper's Fig. 17. Cost per epoch: the Lanczos HVPs + 1 gradient.
 pub fn curvature_epoch_hook(source: DataSource, opts: LanczosOpts) -> Box<EpochHook<'static>> {
-    Box::new(move |model: &Model, rec: &mut EpochRecord| {
+    Box::new(move |model: &dyn Network, rec: &mut EpochRecord| {
         let op =
             HessianOperator::with_selection(model, source.clone(), ParamSelection::all(model))?;
         let l1 = curvature::lanczos(&op, 1, &opts)?.eigenvalues[0];

@@ -4,9 +4,9 @@
 //! `activation`, `norm_mean`, `norm_std`) so that [`Model::load`] can rebuild the exact model;
 //! files from PyTorch (no metadata) get the paper's configuration for the named model.
 
-use super::{Activation, Model, ModelConfig, ModelKind, Normalization};
+use super::{Activation, Model, ModelConfig, ModelKind, Network, Normalization};
 use crate::{Error, Result, Runtime};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
@@ -62,33 +62,48 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     crate::files::read_regular(path).map_err(|e| Error::io(path, e))
 }
 
+/// Writes named tensors to safetensors (see [`Network::save`](super::Network::save)).
+pub(crate) fn save_vars<'a>(
+    vars: impl Iterator<Item = &'a (String, Var)>,
+    meta: impl Iterator<Item = (String, String)>,
+    path: &Path,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    let mut bad = vec![];
+    for (n, v) in vars {
+        let t = v
+            .as_tensor()
+            .detach()
+            .to_device(&candle_core::Device::Cpu)?;
+        if let Some(c) = NonFiniteCount::of(&t)? {
+            bad.push(format!("{n} ({c})"));
+        }
+        tensors.push((n.clone(), t));
+    }
+    if !bad.is_empty() {
+        // A file the crate would refuse to load is never written.
+        return Err(Error::NonFinite(format!(
+            "network to be saved to {}: {}",
+            path.display(),
+            bad.join(", ")
+        )));
+    }
+    let meta: HashMap<String, String> = std::iter::once(("format".to_string(), "pt".to_string()))
+        .chain(meta)
+        .collect();
+    let bytes = safetensors::serialize(tensors, Some(meta))
+        .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
+    crate::files::write_atomic(path, &sorted_header(bytes)?)
+}
+
 impl Model {
-    /// Saves parameters and BN buffers to safetensors under their PyTorch names (as f32 or
-    /// f64, the model's dtype), with the model configuration as metadata. The write is atomic
-    /// (a crash leaves the old file) and keeps an existing file's permissions; the same model
-    /// always gives the same bytes. A model with a NaN or ±Inf is refused, naming the tensors.
+    /// [`Network::save`] taking any path-like argument.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        let mut bad = vec![];
-        for (n, v) in self.params.iter().chain(self.buffers.iter()) {
-            let t = v
-                .as_tensor()
-                .detach()
-                .to_device(&candle_core::Device::Cpu)?;
-            if let Some(c) = NonFiniteCount::of(&t)? {
-                bad.push(format!("{n} ({c})"));
-            }
-            tensors.push((n.clone(), t));
-        }
-        if !bad.is_empty() {
-            // A file the crate would refuse to load is never written.
-            return Err(Error::NonFinite(format!(
-                "model to be saved to {}: {}",
-                path.display(),
-                bad.join(", ")
-            )));
-        }
+        Network::save(self, path.as_ref())
+    }
+
+    /// The configuration as safetensors metadata (read back by [`Model::load`]).
+    pub(crate) fn config_metadata(&self) -> Vec<(String, String)> {
         let c = &self.config;
         let join = |v: &[f64]| {
             v.iter()
@@ -96,8 +111,7 @@ impl Model {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let meta: HashMap<String, String> = [
-            ("format", "pt".to_string()),
+        [
             ("model", c.kind.name().to_string()),
             (
                 "input_shape",
@@ -122,10 +136,7 @@ impl Model {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let bytes = safetensors::serialize(tensors, Some(meta))
-            .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
-        crate::files::write_atomic(path, &sorted_header(bytes)?)
+        .collect()
     }
 
     /// Loads model `kind` from a safetensors file (ours or a PyTorch `state_dict` saved with
@@ -150,7 +161,7 @@ impl Model {
         }
         let cfg = meta_config(kind, &meta)?;
         let model = Model::from_config(cfg, rt, 0)?;
-        model.load_weights_from_bytes(path, &bytes)?;
+        load_into(&model, path, &bytes, &|n| n.to_string())?;
         Ok(model)
     }
 
@@ -159,83 +170,96 @@ impl Model {
     pub fn load_weights(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let bytes = read_file(path)?;
-        self.load_weights_from_bytes(path, &bytes)
+        load_into(self, path, &bytes, &|n| n.to_string())
     }
+}
 
-    fn load_weights_from_bytes(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let tensors = candle_core::safetensors::load_buffer(bytes, &candle_core::Device::Cpu)
-            .map_err(|e| Error::data(path, format!("not a readable safetensors file: {e}")))?;
-        let mut problems = Vec::new();
-        let expected: BTreeSet<&str> = self
-            .params
-            .iter()
-            .chain(self.buffers.iter())
-            .map(|(n, _)| n.as_str())
-            .collect();
-        let mut extra: Vec<&str> = tensors
-            .keys()
-            .map(|s| s.as_str())
-            .filter(|n| !expected.contains(n) && !n.ends_with("num_batches_tracked"))
-            .collect();
-        extra.sort();
-        let mut missing = vec![];
-        let mut staged = vec![];
-        for (n, v) in self.params.iter().chain(self.buffers.iter()) {
-            match tensors.get(n) {
-                None => missing.push(n.as_str()),
-                Some(t) => {
-                    if !matches!(
-                        t.dtype(),
-                        DType::F16 | DType::BF16 | DType::F32 | DType::F64
-                    ) {
-                        problems.push(format!("{n}: dtype {:?}, expected a float type", t.dtype()));
-                    } else if t.dims() != v.dims() {
-                        problems.push(format!(
-                            "{n}: shape {:?}, expected {:?}",
-                            t.dims(),
-                            v.dims()
-                        ));
-                    } else {
-                        staged.push((n, v, t));
-                    }
+/// Overwrites a network's parameters and buffers from safetensors bytes read from `path`,
+/// checking names, shapes, dtypes and finiteness first (nothing is written unless everything
+/// fits). `label` turns a tensor name into what the messages show (e.g. with its layer).
+pub(crate) fn load_into(
+    net: &dyn Network,
+    path: &Path,
+    bytes: &[u8],
+    label: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    let tensors = candle_core::safetensors::load_buffer(bytes, &candle_core::Device::Cpu)
+        .map_err(|e| Error::data(path, format!("not a readable safetensors file: {e}")))?;
+    let mut problems = Vec::new();
+    let expected: BTreeSet<&str> = net
+        .params()
+        .iter()
+        .chain(net.buffers().iter())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let mut extra: Vec<&str> = tensors
+        .keys()
+        .map(|s| s.as_str())
+        .filter(|n| !expected.contains(n) && !n.ends_with("num_batches_tracked"))
+        .collect();
+    extra.sort();
+    let mut missing = vec![];
+    let mut staged = vec![];
+    for (n, v) in net.params().iter().chain(net.buffers().iter()) {
+        match tensors.get(n) {
+            None => missing.push(label(n)),
+            Some(t) => {
+                if !matches!(
+                    t.dtype(),
+                    DType::F16 | DType::BF16 | DType::F32 | DType::F64
+                ) {
+                    problems.push(format!(
+                        "{}: dtype {:?}, expected a float type",
+                        label(n),
+                        t.dtype()
+                    ));
+                } else if t.dims() != v.dims() {
+                    problems.push(format!(
+                        "{}: shape {:?}, expected {:?}",
+                        label(n),
+                        t.dims(),
+                        v.dims()
+                    ));
+                } else {
+                    staged.push((n, v, t));
                 }
             }
         }
-        if !missing.is_empty() {
-            problems.insert(0, format!("missing tensors: {}", missing.join(", ")));
-        }
-        if !extra.is_empty() {
-            problems.push(format!("unexpected tensors: {}", extra.join(", ")));
-        }
-        if !problems.is_empty() {
-            return Err(Error::WeightsMismatch {
-                path: path.to_path_buf(),
-                model: self.config.kind.name().into(),
-                problems,
-            });
-        }
-        // Every value checked before any is written: a bad file leaves the model untouched.
-        let mut converted = Vec::with_capacity(staged.len());
-        let mut bad = vec![];
-        for (n, v, t) in staged {
-            let t = t.to_dtype(self.dtype())?;
-            if let Some(c) = NonFiniteCount::of(&t)? {
-                bad.push(format!("{n} ({c})"));
-            }
-            converted.push((v, t));
-        }
-        if !bad.is_empty() {
-            return Err(Error::NonFinite(format!(
-                "weights in {}: {}",
-                path.display(),
-                bad.join(", ")
-            )));
-        }
-        for (v, t) in converted {
-            v.set(&t.to_device(self.device())?)?;
-        }
-        Ok(())
     }
+    if !missing.is_empty() {
+        problems.insert(0, format!("missing tensors: {}", missing.join(", ")));
+    }
+    if !extra.is_empty() {
+        problems.push(format!("unexpected tensors: {}", extra.join(", ")));
+    }
+    if !problems.is_empty() {
+        return Err(Error::WeightsMismatch {
+            path: path.to_path_buf(),
+            model: net.name(),
+            problems,
+        });
+    }
+    // Every value checked before any is written: a bad file leaves the model untouched.
+    let mut converted = Vec::with_capacity(staged.len());
+    let mut bad = vec![];
+    for (n, v, t) in staged {
+        let t = t.to_dtype(net.dtype())?;
+        if let Some(c) = NonFiniteCount::of(&t)? {
+            bad.push(format!("{n} ({c})"));
+        }
+        converted.push((v, t));
+    }
+    if !bad.is_empty() {
+        return Err(Error::NonFinite(format!(
+            "weights in {}: {}",
+            path.display(),
+            bad.join(", ")
+        )));
+    }
+    for (v, t) in converted {
+        v.set(&t.to_device(net.device())?)?;
+    }
+    Ok(())
 }
 
 /// How many NaN and ±Inf values a tensor holds, for error messages that say what is wrong.

@@ -5,13 +5,18 @@
 //! eigenvectors or landscape directions). The per-dataset input normalisation is the model's
 //! fixed first step, so inputs are always pixels in [0, 1].
 
+mod candle_net;
 pub mod io;
 pub mod layers;
+pub(crate) mod network;
 pub mod zoo;
 
-use crate::data::{Batch, DatasetKind, Split};
+pub use candle_net::CandleNet;
+pub use network::{reset_parameters, InputBox, Network};
+
+use crate::data::DatasetKind;
 use crate::{Error, Result, Runtime};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Uniform};
 use std::collections::HashMap;
@@ -200,6 +205,65 @@ impl std::fmt::Debug for Model {
 
 struct View<'a>(&'a Model);
 
+impl Network for Model {
+    /// Logits z = f(normalise(x); θ) of inputs in [0,1]; `train`: BN batch statistics, running
+    /// statistics updated.
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(x)?;
+        // on the compute pool: with one thread, no kernel is handed between threads
+        crate::autodiff::on_pool(x.device(), || {
+            let xn = match &self.norm {
+                Some((m, s)) => x.broadcast_sub(m)?.broadcast_div(s)?,
+                None => x.clone(),
+            };
+            let c = &self.config;
+            zoo::architecture(
+                c.kind,
+                c.activation,
+                c.hidden,
+                c.num_classes,
+                &mut zoo::Forward {
+                    l: &View(self),
+                    train,
+                },
+                &xn,
+            )
+        })
+    }
+    /// Ordered by name. BN running statistics are not among them.
+    fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+    fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+    fn num_classes(&self) -> usize {
+        self.config.num_classes
+    }
+    fn name(&self) -> String {
+        self.config.kind.name().into()
+    }
+    /// BatchNorm running statistics, ordered by name.
+    fn buffers(&self) -> &[(String, Var)] {
+        &self.buffers
+    }
+    fn input_shape(&self) -> Option<Vec<usize>> {
+        Some(self.config.input_shape.to_vec())
+    }
+    fn piecewise_linear(&self) -> Option<bool> {
+        Some(self.config.kind.piecewise_linear(self.config.activation))
+    }
+    fn metadata(&self) -> Vec<(String, String)> {
+        self.config_metadata()
+    }
+    fn param(&self, name: &str) -> Result<&Var> {
+        self.index
+            .get(name)
+            .map(|&i| &self.params[i].1)
+            .ok_or_else(|| Error::invalid("parameter", format!("no parameter named {name}")))
+    }
+}
+
 impl zoo::Lookup for View<'_> {
     fn kernels(&self) -> layers::Kernels {
         self.0.runtime.kernels
@@ -335,166 +399,6 @@ impl Model {
     pub fn kind(&self) -> ModelKind {
         self.config.kind
     }
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
-    }
-    pub fn device(&self) -> &Device {
-        &self.runtime.device
-    }
-    pub fn dtype(&self) -> DType {
-        self.runtime.dtype
-    }
-    pub fn num_classes(&self) -> usize {
-        self.config.num_classes
-    }
-
-    /// Trainable parameters, ordered by name. BN running statistics are not among them.
-    pub fn params(&self) -> &[(String, Var)] {
-        &self.params
-    }
-    /// BatchNorm running statistics (buffers), ordered by name.
-    pub fn buffers(&self) -> &[(String, Var)] {
-        &self.buffers
-    }
-    /// The parameter named `name`.
-    pub fn param(&self, name: &str) -> Result<&Var> {
-        self.index
-            .get(name)
-            .map(|&i| &self.params[i].1)
-            .ok_or_else(|| Error::invalid("parameter", format!("no parameter named {name}")))
-    }
-    /// Total number of trainable scalars.
-    pub fn num_params(&self) -> usize {
-        self.params.iter().map(|(_, v)| v.elem_count()).sum()
-    }
-    /// Whether the model has BatchNorm layers.
-    pub fn has_batch_norm(&self) -> bool {
-        !self.buffers.is_empty()
-    }
-
-    /// Checks that a batch fits the model: 4-D, the model's input shape, its dtype and device,
-    /// finite values.
-    pub fn check_input(&self, x: &Tensor) -> Result<()> {
-        let d = x.dims();
-        if d.len() != 4 || d[1..] != self.config.input_shape {
-            return Err(Error::Shape(format!(
-                "model {} expects inputs (N, {}, {}, {}), got {:?}",
-                self.config.kind.name(),
-                self.config.input_shape[0],
-                self.config.input_shape[1],
-                self.config.input_shape[2],
-                d
-            )));
-        }
-        if d[0] == 0 {
-            return Err(Error::Empty("batch with 0 samples".into()));
-        }
-        if x.dtype() != self.dtype() {
-            return Err(Error::Shape(format!(
-                "input dtype {:?} but model dtype {:?}",
-                x.dtype(),
-                self.dtype()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Logits z = f(normalise(x); θ) of inputs in [0,1], eval mode (BN uses running statistics).
-    /// Cost: one forward pass.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_t(x, false)
-    }
-
-    /// Logits in train (`true`: BN batch statistics, running statistics updated) or eval mode.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.check_input(x)?;
-        // on a worker pool: with one thread, no kernel is handed between threads
-        crate::autodiff::on_pool(x.device(), || {
-            let xn = match &self.norm {
-                Some((m, s)) => x.broadcast_sub(m)?.broadcast_div(s)?,
-                None => x.clone(),
-            };
-            let c = &self.config;
-            zoo::architecture(
-                c.kind,
-                c.activation,
-                c.hidden,
-                c.num_classes,
-                &mut zoo::Forward {
-                    l: &View(self),
-                    train,
-                },
-                &xn,
-            )
-        })
-    }
-
-    /// Mean cross-entropy (1/N) Σ −log softmax(f(xᵢ))_{yᵢ} in eval mode, as a graph node.
-    pub fn loss(&self, batch: &Batch) -> Result<Tensor> {
-        layers::cross_entropy(&self.forward(&batch.x)?, &batch.y)
-    }
-
-    /// (mean loss, accuracy) of one batch in eval mode. One forward pass.
-    pub fn loss_and_accuracy(&self, batch: &Batch) -> Result<(f64, f64)> {
-        let logits = self.forward(&batch.x)?.detach();
-        let loss = layers::cross_entropy(&logits, &batch.y)?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
-        let correct = count_correct(&logits, &batch.y)?;
-        Ok((loss, correct as f64 / batch.len() as f64))
-    }
-
-    /// (mean loss, accuracy) over a whole split, streamed in chunks of `chunk` samples (eval
-    /// mode, bounded memory). ⌈N/chunk⌉ forward passes.
-    pub fn evaluate(&self, split: &Split, chunk: usize) -> Result<(f64, f64)> {
-        if split.is_empty() {
-            return Err(Error::Empty("cannot evaluate on an empty split".into()));
-        }
-        let (mut loss, mut correct) = (0.0, 0usize);
-        for r in split.chunks(chunk)? {
-            let b = split.range_batch(r.start, r.len(), &self.runtime)?;
-            let logits = self.forward(&b.x)?.detach();
-            let l = layers::cross_entropy_per_sample(&logits, &b.y)?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
-            if !l.is_finite() {
-                return Err(Error::NonFinite(format!("loss on samples {r:?}")));
-            }
-            loss += l;
-            correct += count_correct(&logits, &b.y)?;
-        }
-        Ok((
-            loss / split.len() as f64,
-            correct as f64 / split.len() as f64,
-        ))
-    }
-
-    /// Copies of the current parameter values (ordered by name).
-    pub fn param_values(&self) -> Result<Vec<Tensor>> {
-        Ok(self
-            .params
-            .iter()
-            .map(|(_, v)| v.as_tensor().detach().copy())
-            .collect::<candle_core::Result<_>>()?)
-    }
-    /// Copies of the current buffer values (ordered by name).
-    pub fn buffer_values(&self) -> Result<Vec<Tensor>> {
-        Ok(self
-            .buffers
-            .iter()
-            .map(|(_, v)| v.as_tensor().detach().copy())
-            .collect::<candle_core::Result<_>>()?)
-    }
-
-    /// Overwrites all parameters (same order and shapes as [`Model::params`]).
-    pub fn set_param_values(&self, values: &[Tensor]) -> Result<()> {
-        set_all(&self.params, values, "parameters")
-    }
-    /// Overwrites all buffers (same order and shapes as [`Model::buffers`]).
-    pub fn set_buffer_values(&self, values: &[Tensor]) -> Result<()> {
-        set_all(&self.buffers, values, "buffers")
-    }
 
     /// A deep copy with its own parameters (same runtime).
     pub fn try_clone(&self) -> Result<Model> {
@@ -503,27 +407,6 @@ impl Model {
         m.set_buffer_values(&self.buffer_values()?)?;
         Ok(m)
     }
-}
-
-fn set_all(dst: &[(String, Var)], values: &[Tensor], what: &str) -> Result<()> {
-    if dst.len() != values.len() {
-        return Err(Error::Shape(format!(
-            "{} {what} expected, got {}",
-            dst.len(),
-            values.len()
-        )));
-    }
-    for ((n, v), t) in dst.iter().zip(values) {
-        if v.dims() != t.dims() {
-            return Err(Error::Shape(format!(
-                "{n}: expected {:?}, got {:?}",
-                v.dims(),
-                t.dims()
-            )));
-        }
-        v.set(&t.to_dtype(v.dtype())?.to_device(v.device())?)?;
-    }
-    Ok(())
 }
 
 /// Number of rows whose argmax equals the label.

@@ -10,7 +10,7 @@ use crate::attack::AttackKind;
 use crate::curvature::{DataSource, LanczosOpts, SlqOpts};
 use crate::data::{self, DatasetKind, Split, SplitKind};
 use crate::landscape;
-use crate::models::{Model, ModelKind};
+use crate::models::{Model, ModelKind, Network};
 use crate::plot::{self, Figure, Line};
 use crate::progress::{Progress, Reporter};
 use crate::train::{self, TrainConfig};
@@ -284,7 +284,7 @@ pub fn fig17(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
         cfg.eval_train_samples = 0;
         cfg.seed = s.seed;
         let mut hook = landscape::curvature_epoch_hook(hb.clone(), lanczos(40, 1e-2, s.seed));
-        let mut adv = |m: &Model, batch| {
+        let mut adv = |m: &dyn Network, batch| {
             crate::attack::adversarial_batch(m, batch, AttackKind::Fgsm, 0.1, 0.5)
         };
         let rep = train::train(

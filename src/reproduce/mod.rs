@@ -9,7 +9,7 @@ pub mod table10;
 use crate::attack::{self, AttackKind};
 use crate::curvature::{self, DataSource, HessianOperator, LanczosOpts, SlqOpts};
 use crate::data::{self, DatasetKind, Split, SplitKind};
-use crate::models::{Model, ModelKind};
+use crate::models::{Model, ModelKind, Network};
 use crate::train::{self, LrSchedule, TrainConfig};
 use crate::{Error, Result, Runtime};
 use serde::Serialize;
@@ -165,7 +165,7 @@ pub fn train_m1(
     match adversarial {
         Some((k, eps, ratio)) => {
             let mut hook =
-                move |m: &Model, batch| attack::adversarial_batch(m, batch, k, eps, ratio);
+                move |m: &dyn Network, batch| attack::adversarial_batch(m, batch, k, eps, ratio);
             train::train(
                 &m,
                 train_split,
@@ -184,7 +184,7 @@ pub fn train_m1(
 }
 
 /// λ₁^θ (Lanczos) of the mean loss on `split` (streamed in chunks).
-pub fn lambda1_theta(model: &Model, split: &Split, s: &Table9Settings) -> Result<f64> {
+pub fn lambda1_theta(model: &dyn Network, split: &Split, s: &Table9Settings) -> Result<f64> {
     let src = DataSource::from_split(split, s.chunk, model.runtime())?;
     let op = HessianOperator::new(model, src)?;
     let r = curvature::lanczos(
@@ -200,7 +200,7 @@ pub fn lambda1_theta(model: &Model, split: &Split, s: &Table9Settings) -> Result
 }
 
 /// Mean λ₁^x and mean ‖∇ₓJ‖ over the samples of `split` (Theorem 1, chunks of 200).
-pub fn input_means(model: &Model, split: &Split) -> Result<(f64, f64)> {
+pub fn input_means(model: &dyn Network, split: &Split) -> Result<(f64, f64)> {
     let s = curvature::InputHessianSummary::from_samples(&curvature::input_hessian_split(
         model,
         split,
@@ -341,7 +341,7 @@ impl Table9 {
 
 /// Fig. 13: spectral densities of the Hessian sub-sampled on B = 1, 320 and `full` samples.
 pub fn spectra(
-    model: &Model,
+    model: &dyn Network,
     split: &Split,
     sizes: &[usize],
     opts: &SlqOpts,

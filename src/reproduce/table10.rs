@@ -3,7 +3,7 @@
 
 use crate::attack::AttackKind;
 use crate::data::{self, DatasetKind, Split, SplitKind};
-use crate::models::{Model, ModelConfig, ModelKind};
+use crate::models::{Model, ModelConfig, ModelKind, Network};
 use crate::train::{self, TrainConfig};
 use crate::{Error, Result, Runtime};
 use serde::Serialize;
@@ -135,7 +135,7 @@ pub fn table10(rt: &Runtime, s: &Table10Settings, mut report: impl FnMut(&str)) 
                 cfg.schedule.scale_from_batch = Some(bs[0]);
                 cfg.schedule.warmup_epochs = 1.0;
             }
-            let mut adv = |m: &Model, batch| {
+            let mut adv = |m: &dyn Network, batch| {
                 crate::attack::adversarial_batch(m, batch, AttackKind::Fgsm, 0.01, 0.5)
             };
             let hook: Option<&mut train::BatchHook<'_>> = if variant == "robust" {

@@ -7,7 +7,7 @@
 pub mod sgd;
 
 use crate::data::{Batch, Split};
-use crate::models::{layers, Model};
+use crate::models::{layers, Network};
 use crate::{Error, Result};
 use candle_core::{DType, Tensor};
 use serde::Serialize;
@@ -131,17 +131,17 @@ pub struct TrainReport {
 }
 
 /// Called after each epoch's evaluation; may add values to the record's `extra`.
-pub type EpochHook<'a> = dyn FnMut(&Model, &mut EpochRecord) -> Result<()> + 'a;
+pub type EpochHook<'a> = dyn FnMut(&dyn Network, &mut EpochRecord) -> Result<()> + 'a;
 
 /// Called on each (micro-)batch before the gradient step; may replace it (e.g. with a mix of
 /// clean and adversarial examples).
-pub type BatchHook<'a> = dyn FnMut(&Model, Batch) -> Result<Batch> + 'a;
+pub type BatchHook<'a> = dyn FnMut(&dyn Network, Batch) -> Result<Batch> + 'a;
 
 /// Mean-loss gradient of a batch in train mode (BN batch statistics, running stats updated),
 /// accumulated over micro-batches. Returns (loss, detached gradients in parameter order).
 /// Cost: one forward + one backward per micro-batch.
 pub fn batch_gradient(
-    model: &Model,
+    model: &dyn Network,
     batch: &Batch,
     micro: usize,
     train: bool,
@@ -208,7 +208,7 @@ pub struct TrainWith<'a> {
 /// Cost per epoch: ⌈N/B⌉ steps of one forward + backward per micro-batch, plus the
 /// evaluation forwards.
 pub fn train(
-    model: &Model,
+    model: &dyn Network,
     train_split: &Split,
     cfg: &TrainConfig,
     with: TrainWith<'_>,
@@ -222,16 +222,7 @@ pub fn train(
     if train_split.is_empty() {
         return Err(Error::Empty("training split has no samples".into()));
     }
-    if train_split.input_shape() != model.config.input_shape {
-        return Err(Error::ModelDataMismatch {
-            model: model.kind().name().into(),
-            dataset: train_split.dataset.name().into(),
-            expected: model.config.input_shape,
-            classes: model.num_classes(),
-            got: train_split.input_shape(),
-            got_classes: train_split.dataset.num_classes(),
-        });
-    }
+    model.check_data(train_split)?;
     let vars: Vec<_> = model.params().iter().map(|(_, v)| v.clone()).collect();
     let mut opt = Sgd::new(vars, cfg.momentum, cfg.weight_decay)?;
     let rt = model.runtime().clone();
@@ -375,7 +366,7 @@ pub fn train(
 /// dtype (a NaN or ±Inf anywhere makes it non-finite; so would finite values near the dtype's
 /// maximum, which [`check_params_finite`] then tells apart). Costs about a tenth of a
 /// gradient's memory traffic, so it runs after every step.
-fn params_sum_finite(model: &Model) -> Result<bool> {
+fn params_sum_finite(model: &dyn Network) -> Result<bool> {
     let mut total = 0.0f64;
     for (_, v) in model.params() {
         total += v
@@ -388,7 +379,7 @@ fn params_sum_finite(model: &Model) -> Result<bool> {
 }
 
 /// Errors with [`Error::Diverged`], naming the tensors, when a parameter holds NaN or ±Inf.
-fn check_params_finite(model: &Model, epoch: usize, lr: f64) -> Result<()> {
+fn check_params_finite(model: &dyn Network, epoch: usize, lr: f64) -> Result<()> {
     let mut bad = vec![];
     for (n, v) in model.params() {
         if let Some(c) = crate::models::io::NonFiniteCount::of(v.as_tensor())? {
@@ -461,7 +452,7 @@ impl FitOpts {
 /// Trains `model` in place on `split` — the one-call version of [`train`] for notebooks and
 /// scripts: no per-epoch evaluation, no files; robust training when `opts.adversarial` is
 /// set. Cost: ⌈N/B⌉ forward + backward passes per epoch (more with adversarial examples).
-pub fn fit(model: &Model, split: &Split, opts: &FitOpts) -> Result<TrainReport> {
+pub fn fit(model: &dyn Network, split: &Split, opts: &FitOpts) -> Result<TrainReport> {
     let mut cfg = TrainConfig::new(opts.epochs, opts.batch_size, opts.lr);
     cfg.schedule = opts.schedule();
     cfg.seed = opts.seed;
@@ -470,7 +461,7 @@ pub fn fit(model: &Model, split: &Split, opts: &FitOpts) -> Result<TrainReport> 
     cfg.progress = opts.progress.clone();
     match opts.adversarial {
         Some(a) => {
-            let mut hook = move |m: &Model, b: Batch| {
+            let mut hook = move |m: &dyn Network, b: Batch| {
                 crate::attack::adversarial_batch(m, b, a.attack, a.eps, a.ratio)
             };
             let with = TrainWith {

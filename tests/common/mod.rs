@@ -4,6 +4,8 @@
 use candle_core::{DType, Device, Tensor};
 use hessian_lab::data::{Batch, DatasetKind, Split, SplitKind};
 use hessian_lab::Runtime;
+// every test that touches a network uses its trait methods
+pub use hessian_lab::models::Network;
 use rand::{Rng, SeedableRng};
 
 pub fn rt64() -> Runtime {

@@ -4,6 +4,7 @@ use crate::common::{emit, model_and_data, Common, ModelData};
 use anyhow::Result;
 use clap::Args;
 use hessian_lab::attack::{self, AttackKind, NewtonSolver};
+use hessian_lab::models::Network;
 use serde_json::json;
 use std::time::Instant;
 

@@ -8,7 +8,7 @@ use hessian_lab::curvature::{
     PowerOpts,
 };
 use hessian_lab::data::{DatasetKind, SplitKind};
-use hessian_lab::models::{Model, ModelConfig};
+use hessian_lab::models::{Model, ModelConfig, Network};
 use serde_json::json;
 use std::time::Instant;
 

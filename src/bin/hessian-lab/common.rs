@@ -40,7 +40,7 @@ cli_enum!(
 use anyhow::Result;
 use clap::Args;
 use hessian_lab::data::{self, DatasetKind, Split, SplitKind};
-use hessian_lab::models::{Model, ModelConfig};
+use hessian_lab::models::{Model, ModelConfig, Network};
 use hessian_lab::Runtime;
 use std::path::PathBuf;
 
@@ -130,17 +130,7 @@ pub fn model_and_data(
             Model::from_config(ModelConfig::for_dataset(kind, ds), &rt, md.seed)?
         }
     };
-    if model.config.input_shape != ds.input_shape() || model.num_classes() != ds.num_classes() {
-        return Err(hessian_lab::Error::ModelDataMismatch {
-            model: kind.name().into(),
-            dataset: ds.name().into(),
-            expected: model.config.input_shape,
-            classes: model.num_classes(),
-            got: ds.input_shape(),
-            got_classes: ds.num_classes(),
-        }
-        .into());
-    }
+    model.check_data(&split)?;
     Ok((rt, model, split, ds, sk))
 }
 

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use common::{load_split, runtime, Common};
 use hessian_lab::data::SplitKind;
-use hessian_lab::models::{Model, ModelConfig};
+use hessian_lab::models::{Model, ModelConfig, Network};
 use hessian_lab::train::{self, LrSchedule, TrainConfig};
 use serde_json::json;
 use std::path::PathBuf;
@@ -220,7 +220,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         anyhow::bail!("--adv-ratio must be in [0,1] and --adv-eps ≥ 0");
     }
     let (eps, ratio) = (a.adv_eps, a.adv_ratio);
-    let mut hook = |m: &Model, b: hessian_lab::data::Batch| match adv {
+    let mut hook = |m: &dyn Network, b: hessian_lab::data::Batch| match adv {
         Some(k) => hessian_lab::attack::adversarial_batch(m, b, k, eps, ratio),
         None => Ok(b),
     };
