@@ -39,6 +39,15 @@ pub enum Error {
         got_classes: usize,
     },
 
+    /// An architecture spec that cannot be parsed or does not fit its input: which module
+    /// (0-based, as in PyTorch's `nn.Sequential`), its text and the problem.
+    #[error("architecture spec, module {index} `{layer}`: {problem}")]
+    Spec {
+        index: usize,
+        layer: String,
+        problem: String,
+    },
+
     /// A weights file that does not fit the model: names, shapes or dtypes.
     #[error("weights {path} do not fit model `{model}`: {}", .problems.join("; "))]
     WeightsMismatch {

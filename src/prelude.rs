@@ -13,7 +13,9 @@ pub use crate::curvature::{
 };
 pub use crate::data::{self, Batch, DatasetKind, Split, SplitKind};
 pub use crate::landscape;
-pub use crate::models::{Activation, CandleNet, InputBox, Model, ModelConfig, ModelKind, Network};
+pub use crate::models::{
+    Activation, CandleNet, InputBox, Model, ModelConfig, ModelKind, Network, Sequential,
+};
 pub use crate::plot::{self, Figure, Line};
 pub use crate::train::{self, Adversarial, FitOpts};
 pub use crate::Runtime;

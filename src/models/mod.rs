@@ -9,10 +9,12 @@ mod candle_net;
 pub mod io;
 pub mod layers;
 pub(crate) mod network;
+mod sequential;
 pub mod zoo;
 
 pub use candle_net::CandleNet;
 pub use network::{reset_parameters, InputBox, Network};
+pub use sequential::{parse_spec, Layer, Sequential};
 
 use crate::data::DatasetKind;
 use crate::{Error, Result, Runtime};
