@@ -296,3 +296,132 @@ fn default_training_reaches_98_5_percent() {
     assert!(acc >= 0.985, "default training: test accuracy {acc}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--arch` in place of `--model`: train a spec network, then spectrum, input Hessian, attack,
+/// eval and landscape on it, and the PyTorch fixture's weights load by spec; errors say what is
+/// wrong.
+#[test]
+fn arch_spec_networks_go_through_every_command() {
+    let dir = std::env::temp_dir().join(format!("hl-cli-arch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let w = dir.join("seq.safetensors");
+    let ws = w.to_str().unwrap();
+    let spec = "Conv2d(1, 4, 5, stride=2), ReLU, MaxPool2d(2), Flatten, Linear(144, 10)";
+    let common = ["--arch", spec, "--dataset", "mnist"];
+    let with = |extra: &[&str]| -> Vec<String> {
+        extra
+            .iter()
+            .chain(common.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let go = |args: Vec<String>| {
+        let r: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        run(&r)
+    };
+    let (ok, v, err) = go(with(&[
+        "train",
+        "--epochs",
+        "1",
+        "--samples",
+        "512",
+        "--eval-train-samples",
+        "0",
+        "--out",
+        ws,
+        "--json",
+        "--quiet",
+    ]));
+    assert!(ok, "{err}");
+    assert_eq!(v["model"], "sequential");
+    assert_eq!(v["arch"], spec);
+    let (ok, v, err) = go(with(&[
+        "spectrum",
+        "--weights",
+        ws,
+        "--top-k",
+        "2",
+        "--samples",
+        "64",
+        "--json",
+    ]));
+    assert!(ok, "{err}");
+    assert_eq!(v["eigenvalues"].as_array().map(|a| a.len()), Some(2), "{v}");
+    assert_eq!(v["arch"], spec);
+    for cmd in [
+        vec!["input-hessian", "--samples", "8"],
+        vec![
+            "attack",
+            "--attack",
+            "fgsm",
+            "--eps",
+            "0.1",
+            "--samples",
+            "64",
+        ],
+        vec!["eval", "--samples", "64"],
+    ] {
+        let mut args = cmd.clone();
+        args.extend(["--weights", ws, "--json"]);
+        let (ok, v, err) = go(with(&args));
+        assert!(ok, "{cmd:?}: {err}");
+        assert_eq!(v["model"], "sequential", "{cmd:?}");
+    }
+    let fig = dir.join("l.png");
+    let (ok, _, err) = go(with(&[
+        "landscape",
+        "--weights",
+        ws,
+        "--direction",
+        "random",
+        "--range",
+        "-0.5:0.5:3",
+        "--samples",
+        "64",
+        "--out",
+        fig.to_str().unwrap(),
+        "--json",
+    ]));
+    assert!(ok, "{err}");
+    // the PyTorch-exported MLP fixture by spec, from a file (one module per line)
+    let specf = dir.join("mlp.spec");
+    std::fs::write(
+        &specf,
+        "# exported by tests/fixtures/export_sequential.py\nLinear(20, 12)\nBatchNorm1d(12)\nGELU\n\
+         Linear(12, 8, bias=False)\nSigmoid\nLinear(8, 3)\nTanh\nLinear(3, 4)\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(&[
+        "eval",
+        "--arch-file",
+        specf.to_str().unwrap(),
+        "--dataset",
+        "mnist",
+        "--weights",
+        "tests/fixtures/seq_mlp_torch.safetensors",
+        "--samples",
+        "8",
+    ]);
+    // MNIST images are 1×28×28, the MLP takes 20 features: refused, naming module 0
+    assert!(!ok);
+    assert!(
+        err.contains("module 0") && err.contains("Flatten before it"),
+        "{err}"
+    );
+    // errors: no --dataset, a typo in the spec, a spec and a model at once
+    let (ok, _, err) = run(&["spectrum", "--arch", spec]);
+    assert!(!ok && err.contains("--arch needs --dataset"), "{err}");
+    let (ok, _, err) = run(&[
+        "spectrum",
+        "--arch",
+        "Conv2d(1, 4, 5), Relu6",
+        "--dataset",
+        "mnist",
+    ]);
+    assert!(!ok && err.contains("unknown module `Relu6`"), "{err}");
+    let (ok, _, err) = run(&["spectrum", "--arch", spec, "--model", "m1"]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    let (ok, _, err) = run(&["spectrum", "--dataset", "mnist"]);
+    assert!(!ok && err.contains("--model"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

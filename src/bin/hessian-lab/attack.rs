@@ -4,7 +4,6 @@ use crate::common::{emit, model_and_data, Common, ModelData};
 use anyhow::Result;
 use clap::Args;
 use hessian_lab::attack::{self, AttackKind, NewtonSolver};
-use hessian_lab::models::Network;
 use serde_json::json;
 use std::time::Instant;
 
@@ -84,7 +83,7 @@ pub fn run(a: AttackArgs) -> Result<()> {
     let kind = parse_attack(a.attack, a.steps, a.newton, a.cg_iters, a.cg_tol)?;
     let t0 = Instant::now();
     let rep = attack::adversarial_accuracy(
-        &model,
+        &*model,
         &split,
         kind,
         &a.eps,
@@ -96,10 +95,10 @@ pub fn run(a: AttackArgs) -> Result<()> {
     let cg_cos = match kind {
         AttackKind::Fhsm(NewtonSolver::Cg { iters, tol })
         | AttackKind::L2Hess(NewtonSolver::Cg { iters, tol })
-            if model.kind().piecewise_linear(model.config.activation) =>
+            if model.piecewise_linear() == Some(true) =>
         {
             let b = split.range_batch(0, split.len().min(a.chunk), model.runtime())?;
-            let c: Vec<f64> = attack::cg_cosine_to_exact(&model, &b, iters, tol)?
+            let c: Vec<f64> = attack::cg_cosine_to_exact(&*model, &b, iters, tol)?
                 .into_iter()
                 .filter(|x| x.is_finite())
                 .collect();
@@ -118,7 +117,8 @@ pub fn run(a: AttackArgs) -> Result<()> {
         );
     }
     let out = json!({
-        "model": model.kind().name(),
+        "model": a.md.net.label(),
+        "arch": a.md.net.arch_json()?,
         "dataset": ds.name(),
         "split": sk.name(),
         "samples": rep.samples,

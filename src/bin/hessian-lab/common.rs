@@ -40,7 +40,7 @@ cli_enum!(
 use anyhow::Result;
 use clap::Args;
 use hessian_lab::data::{self, DatasetKind, Split, SplitKind};
-use hessian_lab::models::{Model, ModelConfig, Network};
+use hessian_lab::models::{Model, ModelConfig, ModelKind, Network, Sequential};
 use hessian_lab::Runtime;
 use std::path::PathBuf;
 
@@ -59,12 +59,103 @@ pub struct Common {
     pub dtype: DtypeArg,
 }
 
-/// Model + data selection shared by the analysis commands.
+/// Which network: a built-in model (`--model`) or a PyTorch `nn.Sequential` by spec (`--arch`
+/// or `--arch-file`), the same flags for every command that takes a network.
+#[derive(Args, Clone)]
+pub struct NetArgs {
+    /// A built-in model
+    #[arg(long, value_enum, required_unless_present_any = ["arch", "arch_file"], conflicts_with_all = ["arch", "arch_file"])]
+    pub model: Option<ModelKind>,
+    /// A PyTorch nn.Sequential by spec, e.g. "Conv2d(1, 32, 5, padding=2), ReLU, MaxPool2d(2),
+    /// Flatten, Linear(6272, 10)"; --weights is then its state_dict in safetensors (PyTorch's
+    /// names) and --dataset is required
+    #[arg(long, conflicts_with = "arch_file")]
+    pub arch: Option<String>,
+    /// The spec of --arch read from a file (one module per line allowed, # comments)
+    #[arg(long)]
+    pub arch_file: Option<PathBuf>,
+    /// With --arch: the network was trained on inputs normalised with the data set's
+    /// per-channel mean and std (torchvision's Normalize); the CLI applies it first
+    #[arg(long)]
+    pub normalize: bool,
+}
+
+impl NetArgs {
+    /// The spec text of --arch / --arch-file, if one was given.
+    fn spec(&self) -> Result<Option<String>> {
+        Ok(match (&self.arch, &self.arch_file) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(p)) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("--arch-file {}: {e}", p.display()))?,
+            ),
+            (None, None) => None,
+        })
+    }
+    /// The data set: --dataset, else the built-in model's own.
+    pub fn dataset(&self, given: Option<DatasetKind>) -> Result<DatasetKind> {
+        match (given, self.model) {
+            (Some(d), _) => Ok(d),
+            (None, Some(k)) => Ok(k.default_dataset()),
+            (None, None) => anyhow::bail!("--arch needs --dataset (the data the network takes)"),
+        }
+    }
+    /// What JSON and titles call the network: the model's name, or "sequential".
+    pub fn label(&self) -> String {
+        self.model
+            .map(|k| k.name().to_string())
+            .unwrap_or_else(|| "sequential".into())
+    }
+    /// The network, its weights loaded (or freshly initialised from `seed`).
+    pub fn build(
+        &self,
+        weights: Option<&std::path::Path>,
+        ds: DatasetKind,
+        rt: &Runtime,
+        seed: u64,
+    ) -> Result<Box<dyn Network>> {
+        if let Some(spec) = self.spec()? {
+            let shape = ds.input_shape();
+            let net = match weights {
+                Some(p) => Sequential::load(&spec, &shape, p, rt)?,
+                None => Sequential::new(&spec, &shape, rt, seed)?,
+            };
+            let net = if self.normalize {
+                let (m, s) = ds.normalization();
+                net.with_normalization(&m, &s)?
+            } else {
+                net
+            };
+            return Ok(Box::new(net));
+        }
+        if self.normalize {
+            anyhow::bail!(
+                "--normalize applies to --arch networks (built-in models normalise already)"
+            );
+        }
+        let kind = self
+            .model
+            .ok_or_else(|| anyhow::anyhow!("give --model, --arch or --arch-file"))?;
+        Ok(Box::new(match weights {
+            Some(p) => Model::load(kind, p, rt)?,
+            None => Model::from_config(ModelConfig::for_dataset(kind, ds), rt, seed)?,
+        }))
+    }
+    /// The spec as JSON (null for built-in models), next to "model" in every output.
+    pub fn arch_json(&self) -> Result<serde_json::Value> {
+        Ok(self
+            .spec()?
+            .map(serde_json::Value::from)
+            .unwrap_or_default())
+    }
+}
+
+/// Network + data selection shared by the analysis commands.
 #[derive(Args, Clone)]
 pub struct ModelData {
-    #[arg(long, value_enum)]
-    pub model: hessian_lab::models::ModelKind,
-    /// Weights (safetensors); without them a freshly initialised model (seed --seed) is used
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Weights (safetensors); without them a freshly initialised network (seed --seed) is used
     #[arg(long)]
     pub weights: Option<PathBuf>,
     #[arg(long, value_enum)]
@@ -109,27 +200,23 @@ pub fn load_split(
     })
 }
 
-/// Loads (or initialises) the model and the requested split.
+/// Loads (or initialises) the network and the requested split, and checks that they fit.
 pub fn model_and_data(
     c: &Common,
     md: &ModelData,
-) -> Result<(Runtime, Model, Split, DatasetKind, SplitKind)> {
+) -> Result<(Runtime, Box<dyn Network>, Split, DatasetKind, SplitKind)> {
     let rt = runtime(c)?;
-    let kind = md.model;
-    let ds = md.dataset.unwrap_or(kind.default_dataset());
+    let ds = md.net.dataset(md.dataset)?;
     let sk = md.split;
     let split = load_split(c, ds, sk, md.samples)?;
-    let model = match &md.weights {
-        Some(p) => Model::load(kind, p, &rt)?,
-        None => {
-            eprintln!(
-                "note: no --weights given; using a freshly initialised {} (seed {})",
-                kind.name(),
-                md.seed
-            );
-            Model::from_config(ModelConfig::for_dataset(kind, ds), &rt, md.seed)?
-        }
-    };
+    if md.weights.is_none() {
+        eprintln!(
+            "note: no --weights given; using a freshly initialised {} (seed {})",
+            md.net.label(),
+            md.seed
+        );
+    }
+    let model = md.net.build(md.weights.as_deref(), ds, &rt, md.seed)?;
     model.check_data(&split)?;
     Ok((rt, model, split, ds, sk))
 }

@@ -102,7 +102,7 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
     let prefixes: Vec<&str> = a.filter.iter().map(|s| s.as_str()).collect();
     let op: Box<dyn CurvatureOperator> = match a.operator {
         Operator::Hessian => Box::new(HessianOperator::with_filter(
-            &model,
+            &*model,
             source.clone(),
             &prefixes,
         )?),
@@ -110,7 +110,7 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
             if !prefixes.is_empty() {
                 anyhow::bail!("--filter is supported with --operator hessian only");
             }
-            Box::new(GgnOperator::new(&model, source.clone())?)
+            Box::new(GgnOperator::new(&*model, source.clone())?)
         }
     };
     let expected = match a.method {
@@ -153,7 +153,8 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
         }
     }
     let mut out = json!({
-        "model": model.kind().name(),
+        "model": a.md.net.label(),
+        "arch": a.md.net.arch_json()?,
         "dataset": ds.name(),
         "split": sk.name(),
         "samples": split.len(),
@@ -174,8 +175,8 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
         let t = Instant::now();
         let tr = match a.trace_method {
             TraceArg::Exact => {
-                let sel = curvature::ParamSelection::with_prefixes(&model, &prefixes)?;
-                let te = curvature::trace_exact(&model, &source, Some(&sel))?;
+                let sel = curvature::ParamSelection::with_prefixes(&*model, &prefixes)?;
+                let te = curvature::trace_exact(&*model, &source, Some(&sel))?;
                 json!({"trace": te.trace, "std_error": 0.0, "method": "exact", "backward_passes": te.backward_passes,
                        "per_parameter": te.per_parameter.iter().map(|(n, v)| json!({"name": n, "trace": v})).collect::<Vec<_>>()})
             }
@@ -206,7 +207,7 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
     emit(a.json, &out, || {
         let mut s = format!(
             "{} on {} {} ({} samples, {} parameters), {} {}: eigenvalues {:?} (residuals {:?}) in {} HVPs",
-            model.kind().name(), ds.name(), sk.name(), split.len(), op.dim(), a.operator, a.method,
+            a.md.net.label(), ds.name(), sk.name(), split.len(), op.dim(), a.operator, a.method,
             eig.eigenvalues, eig.residuals, eig.hvps
         );
         if let Some(t) = out.get("trace") {
@@ -233,13 +234,14 @@ pub fn input_hessian(a: InputHessianArgs) -> Result<()> {
     let (_rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
     let t0 = Instant::now();
     let bar = indicatif::ProgressBar::new(split.len() as u64);
-    let per = curvature::input_hessian_split(&model, &split, a.chunk, |n| bar.inc(n as u64))?;
+    let per = curvature::input_hessian_split(&*model, &split, a.chunk, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     let s = curvature::InputHessianSummary::from_samples(&per);
     // The summary's keys (samples, lambda1_x_mean, lambda1_x_max, grad_norm_mean, rank_max,
     // min_eigenvalue_min) at the top level, plus the per-sample values.
     let mut out = serde_json::to_value(&s)?;
-    out["model"] = json!(model.kind().name());
+    out["model"] = json!(a.md.net.label());
+    out["arch"] = a.md.net.arch_json()?;
     out["dataset"] = json!(ds.name());
     out["split"] = json!(sk.name());
     out["seconds"] = json!(t0.elapsed().as_secs_f64());
@@ -247,7 +249,7 @@ pub fn input_hessian(a: InputHessianArgs) -> Result<()> {
     emit(a.json, &out, || {
         format!(
             "{} on {} {} ({} samples): λ₁^x mean {:.4e} max {:.4e}, ‖∇ₓJ‖ mean {:.4e}, rank ≤ {}, min eigenvalue {:.2e}",
-            model.kind().name(), ds.name(), sk.name(), s.samples,
+            a.md.net.label(), ds.name(), sk.name(), s.samples,
             s.lambda1_x_mean, s.lambda1_x_max, s.grad_norm_mean, s.rank_max, s.min_eigenvalue_min
         )
     })

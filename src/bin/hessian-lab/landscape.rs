@@ -1,12 +1,11 @@
 //! `landscape` and `interpolate`.
 
-use crate::common::{emit, load_split, model_and_data, runtime, Common, ModelData};
+use crate::common::{emit, load_split, model_and_data, runtime, Common, ModelData, NetArgs};
 use anyhow::Result;
 use clap::Args;
 use hessian_lab::curvature::{DataSource, LanczosOpts};
 use hessian_lab::data::SplitKind;
 use hessian_lab::landscape::{self, parse_range};
-use hessian_lab::models::Model;
 use hessian_lab::plot;
 use serde_json::json;
 use std::path::PathBuf;
@@ -96,24 +95,24 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
     let (fig, data) = match a.direction {
         D::Eig1 | D::Eig2 | D::Random | D::Gradient => {
             let d = match a.direction {
-                D::Random => landscape::filter_normalized_direction(&model, a.md.seed)?,
-                D::Gradient => landscape::gradient_direction(&model, &batch_src)?,
+                D::Random => landscape::filter_normalized_direction(&*model, a.md.seed)?,
+                D::Gradient => landscape::gradient_direction(&*model, &batch_src)?,
                 k => {
                     let idx = if k == D::Eig1 { 0 } else { 1 };
                     let (vals, vecs) =
-                        landscape::eigen_directions(&model, &batch_src, idx + 1, &lopts)?;
+                        landscape::eigen_directions(&*model, &batch_src, idx + 1, &lopts)?;
                     info["eigenvalues"] = json!(vals);
                     vecs[idx].clone()
                 }
             };
             let c = landscape::landscape_1d(
-                &model,
+                &*model,
                 &d,
                 &grid,
                 &srcs,
                 Some(&crate::bars::Bars::default()),
             )?;
-            let title = format!("{} loss along {}", model.kind().name(), a.direction);
+            let title = format!("{} loss along {}", a.md.net.label(), a.direction);
             (
                 plot::landscape_figure(&c, &title, "ε", a.log_y)?,
                 serde_json::to_value(&c)?,
@@ -121,18 +120,18 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
         }
         D::Eig2d | D::Random2d => {
             let (d1, d2) = if a.direction == D::Eig2d {
-                let (vals, vecs) = landscape::eigen_directions(&model, &batch_src, 2, &lopts)?;
+                let (vals, vecs) = landscape::eigen_directions(&*model, &batch_src, 2, &lopts)?;
                 info["eigenvalues"] = json!(vals);
                 (vecs[0].clone(), vecs[1].clone())
             } else {
                 (
-                    landscape::filter_normalized_direction(&model, a.md.seed)?,
-                    landscape::filter_normalized_direction(&model, a.md.seed.wrapping_add(1))?,
+                    landscape::filter_normalized_direction(&*model, a.md.seed)?,
+                    landscape::filter_normalized_direction(&*model, a.md.seed.wrapping_add(1))?,
                 )
             };
             let src = srcs.first().map(|s| s.1).unwrap_or(&batch_src);
             let s = landscape::landscape_2d(
-                &model,
+                &*model,
                 &landscape::Plane {
                     d1: &d1,
                     d2: &d2,
@@ -142,13 +141,13 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
                 src,
                 Some(&crate::bars::Bars::default()),
             )?;
-            let title = format!("{} loss surface ({})", model.kind().name(), a.direction);
+            let title = format!("{} loss surface ({})", a.md.net.label(), a.direction);
             (plot::surface_figure(&s, &title)?, serde_json::to_value(&s)?)
         }
     };
     fig.save(&a.out)?;
     let out = json!({
-        "model": model.kind().name(), "dataset": ds.name(), "split": sk.name(), "samples": split.len(),
+        "model": a.md.net.label(), "arch": a.md.net.arch_json()?, "dataset": ds.name(), "split": sk.name(), "samples": split.len(),
         "direction": a.direction, "figure": a.out, "info": info, "data": data,
         "seconds": t0.elapsed().as_secs_f64(),
     });
@@ -161,8 +160,8 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
 pub struct InterpolateArgs {
     #[command(flatten)]
     pub common: Common,
-    #[arg(long, value_enum)]
-    pub model: hessian_lab::models::ModelKind,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// Weights of the first model (λ = 0)
     #[arg(long)]
     pub from: PathBuf,
@@ -192,10 +191,9 @@ pub fn interpolate_cmd(a: InterpolateArgs) -> Result<()> {
     parse_range(&a.range)?;
     hessian_lab::files::check_writable(&a.out)?;
     let rt = runtime(&a.common)?;
-    let kind = a.model;
-    let ds = a.dataset.unwrap_or(kind.default_dataset());
-    let ma = Model::load(kind, &a.from, &rt)?;
-    let mb = Model::load(kind, &a.to, &rt)?;
+    let ds = a.net.dataset(a.dataset)?;
+    let ma = a.net.build(Some(&a.from), ds, &rt, 0)?;
+    let mb = a.net.build(Some(&a.to), ds, &rt, 0)?;
     let lim = if a.samples == 0 {
         None
     } else {
@@ -231,8 +229,8 @@ pub fn interpolate_cmd(a: InterpolateArgs) -> Result<()> {
         chunk: a.chunk,
     };
     let c = landscape::interpolate(
-        &ma,
-        &mb,
+        &*ma,
+        &*mb,
         &parse_range(&a.range)?,
         &refs,
         if a.lambda1 {
@@ -242,9 +240,9 @@ pub fn interpolate_cmd(a: InterpolateArgs) -> Result<()> {
         },
         Some(&crate::bars::Bars::default()),
     )?;
-    plot::landscape_figure(&c, &format!("{}: (1−λ)·A + λ·B", kind.name()), "λ", false)?
+    plot::landscape_figure(&c, &format!("{}: (1−λ)·A + λ·B", a.net.label()), "λ", false)?
         .save(&a.out)?;
-    let out = json!({"model": kind.name(), "dataset": ds.name(), "figure": a.out, "data": c, "seconds": t0.elapsed().as_secs_f64()});
+    let out = json!({"model": a.net.label(), "arch": a.net.arch_json()?, "dataset": ds.name(), "figure": a.out, "data": c, "seconds": t0.elapsed().as_secs_f64()});
     emit(a.json, &out, || {
         format!("interpolation → {}", a.out.display())
     })

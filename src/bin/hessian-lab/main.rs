@@ -10,9 +10,9 @@ mod reproduce;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use common::{load_split, runtime, Common};
+use common::{load_split, runtime, Common, NetArgs};
 use hessian_lab::data::SplitKind;
-use hessian_lab::models::{Model, ModelConfig, Network};
+use hessian_lab::models::Network;
 use hessian_lab::train::{self, LrSchedule, TrainConfig};
 use serde_json::json;
 use std::path::PathBuf;
@@ -54,8 +54,8 @@ enum Cmd {
 struct TrainArgs {
     #[command(flatten)]
     common: Common,
-    #[arg(long, value_enum)]
-    model: hessian_lab::models::ModelKind,
+    #[command(flatten)]
+    net: NetArgs,
     #[arg(long, value_enum)]
     dataset: Option<hessian_lab::data::DatasetKind>,
     #[arg(long, default_value_t = 128)]
@@ -125,8 +125,8 @@ struct TrainArgs {
 struct EvalArgs {
     #[command(flatten)]
     common: Common,
-    #[arg(long, value_enum)]
-    model: hessian_lab::models::ModelKind,
+    #[command(flatten)]
+    net: NetArgs,
     #[arg(long)]
     weights: PathBuf,
     #[arg(long, value_enum)]
@@ -142,14 +142,11 @@ struct EvalArgs {
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let rt = runtime(&a.common)?;
-    let kind = a.model;
-    let ds = a.dataset.unwrap_or(kind.default_dataset());
+    let ds = a.net.dataset(a.dataset)?;
     let train_split = load_split(&a.common, ds, SplitKind::Train, a.samples)?;
     let test_split = load_split(&a.common, ds, SplitKind::Test, None).ok();
-    let model = match &a.init {
-        Some(p) => Model::load(kind, p, &rt)?,
-        None => Model::from_config(ModelConfig::for_dataset(kind, ds), &rt, a.seed)?,
-    };
+    let model = a.net.build(a.init.as_deref(), ds, &rt, a.seed)?;
+    model.check_data(&train_split)?;
     let mut cfg = TrainConfig::new(a.epochs, a.batch_size, a.lr);
     if !(a.warmup_epochs >= 0.0) || !a.warmup_epochs.is_finite() {
         anyhow::bail!(
@@ -196,7 +193,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     eprintln!(
         "training {} on {} ({} samples), batch {}, {} epochs, lr {} (peak {}), {:?} on {:?}",
-        kind.name(),
+        a.net.label(),
         ds.name(),
         train_split.len(),
         a.batch_size,
@@ -225,7 +222,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         None => Ok(b),
     };
     let report = train::train(
-        &model,
+        &*model,
         &train_split,
         &cfg,
         train::TrainWith {
@@ -240,7 +237,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let _ = std::fs::remove_file(train::checkpoint_path(&a.out, a.epochs));
     let last = report.epochs.last().context("no epoch ran")?;
     let out = json!({
-        "model": kind.name(),
+        "model": a.net.label(),
+        "arch": a.net.arch_json()?,
         "dataset": ds.name(),
         "samples": train_split.len(),
         "batch_size": a.batch_size,
@@ -266,7 +264,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     } else {
         println!(
             "{}: test accuracy {:.4}, train loss {:.4}, {:.1}s; weights → {}",
-            kind.name(),
+            a.net.label(),
             last.test_accuracy.unwrap_or(f64::NAN),
             last.train_loss,
             report.seconds,
@@ -278,18 +276,18 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let rt = runtime(&a.common)?;
-    let kind = a.model;
-    let ds = a.dataset.unwrap_or(kind.default_dataset());
+    let ds = a.net.dataset(a.dataset)?;
     let split = a.split;
     let s = load_split(&a.common, ds, split, a.samples)?;
-    let model = Model::load(kind, &a.weights, &rt)?;
+    let model = a.net.build(Some(&a.weights), ds, &rt, 0)?;
+    model.check_data(&s)?;
     let t = std::time::Instant::now();
     let (loss, acc) = model.evaluate(&s, 1000)?;
     if a.json {
         println!(
             "{}",
             serde_json::to_string(&json!({
-                "model": kind.name(), "dataset": ds.name(), "split": split.name(),
+                "model": a.net.label(), "arch": a.net.arch_json()?, "dataset": ds.name(), "split": split.name(),
                 "samples": s.len(), "loss": loss, "accuracy": acc,
                 "seconds": t.elapsed().as_secs_f64(),
             }))?
@@ -297,7 +295,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     } else {
         println!(
             "{} on {} {} ({} samples): loss {:.4}, accuracy {:.4}",
-            kind.name(),
+            a.net.label(),
             ds.name(),
             split.name(),
             s.len(),
