@@ -8,8 +8,8 @@
 pub use crate::attack::{self, AttackKind, NewtonSolver};
 pub use crate::candle_core::{DType, Device, Tensor, Var};
 pub use crate::curvature::{
-    self, CurvatureOperator, DataSource, GgnOperator, HessianOperator, LanczosOpts, ParamSelection,
-    ParamVec, PowerOpts, SlqOpts, TraceOpts,
+    self, CurvatureOperator, DataSource, GgnOperator, Hessian, HessianOperator, LanczosOpts,
+    ParamSelection, ParamVec, PowerOpts, SlqOpts, TraceOpts,
 };
 pub use crate::data::{self, Batch, DatasetKind, Split, SplitKind};
 pub use crate::landscape;

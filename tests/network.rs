@@ -483,3 +483,80 @@ fn seeded_reset_follows_pytorch_defaults_and_is_reproducible() {
         to_vec(other.param("fc.weight").unwrap().as_tensor())
     );
 }
+
+/// The three verbs and the one-line attack / landscape verbs are the solvers they name:
+/// `Hessian::eigenvalues` is Lanczos on the Hessian operator, `gauss_newton` the GGN (= H on a
+/// linear model), a split is the same matrix as its batch, `fgsm` is ε·sign(∇ₓJ), `along` at
+/// α = 0 is the loss.
+#[test]
+fn three_verbs_are_the_solvers_they_name() {
+    let rt = rt64();
+    let net = small_cnn(&VarMap::new(), false, 6);
+    let split = synthetic_split(40, 3);
+    let b = split.to_batch(&rt).unwrap();
+    let h = Hessian::new(&net, b.clone()).unwrap();
+    assert_eq!(h.dim(), net.num_params());
+    let op = HessianOperator::new(&net, DataSource::Batch(b.clone())).unwrap();
+    let want = lanczos(&op, 2, &LanczosOpts::default())
+        .unwrap()
+        .eigenvalues;
+    assert_eq!(h.eigenvalues(2).unwrap().eigenvalues, want);
+    // a split (≤ 500 samples) is that batch
+    let hs = Hessian::new(&net, &split).unwrap();
+    assert_eq!(hs.eigenvalues(2).unwrap().eigenvalues, want);
+    let tr = h.trace().unwrap();
+    let exact = trace_exact(&net, &DataSource::Batch(b.clone()), None).unwrap();
+    assert!(
+        (tr.trace - exact.trace).abs() < 4.0 * tr.std_error.max(1e-12),
+        "{} ± {} vs exact {}",
+        tr.trace,
+        tr.std_error,
+        exact.trace
+    );
+    let d = h.density().unwrap();
+    assert!(d.plot().is_ok());
+    // softmax regression: Gauss–Newton = Hessian
+    let vm = VarMap::new();
+    let fc = candle_nn::linear(784, 10, vb(&vm).pp("fc")).unwrap();
+    let lin = CandleNet::from_fn(&vm, 10, move |x, _| fc.forward(&x.flatten_from(1)?))
+        .unwrap()
+        .with_seed(1)
+        .unwrap();
+    let opts = LanczosOpts {
+        tol: 1e-10,
+        ..Default::default()
+    };
+    let eh = Hessian::new(&lin, b.clone())
+        .unwrap()
+        .eigenvalues_with(2, &opts)
+        .unwrap();
+    let eg = Hessian::gauss_newton(&lin, b.clone())
+        .unwrap()
+        .eigenvalues_with(2, &opts)
+        .unwrap();
+    for k in 0..2 {
+        assert!((eh.eigenvalues[k] - eg.eigenvalues[k]).abs() < 1e-9 * eh.eigenvalues[0]);
+    }
+    // fgsm: the perturbation is ε·sign(g) where it is not clipped
+    let o = attack::fgsm(&net, &b, 0.05).unwrap();
+    let (_, g) = input_gradient(&net, &b).unwrap();
+    let (dx, gx, x) = (
+        to_vec(&(&o.x_adv - &b.x).unwrap()),
+        to_vec(&g),
+        to_vec(&b.x),
+    );
+    for i in 0..dx.len() {
+        let free = x[i] + 0.05 * gx[i].signum() >= 0.0 && x[i] + 0.05 * gx[i].signum() <= 1.0;
+        if free && gx[i] != 0.0 {
+            assert!((dx[i] - 0.05 * gx[i].signum()).abs() < 1e-12);
+        }
+    }
+    let curve = attack::accuracy_curve(&net, &split, AttackKind::Fgsm, &[0.05, 0.1]).unwrap();
+    assert_eq!(curve.label, "FGSM");
+    assert!(curve.plot().is_ok());
+    let top = h.eigenvalues(1).unwrap();
+    let c = landscape::along(&net, &top.eigenvectors[0], &[-0.1, 0.0, 0.1], b.clone()).unwrap();
+    let (l0, _) = net.loss_and_accuracy(&b).unwrap();
+    assert!((c.series[0].loss[1] - l0).abs() < 1e-12);
+    assert!(c.plot().is_ok());
+}

@@ -77,6 +77,16 @@ impl AttackKind {
             AttackKind::L2Hess(_) => "l2hess",
         }
     }
+    /// The name the paper prints: FGSM, FGSM-10 (any step count: FGSM-n), L2 GRAD, FHSM, L2 HESS.
+    pub fn paper_name(&self) -> String {
+        match self {
+            AttackKind::Fgsm => "FGSM".into(),
+            AttackKind::Ifgsm { steps } => format!("FGSM-{steps}"),
+            AttackKind::L2Grad => "L2 GRAD".into(),
+            AttackKind::Fhsm(_) => "FHSM".into(),
+            AttackKind::L2Hess(_) => "L2 HESS".into(),
+        }
+    }
     /// Replaces the Newton solver of a second-order attack.
     pub fn with_solver(self, s: NewtonSolver) -> Self {
         match self {
@@ -364,6 +374,9 @@ pub struct EpsReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct AdversarialReport {
     pub attack: String,
+    /// Display name (the paper's: FGSM, FGSM-10, L2 GRAD, FHSM, L2 HESS).
+    #[serde(skip)]
+    pub label: String,
     pub samples: usize,
     pub clean_accuracy: f64,
     pub per_eps: Vec<EpsReport>,
@@ -426,6 +439,7 @@ pub fn adversarial_accuracy(
     let n = split.len() as f64;
     Ok(AdversarialReport {
         attack: kind.name().into(),
+        label: kind.paper_name(),
         samples: split.len(),
         clean_accuracy: clean as f64 / n,
         per_eps: eps_list
@@ -493,4 +507,99 @@ pub fn cg_cosine_to_exact(
         .zip(ne.iter().zip(&nc))
         .map(|(d, (a, b))| if a * b > 0.0 { d / (a * b) } else { f64::NAN })
         .collect())
+}
+
+/// One attack at one budget (see [`attack`]).
+fn one(model: &dyn Network, batch: &Batch, kind: AttackKind, eps: f64) -> Result<AttackOutcome> {
+    attack(model, batch, kind, &[eps])?
+        .pop()
+        .ok_or_else(|| Error::invalid("attack", "no outcome"))
+}
+
+/// FGSM, x + ε·sign(∇ₓJ), clipped to the network's input box. Cost: 1 forward + 1 backward.
+pub fn fgsm(model: &dyn Network, batch: &Batch, eps: f64) -> Result<AttackOutcome> {
+    one(model, batch, AttackKind::Fgsm, eps)
+}
+/// Iterated FGSM: `steps` steps of ε/steps, projected on the L∞ ball and the box (the paper's
+/// FGSM-10: 10 steps). Cost: `steps` × (1 forward + 1 backward).
+pub fn ifgsm(model: &dyn Network, batch: &Batch, eps: f64, steps: usize) -> Result<AttackOutcome> {
+    one(model, batch, AttackKind::Ifgsm { steps }, eps)
+}
+/// L2 GRAD, x + ε·g/‖g‖ per sample. Cost: 1 forward + 1 backward.
+pub fn l2grad(model: &dyn Network, batch: &Batch, eps: f64) -> Result<AttackOutcome> {
+    one(model, batch, AttackKind::L2Grad, eps)
+}
+/// FHSM, x + ε·sign(H⁻¹g) per sample (exact Newton step by Theorem 1). Cost: see
+/// [`newton_direction`].
+pub fn fhsm(model: &dyn Network, batch: &Batch, eps: f64) -> Result<AttackOutcome> {
+    one(model, batch, AttackKind::Fhsm(NewtonSolver::Exact), eps)
+}
+/// L2 HESS, x + ε·H⁻¹g/‖H⁻¹g‖ per sample (exact Newton step by Theorem 1).
+pub fn l2hess(model: &dyn Network, batch: &Batch, eps: f64) -> Result<AttackOutcome> {
+    one(model, batch, AttackKind::L2Hess(NewtonSolver::Exact), eps)
+}
+
+/// Clean and adversarial accuracy on a split for each ε (chunks of 500, silent): the
+/// accuracy-vs-ε curve. See [`adversarial_accuracy`] for the options.
+pub fn accuracy_curve(
+    model: &dyn Network,
+    split: &Split,
+    kind: AttackKind,
+    eps_list: &[f64],
+) -> Result<AdversarialReport> {
+    let mut r = adversarial_accuracy(model, split, kind, eps_list, &SplitOpts::default())?;
+    r.label = kind.paper_name();
+    Ok(r)
+}
+
+impl AdversarialReport {
+    /// Accuracy against ε (ε = 0: the clean accuracy), on [0, 1].
+    pub fn plot(&self) -> Result<crate::plot::Figure> {
+        let (mut x, mut y) = (vec![0.0], vec![self.clean_accuracy]);
+        for e in self.per_eps.iter().filter(|e| e.eps > 0.0) {
+            x.push(e.eps);
+            y.push(e.accuracy);
+        }
+        crate::plot::accuracy_vs_eps_figure(
+            &format!("{} accuracy ({} samples)", self.label, self.samples),
+            vec![(self.label.clone(), x, y)],
+        )
+    }
+    /// A table of accuracy and mean perturbation norms per ε.
+    pub fn evcxr_display(&self) {
+        let rows: Vec<Vec<String>> = std::iter::once(vec![
+            "clean".into(),
+            format!("{:.4}", self.clean_accuracy),
+            "".into(),
+            "".into(),
+        ])
+        .chain(self.per_eps.iter().map(|e| {
+            vec![
+                format!("{}", e.eps),
+                format!("{:.4}", e.accuracy),
+                format!("{:.4}", e.linf_mean),
+                format!("{:.4}", e.l2_mean),
+            ]
+        }))
+        .collect();
+        crate::curvature::hessian::show_html(&crate::curvature::hessian::html_table(
+            &format!("{} on {} samples", self.label, self.samples),
+            &["ε", "accuracy", "mean ‖Δx‖∞", "mean ‖Δx‖₂"],
+            &rows,
+        ));
+    }
+}
+
+impl AttackOutcome {
+    /// Accuracy and perturbation size on the attacked batch.
+    pub fn evcxr_display(&self) {
+        crate::curvature::hessian::show_html(&format!(
+            "ε = {}: accuracy {:.4}, mean ‖Δx‖∞ {:.4}, mean ‖Δx‖₂ {:.4} ({} samples)",
+            self.eps,
+            self.accuracy,
+            self.linf_mean,
+            self.l2_mean,
+            self.success.len()
+        ));
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod density;
 pub mod eigen;
+pub mod hessian;
 pub mod hvp;
 pub mod input;
 pub mod operator;
@@ -14,6 +15,7 @@ pub mod vector;
 
 pub use density::{density, Density, SlqOpts};
 pub use eigen::{lanczos, top_eigen, EigenResult, LanczosOpts, PowerOpts};
+pub use hessian::{Data, Hessian};
 pub use hvp::{
     check_hvp, gradient, hvp, hvp_closure, hvp_fd, hvp_selected, input_gradient, input_hvp,
     HvpCheck, ParamSelection,

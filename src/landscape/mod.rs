@@ -356,3 +356,32 @@ pub fn curvature_epoch_hook(source: DataSource, opts: LanczosOpts) -> Box<EpochH
         Ok(())
     })
 }
+
+/// Loss and accuracy of θ + α·d for each α on `data` (a `Batch`, `Split`, …): the 1-D
+/// landscape along a direction (e.g. the top Hessian eigenvector), silent. See
+/// [`landscape_1d`] for several data sets at once. The network is left as it was.
+pub fn along(
+    model: &dyn Network,
+    direction: &ParamVec,
+    alphas: &[f64],
+    data: impl Into<crate::curvature::Data>,
+) -> Result<Curve1d> {
+    let src = match data.into() {
+        crate::curvature::Data::Source(s) => s,
+        crate::curvature::Data::Split(s) => DataSource::from_split(&s, 500, model.runtime())?,
+    };
+    landscape_1d(model, direction, alphas, &[("loss", &src)], None)
+}
+
+impl Curve1d {
+    /// Loss against α (see [`crate::plot::landscape_figure`]).
+    pub fn plot(&self) -> Result<crate::plot::Figure> {
+        crate::plot::landscape_figure(self, "loss landscape", "α", false)
+    }
+    pub fn evcxr_display(&self) {
+        match self.plot() {
+            Ok(f) => f.evcxr_display(),
+            Err(e) => eprintln!("landscape could not be plotted: {e}"),
+        }
+    }
+}
