@@ -78,17 +78,88 @@ the thread. Least squares ½‖Xw − y‖² has the Hessian XᵀX, so Hv must e
     println!("max |Hv − XᵀXv| = {err:.1e}");
     assert!(err < 1e-10);
 }"""),
-    md("## Top eigenvalues (Lanczos) — λ₁^θ of the paper"),
-    code("""let op = HessianOperator::new(&model, DataSource::Batch(batch.clone()))?;
-let top = curvature::lanczos(&op, 2, &LanczosOpts::default())?;
-println!("λ₁, λ₂ = {:?} after {} HVPs (residuals {:?})", top.eigenvalues, top.hvps, top.residuals);"""),
+    md("""## Top eigenvalues, trace, density — λ₁^θ of the paper
+`Hessian::new(&network, data)` is PyHessian's `hessian(model, criterion, data)`: three verbs,
+each result a table or a plot in the notebook."""),
+    code("""let h = Hessian::new(&model, batch.clone())?;
+h.eigenvalues(2)?"""),
+    code("""h.trace()?"""),
+    code("""h.density()?"""),
     md("## One attack: FGSM at several ε"),
-    code("""let eps = vec![0.0, 0.05, 0.1, 0.15, 0.2];
-let rep = attack::adversarial_accuracy(&model, &test, AttackKind::Fgsm, &eps, &Default::default())?;
-let accs: Vec<f64> = rep.per_eps.iter().map(|e| e.accuracy).collect();
-println!("FGSM accuracy: {:?}", accs);"""),
-    code("""let fig = plot::accuracy_vs_eps_figure("M1: accuracy under FGSM", vec![("FGSM".to_string(), eps.clone(), accs.clone())])?;
-fig.evcxr_display(); // or leave `fig` as the cell's last expression"""),
+    code("""let fgsm = attack::accuracy_curve(&model, &test, AttackKind::Fgsm, &[0.05, 0.1, 0.15, 0.2])?;
+fgsm"""),
+    code("""fgsm.plot()?"""),
+    md("## The loss along the top eigenvector"),
+    code("""let top = h.eigenvalues(1)?;
+landscape::along(&model, &top.eigenvectors[0], &landscape::linspace(-0.5, 0.5, 21)?, batch.clone())?"""),
+]
+
+notebooks["06_your_own_model"] = [
+    md("""# Your own model
+Every verb of hessian-lab takes `&dyn Network`. Here: a small CNN written with candle-nn in a
+cell, trained briefly on Fashion-MNIST, then its top eigenvalues, trace, spectral density, FGSM
+accuracy curve and 1-D landscape — one or two lines each; then a network trained by PyTorch,
+loaded by spec from its `state_dict`. CPU, about a minute."""),
+    code(DEP),
+    code(USE),
+    md("""## A candle-nn CNN, wrapped in one line
+`CandleNet` takes the `VarMap` and the forward pass (a `Module`, `ModuleT` or closure
+`(x, train) → logits`). `with_seed` re-initialises it with PyTorch's defaults from a seed
+(candle's own CPU initialisation cannot be seeded). Strided convolutions instead of pooling:
+candle 0.11's pooling backward is not exact to second order, and `check_hvp` below is how to find
+such things out."""),
+    code("""use hessian_lab::candle_nn::{self, Conv2dConfig, Module, VarBuilder, VarMap};
+let varmap = VarMap::new();
+let net = {
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let stride2 = Conv2dConfig { stride: 2, padding: 2, ..Default::default() };
+    let conv1 = candle_nn::conv2d(1, 8, 5, stride2, vb.pp("conv1"))?;
+    let conv2 = candle_nn::conv2d(8, 16, 5, stride2, vb.pp("conv2"))?;
+    let fc = candle_nn::linear(16 * 7 * 7, 10, vb.pp("fc"))?;
+    CandleNet::from_fn(&varmap, 10, move |x, _train| {
+        let h = conv2.forward(&conv1.forward(x)?.relu()?)?.relu()?;
+        fc.forward(&h.flatten_from(1)?)
+    })?
+    .named("my-cnn")
+    .with_input_shape(&[1, 28, 28])
+    .with_piecewise_linear(true) // ReLU and linear maps only: Theorem 1 applies
+    .with_seed(0)?
+};
+net"""),
+    md("## Train it briefly on Fashion-MNIST"),
+    code("""let train_split = data::load(DatasetKind::FashionMnist, SplitKind::Train, "../data")?.first(10_000)?;
+let test = data::load(DatasetKind::FashionMnist, SplitKind::Test, "../data")?.first(1_000)?;
+train::fit(&net, &train_split, &FitOpts { epochs: 2, ..Default::default() })?;
+let (loss, acc) = net.evaluate(&test, 500)?;
+println!("test loss {loss:.4}, accuracy {acc:.4}");"""),
+    md("""## Is its second derivative exact?
+`check_hvp` compares the gradient with finite differences of the loss and the exact Hv with
+finite differences of the gradient, along a random direction. A difference quotient across a
+ReLU kink is wrong, and in f32 the step cannot be made small enough to miss them all on many
+samples: check on a few (or on an f64 copy of the network)."""),
+    code("""curvature::check_hvp(&net, &test.first(8)?.to_batch(&rt)?, 0)?"""),
+    code("""let batch = test.first(200)?.to_batch(&rt)?;"""),
+    md("## Eigenvalues, trace, density"),
+    code("""let h = Hessian::new(&net, batch.clone())?;
+h.eigenvalues(3)?"""),
+    code("""h.trace()?"""),
+    code("""h.density()?"""),
+    md("## FGSM accuracy curve and the loss along the top eigenvector"),
+    code("""attack::accuracy_curve(&net, &test, AttackKind::Fgsm, &[0.02, 0.05, 0.1, 0.2])?.plot()?"""),
+    code("""let top = h.eigenvalues(1)?;
+landscape::along(&net, &top.eigenvectors[0], &landscape::linspace(-1.0, 1.0, 21)?, batch.clone())?"""),
+    md("""## A PyTorch model, without Python
+The `nn.Sequential` below was trained by PyTorch (`tests/fixtures/export_fashion_cnn.py`) and
+saved with `safetensors.torch.save_file(model.state_dict(), …)`. Its spec is the module list as
+PyTorch prints it; the tensors load under PyTorch's own names (`0.weight`, `1.running_mean`, …).
+The CLI takes the same spec: `hessian-lab spectrum --arch "…" --weights … --dataset fashion-mnist`."""),
+    code("""let spec = "Conv2d(1, 8, 5, padding=2), BatchNorm2d(8), ReLU, MaxPool2d(2), \
+            Conv2d(8, 16, 5), ReLU, MaxPool2d(2), Flatten, Linear(400, 64), ReLU, Linear(64, 10)";
+let torch_net = Sequential::load(spec, &[1, 28, 28], "../tests/fixtures/fashion_cnn_torch.safetensors", &rt)?
+    .named("pytorch-cnn");
+let (loss, acc) = torch_net.evaluate(&test, 500)?;
+println!("PyTorch's network here: test loss {loss:.4}, accuracy {acc:.4} (PyTorch measured 0.8880)");"""),
+    code("""Hessian::new(&torch_net, batch.clone())?.eigenvalues(3)?"""),
 ]
 
 notebooks["02_theorem1_input_hessian"] = [

@@ -277,3 +277,32 @@ fn spec_network_saves_loads_trains_and_is_attacked() {
     assert!(check_hvp(&back, &b, 0).unwrap().ok);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A network trained by PyTorch on Fashion-MNIST (tests/fixtures/export_fashion_cnn.py), loaded
+/// by the spec stored in its metadata, classifies the first 1,000 test images exactly as
+/// PyTorch did (f32 and f64).
+#[test]
+fn pytorch_trained_fashion_cnn_predicts_as_pytorch_did() {
+    let path = fixture("fashion_cnn_torch.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    let want: Vec<u32> = meta["predictions_first_1000"]
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let test = hessian_lab::data::load(DatasetKind::FashionMnist, SplitKind::Test, data_dir())
+        .unwrap()
+        .first(1000)
+        .unwrap();
+    for rt in [rt32(), rt64()] {
+        let net = Sequential::load(&meta["spec"], &[1, 28, 28], &path, &rt).unwrap();
+        let b = test.to_batch(&rt).unwrap();
+        let pred: Vec<u32> = net.forward(&b.x).unwrap().argmax(1).unwrap().to_vec1().unwrap();
+        let differ = pred.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{:?}: {differ} of 1000 predictions differ", rt.dtype);
+        let (_, acc) = net.evaluate(&test, 500).unwrap();
+        let torch_acc: f64 = meta["accuracy_first_1000"].parse().unwrap();
+        assert!((acc - torch_acc).abs() < 1e-6, "{acc} vs {torch_acc}");
+    }
+}
