@@ -4,6 +4,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
+use hessian_lab::models::layers::ConvArgs;
 use hessian_lab::models::{layers, Model, ModelConfig, ModelKind};
 use hessian_lab::Error;
 
@@ -371,11 +372,21 @@ fn fused_kernels_match_candle_to_second_order() {
                     xt.clone()
                 };
                 let y = imp
-                    .conv2d(&xin, w.as_tensor(), Some(b.as_tensor()), s, p)
+                    .conv2d(
+                        &xin,
+                        w.as_tensor(),
+                        Some(b.as_tensor()),
+                        ConvArgs::new(s, p),
+                    )
                     .unwrap();
                 // conv+bias+ReLU as one op (fused) vs conv then ReLU (candle's ops)
                 let yr = imp
-                    .conv2d_relu(&xin, w.as_tensor(), Some(b.as_tensor()), s, p)
+                    .conv2d(
+                        &xin,
+                        w.as_tensor(),
+                        Some(b.as_tensor()),
+                        ConvArgs::new(s, p).relu(),
+                    )
                     .unwrap();
                 let z = imp.relu(&(&y - 0.3).unwrap()).unwrap();
                 // A max pool and BatchNorm in eval mode (running statistics as constants), in
@@ -560,7 +571,12 @@ fn conv_with_windows_wholly_in_the_padding_matches_candle() {
         let b = Var::from_tensor(&randn(&[3], 23, DType::F64)).unwrap();
         let run = |imp: Kernels| {
             let y = imp
-                .conv2d(x.as_tensor(), wt.as_tensor(), Some(b.as_tensor()), s, p)
+                .conv2d(
+                    x.as_tensor(),
+                    wt.as_tensor(),
+                    Some(b.as_tensor()),
+                    ConvArgs::new(s, p),
+                )
                 .unwrap();
             let g = y
                 .sqr()
@@ -585,7 +601,12 @@ fn conv_with_windows_wholly_in_the_padding_matches_candle() {
                 candle_core::Tensor::from_vec(v.to_vec(), (2, 2, h, w), &candle_core::Device::Cpu)
                     .unwrap();
             let y = Kernels::Fused
-                .conv2d(&xt, wt.as_tensor(), Some(b.as_tensor()), s, p)
+                .conv2d(
+                    &xt,
+                    wt.as_tensor(),
+                    Some(b.as_tensor()),
+                    ConvArgs::new(s, p),
+                )
                 .unwrap();
             y.sqr()
                 .unwrap()

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use hessian_lab::candle_nn::{self, Module, VarBuilder, VarMap};
 use hessian_lab::curvature::*;
-use hessian_lab::models::{parse_spec, Layer};
+use hessian_lab::models::{parse_spec, Conv2dSpec, Layer};
 use hessian_lab::prelude::*;
 use std::collections::HashMap;
 
@@ -134,7 +134,7 @@ fn spec_syntax_accepts_pytorch_spellings() {
     assert_eq!(a.len(), 5);
     assert_eq!(
         a[0],
-        Layer::Conv2d {
+        Layer::Conv2d(Conv2dSpec {
             in_channels: 3,
             out_channels: 8,
             kernel: 3,
@@ -142,7 +142,7 @@ fn spec_syntax_accepts_pytorch_spellings() {
             padding: 1,
             groups: 1,
             bias: false
-        }
+        })
     );
     assert_eq!(
         a[2],
@@ -298,9 +298,19 @@ fn pytorch_trained_fashion_cnn_predicts_as_pytorch_did() {
     for rt in [rt32(), rt64()] {
         let net = Sequential::load(&meta["spec"], &[1, 28, 28], &path, &rt).unwrap();
         let b = test.to_batch(&rt).unwrap();
-        let pred: Vec<u32> = net.forward(&b.x).unwrap().argmax(1).unwrap().to_vec1().unwrap();
+        let pred: Vec<u32> = net
+            .forward(&b.x)
+            .unwrap()
+            .argmax(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let differ = pred.iter().zip(&want).filter(|(a, b)| a != b).count();
-        assert_eq!(differ, 0, "{:?}: {differ} of 1000 predictions differ", rt.dtype);
+        assert_eq!(
+            differ, 0,
+            "{:?}: {differ} of 1000 predictions differ",
+            rt.dtype
+        );
         let (_, acc) = net.evaluate(&test, 500).unwrap();
         let torch_acc: f64 = meta["accuracy_first_1000"].parse().unwrap();
         assert!((acc - torch_acc).abs() < 1e-6, "{acc} vs {torch_acc}");

@@ -194,23 +194,7 @@ pub fn hvp_fd(
                 format!("{e} must be positive and finite"),
             ))
         }
-        None => {
-            let meps = if model.dtype() == DType::F64 {
-                f64::EPSILON
-            } else {
-                f32::EPSILON as f64
-            };
-            let mut tmax = 1.0f64;
-            for t in &theta {
-                tmax = tmax.max(
-                    t.abs()?
-                        .max_all()?
-                        .to_dtype(DType::F64)?
-                        .to_scalar::<f64>()?,
-                );
-            }
-            meps.cbrt() * tmax / vn
-        }
+        None => default_step(model, &theta)? / vn,
     };
     let at = |alpha: f64| {
         shifted(model, sel, &theta, v, alpha, || {
@@ -220,6 +204,26 @@ pub fn hvp_fd(
     let gp = at(eps)?;
     let gm = at(-eps)?;
     gp.axpy(-1.0, &gm)?.scale(0.5 / eps)
+}
+
+/// ∛(machine ε)·max(1, ‖θ‖∞): the central-difference step that balances truncation (O(h²))
+/// and round-off (O(ε/h)) for a unit direction.
+fn default_step(model: &dyn Network, theta: &[Tensor]) -> Result<f64> {
+    let meps = if model.dtype() == DType::F64 {
+        f64::EPSILON
+    } else {
+        f32::EPSILON as f64
+    };
+    let mut tmax = 1.0f64;
+    for t in theta {
+        tmax = tmax.max(
+            t.abs()?
+                .max_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?,
+        );
+    }
+    Ok(meps.cbrt() * tmax)
 }
 
 /// Runs `f` with the selected parameters set to θ + α·v (θ: their values `theta`), and puts θ
@@ -288,24 +292,21 @@ pub fn check_hvp(model: &dyn Network, batch: &Batch, seed: u64) -> Result<HvpChe
     let v = v.scale(1.0 / v.norm()?)?;
     let (_, g) = gradient(model, batch, &sel)?;
     let grad_dot_v = g.dot(&v)?;
-    let meps = if model.dtype() == DType::F64 {
-        f64::EPSILON
-    } else {
-        f32::EPSILON as f64
-    };
-    let mut tmax = 1.0f64;
-    for t in &theta {
-        tmax = tmax.max(t.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?);
-    }
-    let h0 = meps.cbrt() * tmax;
+    let h0 = default_step(model, &theta)?;
     let loss_at = |a: f64| {
         shifted(model, &sel, &theta, &v, a, || {
-            Ok(model.loss(batch)?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+            Ok(model
+                .loss(batch)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?)
         })
     };
     let fd_dir = (loss_at(h0)? - loss_at(-h0)?) / (2.0 * h0);
     let rel = |d: f64, s: f64| if s > 0.0 { d / s } else { 0.0 };
-    let grad_rel_err = rel((grad_dot_v - fd_dir).abs(), grad_dot_v.abs().max(fd_dir.abs()));
+    let grad_rel_err = rel(
+        (grad_dot_v - fd_dir).abs(),
+        grad_dot_v.abs().max(fd_dir.abs()),
+    );
     let hv = hvp_selected(model, batch, &sel, &v)?;
     let hv_norm = hv.norm()?;
     let (mut hvp_rel_err, mut fd_step) = (f64::INFINITY, h0);
@@ -317,7 +318,11 @@ pub fn check_hvp(model: &dyn Network, batch: &Batch, seed: u64) -> Result<HvpChe
             (hvp_rel_err, fd_step) = (e, h);
         }
     }
-    let tol = if model.dtype() == DType::F64 { 1e-4 } else { 5e-2 };
+    let tol = if model.dtype() == DType::F64 {
+        1e-4
+    } else {
+        5e-2
+    };
     Ok(HvpCheck {
         grad_rel_err,
         hvp_rel_err,

@@ -131,14 +131,52 @@ impl DataSource {
     }
 }
 
-/// The Hessian of the mean cross-entropy w.r.t. (selected) parameters, model in eval mode.
-pub struct HessianOperator {
+/// What the parameter-space operators hold: a handle on the network, the data, the selected
+/// parameters (`like`: detached, for shapes) and the number of products so far.
+struct Over {
     model: Box<dyn Network>,
     source: DataSource,
     sel: ParamSelection,
     like: Vec<Tensor>,
-    cached: RefCell<Option<Vec<Tensor>>>,
     count: Cell<usize>,
+}
+
+impl Over {
+    fn new(model: &dyn Network, source: DataSource, sel: ParamSelection) -> Result<Self> {
+        source.validate()?;
+        let like = sel.tensors(model).iter().map(|t| t.detach()).collect();
+        Ok(Over {
+            model: dyn_clone::clone_box(model),
+            source,
+            sel,
+            like,
+            count: Cell::new(0),
+        })
+    }
+    fn tick(&self) {
+        self.count.set(self.count.get() + 1);
+    }
+}
+
+/// `like`, `names` and `matvecs` of an operator from its [`Over`] field `o`.
+macro_rules! over_accessors {
+    () => {
+        fn like(&self) -> &[Tensor] {
+            &self.o.like
+        }
+        fn names(&self) -> Vec<String> {
+            self.o.sel.names.clone()
+        }
+        fn matvecs(&self) -> usize {
+            self.o.count.get()
+        }
+    };
+}
+
+/// The Hessian of the mean cross-entropy w.r.t. (selected) parameters, model in eval mode.
+pub struct HessianOperator {
+    o: Over,
+    cached: RefCell<Option<Vec<Tensor>>>,
 }
 
 impl HessianOperator {
@@ -156,22 +194,16 @@ impl HessianOperator {
         source: DataSource,
         sel: ParamSelection,
     ) -> Result<Self> {
-        source.validate()?;
-        let like = sel.tensors(model).iter().map(|t| t.detach()).collect();
         Ok(HessianOperator {
-            model: dyn_clone::clone_box(model),
-            source,
-            sel,
-            like,
+            o: Over::new(model, source, sel)?,
             cached: RefCell::new(None),
-            count: Cell::new(0),
         })
     }
     pub fn selection(&self) -> &ParamSelection {
-        &self.sel
+        &self.o.sel
     }
     pub fn source(&self) -> &DataSource {
-        &self.source
+        &self.o.source
     }
     /// Forgets the cached gradient graph (call after changing the parameters).
     pub fn invalidate(&self) {
@@ -179,10 +211,10 @@ impl HessianOperator {
     }
     /// Mean loss and gradient over the data source (detached). Cost: 1 fwd + 1 bwd per chunk.
     pub fn loss_and_gradient(&self) -> Result<(f64, ParamVec)> {
-        let n = self.source.len() as f64;
+        let n = self.o.source.len() as f64;
         let mut loss = 0.0;
-        let g = self.source.weighted_sum(self.model.runtime(), |b| {
-            let (l, g) = gradient(&*self.model, b, &self.sel)?;
+        let g = self.o.source.weighted_sum(self.o.model.runtime(), |b| {
+            let (l, g) = gradient(&*self.o.model, b, &self.o.sel)?;
             loss += l * b.len() as f64 / n;
             Ok(g)
         })?;
@@ -194,62 +226,43 @@ impl CurvatureOperator for HessianOperator {
     /// Hv = Σ_b |b|/N · H_b v. Cost: 1 backward (single batch, graph reused) or
     /// 1 forward + 2 backward per chunk.
     fn apply(&self, v: &ParamVec) -> Result<ParamVec> {
-        self.count.set(self.count.get() + 1);
-        if let DataSource::Batch(b) = &self.source {
+        self.o.tick();
+        if let DataSource::Batch(b) = &self.o.source {
             if self.cached.borrow().is_none() {
-                let (_, g) = gradient_with_graph(&*self.model, b, &self.sel)?;
+                let (_, g) = gradient_with_graph(&*self.o.model, b, &self.o.sel)?;
                 *self.cached.borrow_mut() = Some(g);
             }
             let cache = self.cached.borrow();
             let g = cache
                 .as_ref()
                 .ok_or_else(|| Error::Empty("gradient cache".into()))?;
-            return hvp_from_graph(&*self.model, g, &self.sel, v);
+            return hvp_from_graph(&*self.o.model, g, &self.o.sel, v);
         }
-        self.source.weighted_sum(self.model.runtime(), |b| {
-            let (_, g) = gradient_with_graph(&*self.model, b, &self.sel)?;
-            hvp_from_graph(&*self.model, &g, &self.sel, v)
+        self.o.source.weighted_sum(self.o.model.runtime(), |b| {
+            let (_, g) = gradient_with_graph(&*self.o.model, b, &self.o.sel)?;
+            hvp_from_graph(&*self.o.model, &g, &self.o.sel, v)
         })
     }
-    fn like(&self) -> &[Tensor] {
-        &self.like
-    }
-    fn names(&self) -> Vec<String> {
-        self.sel.names.clone()
-    }
-    fn matvecs(&self) -> usize {
-        self.count.get()
-    }
+    over_accessors!();
 }
 
 /// The generalised Gauss–Newton matrix G = (1/N) Σᵢ Jᵢᵀ (diag pᵢ − pᵢpᵢᵀ) Jᵢ of the mean
 /// cross-entropy (Jᵢ = ∂logitsᵢ/∂θ), model in eval mode. PSD; equal to H for linear models.
 pub struct GgnOperator {
-    model: Box<dyn Network>,
-    source: DataSource,
-    sel: ParamSelection,
-    like: Vec<Tensor>,
-    count: Cell<usize>,
+    o: Over,
 }
 
 impl GgnOperator {
     pub fn new(model: &dyn Network, source: DataSource) -> Result<Self> {
-        source.validate()?;
-        let sel = ParamSelection::all(model);
-        let like = sel.tensors(model).iter().map(|t| t.detach()).collect();
         Ok(GgnOperator {
-            model: dyn_clone::clone_box(model),
-            source,
-            sel,
-            like,
-            count: Cell::new(0),
+            o: Over::new(model, source, ParamSelection::all(model))?,
         })
     }
 
     /// G_b v for one batch: Jv by the double-backward trick (Jv = ∇ᵤ⟨∇θ⟨z,u⟩, v⟩), then
     /// r = (p⊙Jv − p(pᵀJv))/|b|, then Jᵀr. Cost: 1 forward + 3 backward passes.
     fn apply_batch(&self, b: &Batch, v: &ParamVec) -> Result<ParamVec> {
-        let (model, sel) = (&*self.model, &self.sel);
+        let (model, sel) = (&*self.o.model, &self.o.sel);
         crate::autodiff::on_pool(model.device(), || ggn_batch(model, sel, b, v))
     }
 }
@@ -286,19 +299,12 @@ fn ggn_batch(
 impl CurvatureOperator for GgnOperator {
     /// Gv = Σ_b |b|/N · G_b v. Cost: 1 forward + 3 backward passes per chunk.
     fn apply(&self, v: &ParamVec) -> Result<ParamVec> {
-        self.count.set(self.count.get() + 1);
-        self.source
-            .weighted_sum(self.model.runtime(), |b| self.apply_batch(b, v))
+        self.o.tick();
+        self.o
+            .source
+            .weighted_sum(self.o.model.runtime(), |b| self.apply_batch(b, v))
     }
-    fn like(&self) -> &[Tensor] {
-        &self.like
-    }
-    fn names(&self) -> Vec<String> {
-        self.sel.names.clone()
-    }
-    fn matvecs(&self) -> usize {
-        self.count.get()
-    }
+    over_accessors!();
 }
 
 /// A dense symmetric matrix as an operator (f64, CPU): for tests with known spectra and for

@@ -21,7 +21,7 @@
 //! `candle_nn::ops::softmax` or write them out), and its `max_pool2d` backward is wrong where
 //! windows overlap; [`check_hvp`](crate::curvature::check_hvp) finds such problems on a batch.
 
-use super::network::{InputBox, Network};
+use super::network::{parts_accessors, InputBox, Network, Parts};
 use crate::runtime::Kernels;
 use crate::{Error, Result, Runtime};
 use candle_core::{DType, Tensor, Var};
@@ -33,14 +33,8 @@ type ForwardFn = dyn Fn(&Tensor, bool) -> candle_core::Result<Tensor> + Send + S
 /// A candle-nn model as a [`Network`]. Cloning shares the parameters.
 #[derive(Clone)]
 pub struct CandleNet {
-    name: String,
-    params: Vec<(String, Var)>,
-    buffers: Vec<(String, Var)>,
+    p: Parts,
     forward: Arc<ForwardFn>,
-    runtime: Runtime,
-    num_classes: usize,
-    input_shape: Option<Vec<usize>>,
-    input_box: InputBox,
     piecewise_linear: Option<bool>,
 }
 
@@ -49,11 +43,11 @@ impl std::fmt::Debug for CandleNet {
         write!(
             f,
             "CandleNet({}, {} parameters in {} tensors, {} buffers, {:?})",
-            self.name,
+            self.p.name,
             self.num_params(),
-            self.params.len(),
-            self.buffers.len(),
-            self.runtime.dtype
+            self.p.params.len(),
+            self.p.buffers.len(),
+            self.p.runtime.dtype
         )
     }
 }
@@ -134,18 +128,20 @@ impl CandleNet {
             }
         }
         Ok(CandleNet {
-            name: "candle-net".into(),
-            params,
-            buffers,
-            forward: Arc::new(forward),
-            runtime: Runtime {
-                device,
-                dtype,
-                kernels: Kernels::default(),
+            p: Parts {
+                name: "candle-net".into(),
+                params,
+                buffers,
+                runtime: Runtime {
+                    device,
+                    dtype,
+                    kernels: Kernels::default(),
+                },
+                num_classes,
+                input_shape: None,
+                input_box: InputBox::UNIT,
             },
-            num_classes,
-            input_shape: None,
-            input_box: InputBox::UNIT,
+            forward: Arc::new(forward),
             piecewise_linear: None,
         })
     }
@@ -159,17 +155,17 @@ impl CandleNet {
     }
     /// Names the network in titles and JSON.
     pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.p.name = name.into();
         self
     }
     /// Fixes the shape of one input (batches are checked against it).
     pub fn with_input_shape(mut self, shape: &[usize]) -> Self {
-        self.input_shape = Some(shape.to_vec());
+        self.p.input_shape = Some(shape.to_vec());
         self
     }
     /// The box inputs live in (default [0, 1]); attacks clip to it.
     pub fn with_input_box(mut self, b: InputBox) -> Self {
-        self.input_box = b;
+        self.p.input_box = b;
         self
     }
     /// Declares whether the forward is piecewise linear in the input (Theorem 1's premise).
@@ -180,40 +176,20 @@ impl CandleNet {
 }
 
 impl Network for CandleNet {
+    parts_accessors!();
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
         let z = (self.forward)(x, train)?;
         let n = x.dim(0)?;
-        if z.dims() != [n, self.num_classes] {
+        if z.dims() != [n, self.p.num_classes] {
             return Err(Error::Shape(format!(
                 "{}: forward returned {:?} for {n} inputs, expected ({n}, {}) logits",
-                self.name,
+                self.p.name,
                 z.dims(),
-                self.num_classes
+                self.p.num_classes
             )));
         }
         Ok(z)
-    }
-    fn params(&self) -> &[(String, Var)] {
-        &self.params
-    }
-    fn runtime(&self) -> &Runtime {
-        &self.runtime
-    }
-    fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn buffers(&self) -> &[(String, Var)] {
-        &self.buffers
-    }
-    fn input_shape(&self) -> Option<Vec<usize>> {
-        self.input_shape.clone()
-    }
-    fn input_box(&self) -> InputBox {
-        self.input_box
     }
     fn piecewise_linear(&self) -> Option<bool> {
         self.piecewise_linear

@@ -12,6 +12,29 @@ use candle_core::{DType, Tensor, Var, D};
 
 pub use crate::runtime::Kernels;
 
+/// Stride and zero padding of a 2-D convolution, and whether a ReLU follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvArgs {
+    pub stride: usize,
+    pub padding: usize,
+    pub relu: bool,
+}
+
+impl ConvArgs {
+    /// Stride `stride`, padding `padding`, no activation.
+    pub fn new(stride: usize, padding: usize) -> Self {
+        ConvArgs {
+            stride,
+            padding,
+            relu: false,
+        }
+    }
+    /// The same convolution followed by max(·, 0).
+    pub fn relu(self) -> Self {
+        ConvArgs { relu: true, ..self }
+    }
+}
+
 impl Kernels {
     fn fused_on(self, x: &Tensor) -> bool {
         self == Kernels::Fused
@@ -19,41 +42,25 @@ impl Kernels {
             && matches!(x.dtype(), DType::F32 | DType::F64)
     }
 
-    /// 2-D convolution y = w ⋆ x + b, PyTorch semantics (weight [out, in, k, k], zero padding).
-    /// Cost: see [`crate::ops::conv::conv2d_gemm`] (or candle's `conv2d`).
-    pub fn conv2d(
-        self,
-        x: &Tensor,
-        w: &Tensor,
-        b: Option<&Tensor>,
-        stride: usize,
-        padding: usize,
-    ) -> Result<Tensor> {
+    /// 2-D convolution y = w ⋆ x + b, PyTorch semantics (weight [out, in, k, k], zero padding),
+    /// then max(y, 0) when `c.relu`: on the fused CPU kernels one op (the bias and the clamp are
+    /// applied to each output block inside the convolution; no pre-activation tensor is kept).
+    /// Cost: see [`crate::ops::conv::conv2d_gemm`] (or candle's `conv2d`); the ReLU adds no
+    /// pass forward and one in its backward.
+    pub fn conv2d(self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: ConvArgs) -> Result<Tensor> {
         if self.fused_on(x) {
-            return crate::ops::conv::conv2d_gemm(x, w, b, stride, padding);
+            return crate::ops::conv::conv2d_gemm(x, w, b, c.stride, c.padding, c.relu);
         }
-        let y = x.conv2d(w, padding, stride, 1, 1)?;
-        match b {
-            Some(b) => Ok(y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?),
-            None => Ok(y),
+        let y = x.conv2d(w, c.padding, c.stride, 1, 1)?;
+        let y = match b {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
+            None => y,
+        };
+        if c.relu {
+            self.relu(&y)
+        } else {
+            Ok(y)
         }
-    }
-
-    /// relu(conv2d(x, w, b)) (see [`conv2d`]). On the fused CPU kernels one op: the bias and the
-    /// clamp are applied to each output block inside the convolution, and no pre-activation
-    /// tensor is kept. Cost: as [`conv2d`]; the ReLU adds no pass forward and one in its backward.
-    pub fn conv2d_relu(
-        self,
-        x: &Tensor,
-        w: &Tensor,
-        b: Option<&Tensor>,
-        stride: usize,
-        padding: usize,
-    ) -> Result<Tensor> {
-        if self.fused_on(x) {
-            return crate::ops::conv::conv2d_gemm_relu(x, w, b, stride, padding);
-        }
-        self.relu(&self.conv2d(x, w, b, stride, padding)?)
     }
 
     /// max(x, 0). Cost: one pass (fused kernels) and one pass in its backward.
@@ -108,33 +115,72 @@ impl Kernels {
         if p == 0 && k == s && h % k == 0 && w % k == 0 {
             return Ok(x.reshape((n, c, h / k, k, w / k, k))?.max(5)?.max(3)?);
         }
-        let oh = (h + 2 * p - k) / s + 1;
-        let ow = (w + 2 * p - k) / s + 1;
-        // Pad so that every shifted window start di ∈ [0, k) has oh·s rows available.
-        let need_h = k - 1 + oh * s;
-        let need_w = k - 1 + ow * s;
-        let xp = pad_const(x, 2, p, need_h - h - p, f64::NEG_INFINITY)?;
-        let xp = pad_const(&xp, 3, p, need_w - w - p, f64::NEG_INFINITY)?;
-        let mut out: Option<Tensor> = None;
-        for di in 0..k {
-            for dj in 0..k {
-                let t = xp.narrow(2, di, oh * s)?.narrow(3, dj, ow * s)?;
-                let t = if s > 1 {
-                    t.reshape((n, c, oh, s, ow, s))?
-                        .narrow(5, 0, 1)?
-                        .narrow(3, 0, 1)?
-                        .reshape((n, c, oh, ow))?
-                } else {
-                    t
-                };
-                out = Some(match out {
-                    None => t,
-                    Some(o) => o.maximum(&t)?,
-                });
-            }
-        }
-        out.ok_or_else(|| Error::invalid("max_pool2d", "empty kernel"))
+        windows(x, k, s, p, f64::NEG_INFINITY, |a, b| Ok(a.maximum(b)?))
     }
+}
+
+/// Folds the k² shifted, strided views of x (one per window offset, padded by `p` copies of
+/// `pad` on each side) with `combine`: pooling from elementwise ops, hence exact derivatives of
+/// any order. Output (N, C, ⌊(H+2p−k)/s⌋+1, ⌊(W+2p−k)/s⌋+1). Cost: k² strided copies.
+fn windows(
+    x: &Tensor,
+    k: usize,
+    s: usize,
+    p: usize,
+    pad: f64,
+    combine: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let oh = (h + 2 * p - k) / s + 1;
+    let ow = (w + 2 * p - k) / s + 1;
+    // Pad so that every shifted window start di ∈ [0, k) has oh·s rows available.
+    let need_h = k - 1 + oh * s;
+    let need_w = k - 1 + ow * s;
+    let xp = pad_const(x, 2, p, need_h.saturating_sub(h + p), pad)?;
+    let xp = pad_const(&xp, 3, p, need_w.saturating_sub(w + p), pad)?;
+    let mut out: Option<Tensor> = None;
+    for di in 0..k {
+        for dj in 0..k {
+            let t = xp.narrow(2, di, oh * s)?.narrow(3, dj, ow * s)?;
+            let t = if s > 1 {
+                t.reshape((n, c, oh, s, ow, s))?
+                    .narrow(5, 0, 1)?
+                    .narrow(3, 0, 1)?
+                    .reshape((n, c, oh, ow))?
+            } else {
+                t
+            };
+            out = Some(match out {
+                None => t,
+                Some(o) => combine(&o, &t)?,
+            });
+        }
+    }
+    out.ok_or_else(|| Error::invalid("pooling", "empty kernel"))
+}
+
+/// Average pooling, PyTorch's `AvgPool2d(k, s, p)` (zero padding counted in the mean, floor
+/// mode): the sum of the k² window views / k², linear, so every derivative is exact.
+/// Cost: k² strided copies (one reshape and sum when the windows tile the input).
+pub fn avg_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+    if k == 0 || s == 0 || 2 * p > k {
+        return Err(Error::invalid(
+            "avg_pool2d",
+            "kernel and stride ≥ 1, padding at most half the kernel",
+        ));
+    }
+    let (n, c, h, w) = x.dims4()?;
+    if h + 2 * p < k || w + 2 * p < k {
+        return Err(Error::Shape(format!(
+            "avg_pool2d: input {h}x{w} smaller than kernel {k}"
+        )));
+    }
+    let sum = if p == 0 && k == s && h % k == 0 && w % k == 0 {
+        x.reshape((n, c, h / k, k, w / k, k))?.sum(5)?.sum(3)?
+    } else {
+        windows(x, k, s, p, 0.0, |a, b| Ok((a + b)?))?
+    };
+    Ok((sum / (k * k) as f64)?)
 }
 
 /// Pads dimension `dim` with `left`/`right` copies of a constant (no gradient flows to the pad).

@@ -14,7 +14,7 @@ pub mod zoo;
 
 pub use candle_net::CandleNet;
 pub use network::{reset_parameters, InputBox, Network};
-pub use sequential::{parse_spec, Layer, Sequential};
+pub use sequential::{parse_spec, Conv2dSpec, Layer, Sequential};
 
 use crate::data::DatasetKind;
 use crate::{Error, Result, Runtime};

@@ -250,6 +250,47 @@ pub trait Network: Send + Sync + dyn_clone::DynClone + 'static {
 
 dyn_clone::clone_trait_object!(Network);
 
+/// What the crate's own network types carry for the [`Network`] accessors (`parts_accessors!()`
+/// inside their `impl Network` reads them from a field `p`).
+#[derive(Clone)]
+pub(crate) struct Parts {
+    pub name: String,
+    pub params: Vec<(String, Var)>,
+    pub buffers: Vec<(String, Var)>,
+    pub runtime: Runtime,
+    pub num_classes: usize,
+    pub input_shape: Option<Vec<usize>>,
+    pub input_box: InputBox,
+}
+
+/// The [`Network`] accessors over a field `p: Parts`.
+macro_rules! parts_accessors {
+    () => {
+        fn params(&self) -> &[(String, Var)] {
+            &self.p.params
+        }
+        fn runtime(&self) -> &Runtime {
+            &self.p.runtime
+        }
+        fn num_classes(&self) -> usize {
+            self.p.num_classes
+        }
+        fn name(&self) -> String {
+            self.p.name.clone()
+        }
+        fn buffers(&self) -> &[(String, Var)] {
+            &self.p.buffers
+        }
+        fn input_shape(&self) -> Option<Vec<usize>> {
+            self.p.input_shape.clone()
+        }
+        fn input_box(&self) -> InputBox {
+            self.p.input_box
+        }
+    };
+}
+pub(crate) use parts_accessors;
+
 /// An [`Error::Unsupported`] naming `what` unless the network is known to be piecewise linear
 /// in its input (Theorem 1's premise); `instead` says what to use otherwise.
 pub(crate) fn require_piecewise_linear(net: &dyn Network, what: &str, instead: &str) -> Result<()> {

@@ -25,25 +25,29 @@
 //! `safetensors.torch.save_file`. Shapes are inferred from the input shape and checked layer
 //! by layer; the width of the last layer is the number of classes.
 
-use super::layers::BnBuffers;
-use super::network::{InputBox, Network};
+use super::layers::{BnBuffers, ConvArgs};
+use super::network::{parts_accessors, InputBox, Network, Parts};
 use crate::models::layers;
 use crate::{Error, Result, Runtime};
 use candle_core::{Tensor, Var};
 use std::path::Path;
 
+/// A `Conv2d` module (PyTorch's arguments; square kernels, dilation 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+    pub bias: bool,
+}
+
 /// One module of a spec.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Layer {
-    Conv2d {
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        groups: usize,
-        bias: bool,
-    },
+    Conv2d(Conv2dSpec),
     Linear {
         in_features: usize,
         out_features: usize,
@@ -73,17 +77,10 @@ pub enum Layer {
 impl std::fmt::Display for Layer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Layer::Conv2d {
-                in_channels,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                groups,
-                bias,
-            } => write!(
+            Layer::Conv2d(c) => write!(
                 f,
-                "Conv2d({in_channels}, {out_channels}, {kernel}, stride={stride}, padding={padding}, groups={groups}, bias={bias})"
+                "Conv2d({}, {}, {}, stride={}, padding={}, groups={}, bias={})",
+                c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.groups, c.bias
             ),
             Layer::Linear {
                 in_features,
@@ -314,7 +311,7 @@ fn parse_layer(i: usize, text: &str) -> Result<Layer> {
     let mut a = Args::parse(i, text, inner)?;
     let (layer, max_pos) = match key.as_str() {
         "conv2d" => {
-            let l = Layer::Conv2d {
+            let c = Conv2dSpec {
                 in_channels: a.positive(0, "in_channels", None)?,
                 out_channels: a.positive(1, "out_channels", None)?,
                 kernel: a.positive(2, "kernel_size", None)?,
@@ -329,22 +326,14 @@ fn parse_layer(i: usize, text: &str) -> Result<Layer> {
                 },
                 bias: a.get(7, "bias", Some(true))?,
             };
-            if let Layer::Conv2d {
-                in_channels,
-                out_channels,
-                groups,
-                ..
-            } = l
-            {
-                if in_channels % groups != 0 || out_channels % groups != 0 {
-                    return Err(spec_err(
-                        i,
-                        text,
-                        format!("groups={groups} must divide in and out channels"),
-                    ));
-                }
+            if c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0 {
+                return Err(spec_err(
+                    i,
+                    text,
+                    format!("groups={} must divide in and out channels", c.groups),
+                ));
             }
-            (l, 8)
+            (Layer::Conv2d(c), 8)
         }
         "linear" => (
             Layer::Linear {
@@ -425,14 +414,10 @@ fn parse_layer(i: usize, text: &str) -> Result<Layer> {
 /// A PyTorch `nn.Sequential` classifier built from a spec (see the module docs).
 #[derive(Clone)]
 pub struct Sequential {
-    name: String,
+    p: Parts,
     layers: Vec<Layer>,
-    input_shape: Vec<usize>,
-    num_classes: usize,
-    params: Vec<(String, Var)>,
-    buffers: Vec<(String, Var)>,
-    runtime: Runtime,
-    input_box: InputBox,
+    /// The input shape (also in `p`, as the trait's optional one).
+    shape: Vec<usize>,
     norm: Option<(Tensor, Tensor)>,
 }
 
@@ -441,11 +426,11 @@ impl std::fmt::Debug for Sequential {
         write!(
             f,
             "Sequential({}, {} modules, {} parameters, input {:?}, {} classes)",
-            self.name,
+            self.p.name,
             self.layers.len(),
             self.num_params(),
-            self.input_shape,
-            self.num_classes
+            self.shape,
+            self.p.num_classes
         )
     }
 }
@@ -481,7 +466,7 @@ impl Sequential {
                 }
             };
             shape = match *l {
-                Layer::Conv2d {
+                Layer::Conv2d(Conv2dSpec {
                     in_channels,
                     out_channels,
                     kernel,
@@ -489,7 +474,7 @@ impl Sequential {
                     padding,
                     groups,
                     bias,
-                } => {
+                }) => {
                     let (c, h, w) = want_image(&shape)?;
                     if c != in_channels {
                         return Err(spec_err(
@@ -606,14 +591,17 @@ impl Sequential {
             }
         };
         let net = Sequential {
-            name: "sequential".into(),
+            p: Parts {
+                name: "sequential".into(),
+                params,
+                buffers,
+                runtime: rt.clone(),
+                num_classes,
+                input_shape: Some(input_shape.to_vec()),
+                input_box: InputBox::UNIT,
+            },
             layers,
-            input_shape: input_shape.to_vec(),
-            num_classes,
-            params,
-            buffers,
-            runtime: rt.clone(),
-            input_box: InputBox::UNIT,
+            shape: input_shape.to_vec(),
             norm: None,
         };
         super::reset_parameters(&net, seed)?;
@@ -649,25 +637,25 @@ impl Sequential {
 
     /// Names the network in titles and JSON.
     pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.p.name = name.into();
         self
     }
     /// A fixed first step x ↦ (x − mean_c)/std_c per channel (the normalisation the network was
     /// trained with), so that inputs stay in their box ([0, 1] pixels) for attacks.
     pub fn with_normalization(mut self, mean: &[f64], std: &[f64]) -> Result<Self> {
-        let c = self.input_shape[0];
+        let c = self.shape[0];
         if mean.len() != c || std.len() != c || std.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
             return Err(Error::invalid(
                 "normalization",
                 format!("need {c} means and {c} positive finite stds"),
             ));
         }
-        let mut shape = vec![1usize; self.input_shape.len() + 1];
+        let mut shape = vec![1usize; self.shape.len() + 1];
         shape[1] = c;
         let t = |v: &[f64]| -> Result<Tensor> {
             Ok(
-                Tensor::from_vec(v.to_vec(), shape.clone(), &self.runtime.device)?
-                    .to_dtype(self.runtime.dtype)?,
+                Tensor::from_vec(v.to_vec(), shape.clone(), &self.p.runtime.device)?
+                    .to_dtype(self.p.runtime.dtype)?,
             )
         };
         self.norm = Some((t(mean)?, t(std)?));
@@ -675,7 +663,7 @@ impl Sequential {
     }
     /// The box inputs live in (default [0, 1]); attacks clip to it.
     pub fn with_input_box(mut self, b: InputBox) -> Self {
-        self.input_box = b;
+        self.p.input_box = b;
         self
     }
     /// The modules.
@@ -684,16 +672,18 @@ impl Sequential {
     }
 
     fn run(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let k = self.runtime.kernels;
+        let k = self.p.runtime.kernels;
         let p = |name: String| -> Result<&Tensor> {
-            self.params
+            self.p
+                .params
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.as_tensor())
                 .ok_or_else(|| Error::invalid("parameter", format!("no parameter named {name}")))
         };
         let buf = |name: String| -> Result<&Var> {
-            self.buffers
+            self.p
+                .buffers
                 .iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v)
@@ -712,16 +702,12 @@ impl Sequential {
                 }
             };
             h = match *l {
-                Layer::Conv2d {
-                    stride,
-                    padding,
-                    groups,
-                    bias: has_bias,
-                    ..
-                } => {
+                Layer::Conv2d(c) => {
+                    let (stride, padding, groups, has_bias) =
+                        (c.stride, c.padding, c.groups, c.bias);
                     let w = p(format!("{i}.weight"))?;
                     if groups == 1 {
-                        k.conv2d(&h, w, bias(has_bias)?, stride, padding)?
+                        k.conv2d(&h, w, bias(has_bias)?, ConvArgs::new(stride, padding))?
                     } else {
                         let y = h.conv2d(w, padding, stride, 1, groups)?;
                         match bias(has_bias)? {
@@ -752,7 +738,7 @@ impl Sequential {
                     kernel,
                     stride,
                     padding,
-                } => avg_pool2d(&h, kernel, stride, padding)?,
+                } => layers::avg_pool2d(&h, kernel, stride, padding)?,
                 Layer::BatchNorm { .. } => {
                     let bufs = BnBuffers {
                         running_mean: buf(format!("{i}.running_mean"))?,
@@ -776,64 +762,11 @@ impl Sequential {
     }
 }
 
-/// Average pooling (PyTorch's `AvgPool2d(k, s, p)`: zero padding counted in the mean, floor
-/// mode) as a sum of k² shifted strided views / k²: linear, so every derivative is exact.
-fn avg_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    if p == 0 && k == s && h % k == 0 && w % k == 0 {
-        return Ok((x.reshape((n, c, h / k, k, w / k, k))?.sum(5)?.sum(3)? / (k * k) as f64)?);
-    }
-    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
-    let (need_h, need_w) = (k - 1 + oh * s, k - 1 + ow * s);
-    let xp = layers::pad_const(x, 2, p, need_h.saturating_sub(h + p), 0.0)?;
-    let xp = layers::pad_const(&xp, 3, p, need_w.saturating_sub(w + p), 0.0)?;
-    let mut acc: Option<Tensor> = None;
-    for di in 0..k {
-        for dj in 0..k {
-            let t = xp.narrow(2, di, oh * s)?.narrow(3, dj, ow * s)?;
-            let t = if s > 1 {
-                t.reshape((n, c, oh, s, ow, s))?
-                    .narrow(5, 0, 1)?
-                    .narrow(3, 0, 1)?
-                    .reshape((n, c, oh, ow))?
-            } else {
-                t
-            };
-            acc = Some(match acc {
-                None => t,
-                Some(a) => (a + t)?,
-            });
-        }
-    }
-    let acc = acc.ok_or_else(|| Error::invalid("avg_pool2d", "empty kernel"))?;
-    Ok((acc / (k * k) as f64)?)
-}
-
 impl Network for Sequential {
+    parts_accessors!();
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
         crate::autodiff::on_pool(x.device(), || self.run(x, train))
-    }
-    fn params(&self) -> &[(String, Var)] {
-        &self.params
-    }
-    fn runtime(&self) -> &Runtime {
-        &self.runtime
-    }
-    fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn buffers(&self) -> &[(String, Var)] {
-        &self.buffers
-    }
-    fn input_shape(&self) -> Option<Vec<usize>> {
-        Some(self.input_shape.clone())
-    }
-    fn input_box(&self) -> InputBox {
-        self.input_box
     }
     /// ReLU, pools, linear maps and BatchNorm (eval) are piecewise linear; Tanh, Sigmoid and
     /// GELU are not.

@@ -8,7 +8,7 @@
 //! (HessianFlow `c2_model`) pools after conv2 and conv4 and uses 64 channels — 63 is a typo.
 //! With the pools, fc1 has 128·8·8 = 8192 inputs.
 
-use super::layers::{BnBuffers, Kernels};
+use super::layers::{BnBuffers, ConvArgs, Kernels};
 use super::ModelKind;
 use crate::ops::conv::out_len;
 use crate::{Error, Result};
@@ -379,12 +379,9 @@ impl<L: Lookup> Net for Forward<'_, L> {
         } else {
             None
         };
-        let k = self.l.kernels();
-        if c.relu {
-            k.conv2d_relu(x, w, b, c.stride, c.pad)
-        } else {
-            k.conv2d(x, w, b, c.stride, c.pad)
-        }
+        let args = ConvArgs::new(c.stride, c.pad);
+        let args = if c.relu { args.relu() } else { args };
+        self.l.kernels().conv2d(x, w, b, args)
     }
     fn bn(&mut self, name: &str, x: &Tensor) -> Result<Tensor> {
         self.l.kernels().batch_norm(

@@ -6,9 +6,9 @@
 //!
 //! | op | value | backward w.r.t. 1st arg | backward w.r.t. 2nd arg |
 //! |---|---|---|---|
-//! | [`ConvFwd`]`(x, W)` | yᵢ = W Cᵢ | `ConvBwdData(ȳ, W)` | `ConvBwdFilter(x, ȳ)` |
-//! | [`ConvBwdData`]`(dy, W)` | dxᵢ = col2im(Wᵀ dyᵢ) | `ConvFwd(ḡ, W)` | `ConvBwdFilter(ḡ, dy)` |
-//! | [`ConvBwdFilter`]`(x, dy)` | dW = Σᵢ dyᵢ Cᵢᵀ | `ConvBwdData(dy, Ḡ)` | `ConvFwd(x, Ḡ)` |
+//! | `Fwd(x, W)` | yᵢ = W Cᵢ | `Data(ȳ, W)` | `Filter(x, ȳ)` |
+//! | `Data(dy, W)` | dxᵢ = col2im(Wᵀ dyᵢ) | `Fwd(ḡ, W)` | `Filter(ḡ, dy)` |
+//! | `Filter(x, dy)` | dW = Σᵢ dyᵢ Cᵢᵀ | `Data(dy, Ḡ)` | `Fwd(x, Ḡ)` |
 //!
 //! The family is closed under differentiation, so gradients, Hessian-vector products and any
 //! higher derivative are exact. An argument that does not track gradients (the images in a
@@ -18,8 +18,9 @@
 //! Memory: each op keeps only its two inputs in the graph (as PyTorch does); the im2col
 //! buffer is per thread and per sample, freed when the op returns.
 
+use super::{if_tracked, op2, op3, Grads2, Grads3, In, Op2, Op3, Out};
 use crate::{Error, Result};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Geometry of one convolution: batch n, in-channels c, input h×w, out-channels co, kernel
@@ -650,172 +651,81 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
     Ok(out)
 }
 
-/// y = conv(x, W), see the module docs.
-pub(super) struct ConvFwd(Geom);
-/// dx = conv_transpose(dy, W) (the input gradient of a convolution), see the module docs.
-pub(super) struct ConvBwdData(Geom);
-/// dW = Σᵢ dyᵢ im2col(xᵢ)ᵀ (the weight gradient of a convolution), see the module docs.
-pub(super) struct ConvBwdFilter(Geom);
+/// Which member of the convolution's adjoint family an op is (see the module docs' table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    /// y = conv(x, W)
+    Fwd,
+    /// dx = conv_transpose(dy, W), the input gradient
+    Data,
+    /// dW = Σᵢ dyᵢ im2col(xᵢ)ᵀ, the weight gradient
+    Filter,
+}
 
-impl CustomOp2 for ConvFwd {
+/// A convolution op of the given [`Role`] on geometry `Geom`. The three are each other's
+/// adjoints, so every backward is a pair of the same three ops (exact to any order).
+pub(super) struct ConvOp(Geom, Role);
+
+impl Op2 for ConvOp {
     fn name(&self) -> &'static str {
-        "hessian-lab-conv2d"
+        match self.1 {
+            Role::Fwd => "hessian-lab-conv2d",
+            Role::Data => "hessian-lab-conv2d-bwd-data",
+            Role::Filter => "hessian-lab-conv2d-bwd-filter",
+        }
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
+    fn fwd(&self, [(s1, l1), (s2, l2)]: [In; 2]) -> Out {
         let g = &self.0;
-        let st = binary_op!(s1, l1, g.n * g.x_len(), s2, l2, g.co * g.ckk(), |a, b| fwd(
-            a,
-            b,
-            g,
-            Epilogue {
-                bias: None,
-                relu: false
-            }
-        ));
-        Ok((st, g.y_shape()))
+        let (xl, yl, wl) = (g.n * g.x_len(), g.n * g.y_len(), g.co * g.ckk());
+        Ok(match self.1 {
+            Role::Fwd => (
+                binary_op!(s1, l1, xl, s2, l2, wl, |a, b| fwd(
+                    a,
+                    b,
+                    g,
+                    Epilogue {
+                        bias: None,
+                        relu: false
+                    }
+                )),
+                g.y_shape(),
+            ),
+            Role::Data => (
+                binary_op!(s1, l1, yl, s2, l2, wl, |a, b| bwd_data(a, b, g)),
+                g.x_shape(),
+            ),
+            Role::Filter => (
+                binary_op!(s1, l1, xl, s2, l2, yl, |a, b| bwd_filter(a, b, g)),
+                g.w_shape(),
+            ),
+        })
     }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = x
-            .track_op()
-            .then(|| apply(&dy, w, ConvBwdData(self.0)))
-            .transpose()?;
-        let dw = w
-            .track_op()
-            .then(|| apply(x, &dy, ConvBwdFilter(self.0)))
-            .transpose()?;
-        Ok((dx, dw))
-    }
-}
-
-impl CustomOp2 for ConvBwdData {
-    fn name(&self) -> &'static str {
-        "hessian-lab-conv2d-bwd-data"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
-        let g = &self.0;
-        let st = binary_op!(s1, l1, g.n * g.y_len(), s2, l2, g.co * g.ckk(), |a, b| {
-            bwd_data(a, b, g)
-        });
-        Ok((st, g.x_shape()))
-    }
-    fn bwd(
-        &self,
-        dy: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        gx: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let gx = gx.contiguous()?;
-        let d_dy = dy
-            .track_op()
-            .then(|| apply(&gx, w, ConvFwd(self.0)))
-            .transpose()?;
-        let d_w = w
-            .track_op()
-            .then(|| apply(&gx, dy, ConvBwdFilter(self.0)))
-            .transpose()?;
-        Ok((d_dy, d_w))
+    /// Fwd(x, W): dx = Data(ḡ, W), dW = Filter(x, ḡ); Data(dy, W): d(dy) = Fwd(ḡ, W),
+    /// dW = Filter(ḡ, dy); Filter(x, dy): dx = Data(dy, ḡ), d(dy) = Fwd(x, ḡ).
+    fn bwd(&self, [a, b]: [&Tensor; 2], _res: &Tensor, g: &Tensor) -> Grads2 {
+        let g = &g.contiguous()?;
+        let op = |r| ConvOp(self.0, r);
+        let ((a1, a2, ra), (b1, b2, rb)) = match self.1 {
+            Role::Fwd => ((g, b, Role::Data), (a, g, Role::Filter)),
+            Role::Data => ((g, b, Role::Fwd), (g, a, Role::Filter)),
+            Role::Filter => ((b, g, Role::Data), (a, g, Role::Fwd)),
+        };
+        Ok((
+            if_tracked(a, || op2(a1, a2, op(ra)))?,
+            if_tracked(b, || op2(b1, b2, op(rb)))?,
+        ))
     }
 }
 
-impl CustomOp2 for ConvBwdFilter {
-    fn name(&self) -> &'static str {
-        "hessian-lab-conv2d-bwd-filter"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
-        let g = &self.0;
-        let st = binary_op!(s1, l1, g.n * g.x_len(), s2, l2, g.n * g.y_len(), |a, b| {
-            bwd_filter(a, b, g)
-        });
-        Ok((st, g.w_shape()))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        _res: &Tensor,
-        gw: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let gw = gw.contiguous()?;
-        let d_x = x
-            .track_op()
-            .then(|| apply(dy, &gw, ConvBwdData(self.0)))
-            .transpose()?;
-        let d_dy = dy
-            .track_op()
-            .then(|| apply(x, &gw, ConvFwd(self.0)))
-            .transpose()?;
-        Ok((d_x, d_dy))
-    }
-}
-
-pub(super) fn apply<C: CustomOp2 + Send + Sync + 'static>(
-    a: &Tensor,
-    b: &Tensor,
-    op: C,
-) -> candle_core::Result<Tensor> {
-    a.contiguous()?.apply_op2(&b.contiguous()?, op)
-}
-
-/// y = W ⋆ x + b, PyTorch semantics (weight [out, in, k, k], zero padding `padding`), with
-/// the adjoint-op backward described in the module docs (the bias is added inside the op and
+/// y = W ⋆ x + b, then max(y, 0) when `relu` (no pre-activation tensor is stored and the
+/// clamp costs no pass of its own), PyTorch semantics (weight [out, in, k, k], zero padding
+/// `padding`), with the adjoint-op backward described in the module docs (the bias is added inside the op and
 /// its gradient Σ_{i,pixels} dy is one contiguous pass). CPU, f32/f64.
 ///
 /// Cost per sample: one im2col copy and one (out × in·k²)·(in·k² × H'W') gemm; its gradient
 /// costs two such gemms, one im2col and one col2im (one gemm and one col2im fewer when x does
 /// not need a gradient); an HVP through it about twice the gradient.
 pub(crate) fn conv2d_gemm(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    conv2d_gemm_act(x, w, b, stride, padding, false)
-}
-
-/// relu(W ⋆ x + b) as one op (see [`ConvBiasFwd`]): no pre-activation tensor is stored and
-/// the clamp costs no pass of its own. Same cost otherwise as [`conv2d_gemm`]; without a bias
-/// it is [`conv2d_gemm`] followed by the fused ReLU.
-pub(crate) fn conv2d_gemm_relu(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    conv2d_gemm_act(x, w, b, stride, padding, true)
-}
-
-fn conv2d_gemm_act(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
@@ -853,8 +763,8 @@ fn conv2d_gemm_act(
         p: padding,
     };
     match b {
-        None if relu => super::fused::relu(&apply(x, w, ConvFwd(g))?),
-        None => Ok(apply(x, w, ConvFwd(g))?),
+        None if relu => super::fused::relu(&op2(x, w, ConvOp(g, Role::Fwd))?),
+        None => Ok(op2(x, w, ConvOp(g, Role::Fwd))?),
         Some(b) => {
             if b.dims() != [co] {
                 return Err(Error::Shape(format!(
@@ -862,25 +772,21 @@ fn conv2d_gemm_act(
                     b.dims()
                 )));
             }
-            Ok(x.contiguous()?.apply_op3(
-                &w.contiguous()?,
-                &b.contiguous()?,
-                ConvBiasFwd { g, relu },
-            )?)
+            Ok(op3(x, w, b, ConvBiasFwd { g, relu })?)
         }
     }
 }
 
-/// y = W ⋆ x + b as one op, or relu(W ⋆ x + b) when `relu`: [`ConvFwd`] with the bias as the
+/// y = W ⋆ x + b as one op, or relu(W ⋆ x + b) when `relu`: [`ConvOp`] (`Fwd`) with the bias as the
 /// gemm's starting value and the clamp applied to each sample's block while it is in cache.
 /// Backward: ḡ = ḡ_y·1[y > 0] (`fused::ReluMask` on the output, when `relu`), then
-/// [`ConvFwd`]'s backward and db = `fused::ChanSum`(ḡ).
+/// its backward and db = `fused::ChanSum`(ḡ).
 pub(super) struct ConvBiasFwd {
     g: Geom,
     relu: bool,
 }
 
-impl CustomOp3 for ConvBiasFwd {
+impl Op3 for ConvBiasFwd {
     fn name(&self) -> &'static str {
         if self.relu {
             "hessian-lab-conv2d-bias-relu"
@@ -888,16 +794,7 @@ impl CustomOp3 for ConvBiasFwd {
             "hessian-lab-conv2d-bias"
         }
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
+    fn fwd(&self, [(s1, l1), (s2, l2), (s3, l3)]: [In; 3]) -> Out {
         let g = &self.g;
         let relu = self.relu;
         let (xl, wl) = (g.n * g.x_len(), g.co * g.ckk());
@@ -912,25 +809,15 @@ impl CustomOp3 for ConvBiasFwd {
         ));
         Ok((st, g.y_shape()))
     }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        res: &Tensor,
-        dy: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [x, w, b]: [&Tensor; 3], res: &Tensor, dy: &Tensor) -> Grads3 {
         let dy = if self.relu {
             // y > 0 exactly where the pre-activation is > 0; the mask's own derivative is 0
-            apply(dy, res, super::fused::ReluMask)?
+            op2(dy, res, super::fused::ReluMask)?
         } else {
             dy.clone()
         };
-        let (dx, dw) = ConvFwd(self.g).bwd(x, w, res, &dy)?;
-        let db = b
-            .track_op()
-            .then(|| super::fused::chan_sum_op(&dy))
-            .transpose()?;
+        let (dx, dw) = ConvOp(self.g, Role::Fwd).bwd([x, w], res, &dy)?;
+        let db = if_tracked(b, || super::fused::chan_sum_op(&dy))?;
         Ok((dx, dw, db))
     }
 }

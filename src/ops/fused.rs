@@ -20,9 +20,10 @@
 //! to the first maximum of each window (PyTorch's rule; ties are measure-zero except in
 //! all-equal windows, where any choice is a valid subgradient).
 
-use super::conv::{apply, binary_op, gemm, out_len, row_major, slice, ternary_op, transposed};
+use super::conv::{binary_op, gemm, out_len, row_major, slice, ternary_op, transposed};
+use super::{if_tracked, op1, op2, op3, Grad1, Grads2, Grads3, In, Op1, Op2, Op3, Out};
 use crate::Result;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// A tensor seen as (n, c, l): batch, channels (dim 1), everything after.
@@ -91,12 +92,11 @@ fn par_map<T: WithDType>(v: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
 /// (zeros, ≥, cast, ×). Derivative at 0 is 0, as in PyTorch (candle uses 1).
 pub(super) struct Relu;
 
-impl CustomOp1 for Relu {
+impl Op1 for Relu {
     fn name(&self) -> &'static str {
         "hessian-lab-relu"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
+    fn fwd(&self, (s, l): In) -> Out {
         let len = l.shape().elem_count();
         let st = unary(
             s,
@@ -105,8 +105,8 @@ impl CustomOp1 for Relu {
         )?;
         Ok((st, l.shape().clone()))
     }
-    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(apply(g, x, ReluMask)?))
+    fn bwd(&self, x: &Tensor, _res: &Tensor, g: &Tensor) -> Grad1 {
+        Ok(Some(op2(g, x, ReluMask)?))
     }
 }
 
@@ -128,18 +128,11 @@ fn mask<T: WithDType>(g: &[T], x: &[T]) -> Vec<T> {
     out
 }
 
-impl CustomOp2 for ReluMask {
+impl Op2 for ReluMask {
     fn name(&self) -> &'static str {
         "hessian-lab-relu-mask"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
+    fn fwd(&self, [(s1, l1), (s2, l2)]: [In; 2]) -> Out {
         if l2.shape() != l1.shape() {
             candle_core::bail!("relu mask: shapes differ");
         }
@@ -147,52 +140,41 @@ impl CustomOp2 for ReluMask {
         let st = binary_op!(s1, l1, len, s2, l2, len, |g, x| ok(mask(g, x)));
         Ok((st, l1.shape().clone()))
     }
-    fn bwd(
-        &self,
-        _g: &Tensor,
-        x: &Tensor,
-        _res: &Tensor,
-        gg: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(apply(gg, x, ReluMask)?), None))
+    fn bwd(&self, [_g, x]: [&Tensor; 2], _res: &Tensor, gg: &Tensor) -> Grads2 {
+        Ok((Some(op2(gg, x, ReluMask)?), None))
     }
 }
 
 /// max(x, 0) through [`Relu`] (CPU, f32/f64). Cost: one pass; its backward one pass.
 pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.contiguous()?.apply_op1(Relu)?)
+    Ok(op1(x, Relu)?)
 }
 
 // ---------------------------------------------------------------------------------------
 // Per-channel ops
 
-fn chan_scale<T: WithDType>(t: &[T], a: &[T], ch: Chan) -> Vec<T> {
+/// t·s_c + h_c per channel c, with (s_c, h_c) = `coef(c)`. One pass.
+fn chan_map<T: WithDType>(t: &[T], ch: Chan, coef: impl Fn(usize) -> (T, T) + Sync) -> Vec<T> {
     let mut out = vec![T::zero(); t.len()];
     out.par_chunks_mut(ch.l.max(1))
         .zip(t.par_chunks(ch.l.max(1)))
         .with_min_len(min_chunks(ch.l))
         .enumerate()
         .for_each(|(j, (o, i))| {
-            let s = a[j % ch.c];
-            o.iter_mut().zip(i).for_each(|(o, &v)| *o = v * s);
-        });
-    out
-}
-
-fn chan_affine<T: WithDType>(t: &[T], a: &[T], b: &[T], ch: Chan) -> Vec<T> {
-    let mut out = vec![T::zero(); t.len()];
-    out.par_chunks_mut(ch.l.max(1))
-        .zip(t.par_chunks(ch.l.max(1)))
-        .with_min_len(min_chunks(ch.l))
-        .enumerate()
-        .for_each(|(j, (o, i))| {
-            let (s, sh) = (a[j % ch.c], b[j % ch.c]);
+            let (s, sh) = coef(j % ch.c);
             o.iter_mut().zip(i).for_each(|(o, &v)| *o = v * s + sh);
         });
     out
 }
 
-/// Per channel j: Σ over samples and pixels of f(block) (parallel over channels).
+fn chan_scale<T: WithDType>(t: &[T], a: &[T], ch: Chan) -> Vec<T> {
+    chan_map(t, ch, |c| (a[c], T::zero()))
+}
+
+fn chan_affine<T: WithDType>(t: &[T], a: &[T], b: &[T], ch: Chan) -> Vec<T> {
+    chan_map(t, ch, |c| (a[c], b[c]))
+}
+
 fn chan_reduce<T: WithDType>(ch: Chan, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     (0..ch.c)
         .into_par_iter()
@@ -248,88 +230,52 @@ pub(super) struct ChanSum(Shape);
 /// g_c repeated over batch and pixels: a tensor of the given shape (ChanSum's adjoint).
 pub(super) struct ChanBroadcast(Shape);
 
-impl CustomOp3 for ChanAffine {
+impl Op3 for ChanAffine {
     fn name(&self) -> &'static str {
         "hessian-lab-channel-affine"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
+    fn fwd(&self, [(s1, l1), (s2, l2), (s3, l3)]: [In; 3]) -> Out {
         let ch = Chan::of(l1.shape())?;
         let st = ternary_op!(s1, l1, ch.len(), s2, l2, ch.c, s3, l3, ch.c, |x, a, b| ok(
             chan_affine(x, a, b, ch)
         ));
         Ok((st, l1.shape().clone()))
     }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        a: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [x, a, b]: [&Tensor; 3], _res: &Tensor, g: &Tensor) -> Grads3 {
         let g = g.contiguous()?;
         Ok((
-            x.track_op().then(|| apply(&g, a, ChanScale)).transpose()?,
-            a.track_op().then(|| apply(&g, x, ChanDot)).transpose()?,
-            b.track_op().then(|| chan_sum_op(&g)).transpose()?,
+            if_tracked(x, || op2(&g, a, ChanScale))?,
+            if_tracked(a, || op2(&g, x, ChanDot))?,
+            if_tracked(b, || chan_sum_op(&g))?,
         ))
     }
 }
 
-impl CustomOp2 for ChanScale {
+impl Op2 for ChanScale {
     fn name(&self) -> &'static str {
         "hessian-lab-channel-scale"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
+    fn fwd(&self, [(s1, l1), (s2, l2)]: [In; 2]) -> Out {
         let ch = Chan::of(l1.shape())?;
         let st = binary_op!(s1, l1, ch.len(), s2, l2, ch.c, |t, a| ok(chan_scale(
             t, a, ch
         )));
         Ok((st, l1.shape().clone()))
     }
-    fn bwd(
-        &self,
-        t: &Tensor,
-        a: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [t, a]: [&Tensor; 2], _res: &Tensor, g: &Tensor) -> Grads2 {
         let g = g.contiguous()?;
         Ok((
-            t.track_op().then(|| apply(&g, a, ChanScale)).transpose()?,
-            a.track_op().then(|| apply(&g, t, ChanDot)).transpose()?,
+            if_tracked(t, || op2(&g, a, ChanScale))?,
+            if_tracked(a, || op2(&g, t, ChanDot))?,
         ))
     }
 }
 
-impl CustomOp2 for ChanDot {
+impl Op2 for ChanDot {
     fn name(&self) -> &'static str {
         "hessian-lab-channel-dot"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
+    fn fwd(&self, [(s1, l1), (s2, l2)]: [In; 2]) -> Out {
         let ch = Chan::of(l1.shape())?;
         if l2.shape() != l1.shape() {
             candle_core::bail!("channel dot: shapes differ");
@@ -339,26 +285,19 @@ impl CustomOp2 for ChanDot {
         )));
         Ok((st, Shape::from(ch.c)))
     }
-    fn bwd(
-        &self,
-        u: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [u, v]: [&Tensor; 2], _res: &Tensor, g: &Tensor) -> Grads2 {
         Ok((
-            u.track_op().then(|| apply(v, g, ChanScale)).transpose()?,
-            v.track_op().then(|| apply(u, g, ChanScale)).transpose()?,
+            if_tracked(u, || op2(v, g, ChanScale))?,
+            if_tracked(v, || op2(u, g, ChanScale))?,
         ))
     }
 }
 
-impl CustomOp1 for ChanSum {
+impl Op1 for ChanSum {
     fn name(&self) -> &'static str {
         "hessian-lab-channel-sum"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
+    fn fwd(&self, (s, l): In) -> Out {
         let ch = Chan::of(l.shape())?;
         let st = unary(
             s,
@@ -367,19 +306,16 @@ impl CustomOp1 for ChanSum {
         )?;
         Ok((st, Shape::from(ch.c)))
     }
-    fn bwd(&self, _t: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(
-            g.contiguous()?.apply_op1(ChanBroadcast(self.0.clone()))?,
-        ))
+    fn bwd(&self, _t: &Tensor, _res: &Tensor, g: &Tensor) -> Grad1 {
+        Ok(Some(op1(g, ChanBroadcast(self.0.clone()))?))
     }
 }
 
-impl CustomOp1 for ChanBroadcast {
+impl Op1 for ChanBroadcast {
     fn name(&self) -> &'static str {
         "hessian-lab-channel-broadcast"
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
+    fn fwd(&self, (s, l): In) -> Out {
         let ch = Chan::of(&self.0)?;
         fn go<T: WithDType>(g: &[T], ch: Chan) -> Vec<T> {
             let mut out = vec![T::zero(); ch.len()];
@@ -396,20 +332,19 @@ impl CustomOp1 for ChanBroadcast {
         )?;
         Ok((st, self.0.clone()))
     }
-    fn bwd(&self, _g: &Tensor, _res: &Tensor, gg: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(&self, _g: &Tensor, _res: &Tensor, gg: &Tensor) -> Grad1 {
         Ok(Some(chan_sum_op(gg)?))
     }
 }
 
 /// Σ over batch and pixels per channel, as an op (used for bias gradients).
 pub(super) fn chan_sum_op(t: &Tensor) -> candle_core::Result<Tensor> {
-    t.contiguous()?.apply_op1(ChanSum(t.shape().clone()))
+    op1(t, ChanSum(t.shape().clone()))
 }
 
 /// y = x·a_c + b_c per channel (dim 1). Cost: one pass; backward one pass per argument.
 pub(crate) fn channel_affine(x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok(x.contiguous()?
-        .apply_op3(&a.contiguous()?, &b.contiguous()?, ChanAffine)?)
+    Ok(op3(x, a, b, ChanAffine)?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -493,18 +428,11 @@ pub(super) struct PoolGather(Pool);
 /// g (output shape) added at the arg-max positions of x's windows (x's shape).
 pub(super) struct PoolScatter(Pool);
 
-impl CustomOp2 for PoolGather {
+impl Op2 for PoolGather {
     fn name(&self) -> &'static str {
         "hessian-lab-maxpool-gather"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
+    fn fwd(&self, [(s1, l1), (s2, l2)]: [In; 2]) -> Out {
         let out = self.0.out_shape(l2.shape())?;
         let (len, olen) = (l2.shape().elem_count(), out.elem_count());
         let p = self.0;
@@ -520,29 +448,16 @@ impl CustomOp2 for PoolGather {
         let st = binary_op!(s1, l1, len, s2, l2, len, |v, x| ok(go(p, v, x, olen)));
         Ok((st, out))
     }
-    fn bwd(
-        &self,
-        _v: &Tensor,
-        x: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(apply(g, x, PoolScatter(self.0))?), None))
+    fn bwd(&self, [_v, x]: [&Tensor; 2], _res: &Tensor, g: &Tensor) -> Grads2 {
+        Ok((Some(op2(g, x, PoolScatter(self.0))?), None))
     }
 }
 
-impl CustomOp2 for PoolScatter {
+impl Op2 for PoolScatter {
     fn name(&self) -> &'static str {
         "hessian-lab-maxpool-scatter"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
+    fn fwd(&self, [(s1, l1), (s2, l2)]: [In; 2]) -> Out {
         let out = self.0.out_shape(l2.shape())?;
         if l1.shape() != &out {
             candle_core::bail!(
@@ -565,14 +480,8 @@ impl CustomOp2 for PoolScatter {
         let st = binary_op!(s1, l1, olen, s2, l2, len, |g, x| ok(go(p, g, x, len)));
         Ok((st, l2.shape().clone()))
     }
-    fn bwd(
-        &self,
-        _g: &Tensor,
-        x: &Tensor,
-        _res: &Tensor,
-        gg: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(apply(gg, x, PoolGather(self.0))?), None))
+    fn bwd(&self, [_g, x]: [&Tensor; 2], _res: &Tensor, gg: &Tensor) -> Grads2 {
+        Ok((Some(op2(gg, x, PoolGather(self.0))?), None))
     }
 }
 
@@ -581,7 +490,7 @@ impl CustomOp2 for PoolScatter {
 pub(crate) fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let x = x.contiguous()?;
-    Ok(x.apply_op2(&x, PoolGather(Pool { k, s, p, h, w }))?)
+    Ok(op2(&x, &x, PoolGather(Pool { k, s, p, h, w }))?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -593,20 +502,11 @@ pub(crate) fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Ten
 /// buffers.
 pub(super) struct LinearFwd;
 
-impl CustomOp3 for LinearFwd {
+impl Op3 for LinearFwd {
     fn name(&self) -> &'static str {
         "hessian-lab-linear"
     }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        super::count_call();
+    fn fwd(&self, [(s1, l1), (s2, l2), (s3, l3)]: [In; 3]) -> Out {
         fn go<T: WithDType>(
             x: &[T],
             w: &[T],
@@ -646,18 +546,11 @@ impl CustomOp3 for LinearFwd {
         ));
         Ok((st, Shape::from((n, o))))
     }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [x, w, b]: [&Tensor; 3], _res: &Tensor, dy: &Tensor) -> Grads3 {
         Ok((
-            x.track_op().then(|| dy.matmul(w)).transpose()?,
-            w.track_op().then(|| dy.t()?.matmul(x)).transpose()?,
-            b.track_op().then(|| dy.sum(0)).transpose()?,
+            if_tracked(x, || dy.matmul(w))?,
+            if_tracked(w, || dy.t()?.matmul(x))?,
+            if_tracked(b, || dy.sum(0))?,
         ))
     }
 }
@@ -674,6 +567,5 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.dims()
         )));
     }
-    Ok(x.contiguous()?
-        .apply_op3(&w.contiguous()?, &b.contiguous()?, LinearFwd)?)
+    Ok(op3(x, w, b, LinearFwd)?)
 }

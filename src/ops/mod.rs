@@ -8,6 +8,7 @@
 pub(crate) mod conv;
 pub(crate) mod fused;
 
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -21,4 +22,103 @@ fn count_call() {
 /// under [`crate::models::layers::Kernels::Fused`] and stands still under `Candle`.
 pub fn kernel_calls() -> u64 {
     CALLS.load(Ordering::Relaxed)
+}
+
+/// One argument of a CPU forward: its storage and layout.
+pub(super) type In<'a> = (&'a CpuStorage, &'a Layout);
+/// The result of a CPU forward: storage and shape.
+pub(super) type Out = candle_core::Result<(CpuStorage, Shape)>;
+/// Gradients of a one-, two- or three-argument op (`None`: not needed).
+pub(super) type Grad1 = candle_core::Result<Option<Tensor>>;
+pub(super) type Grads2 = candle_core::Result<(Option<Tensor>, Option<Tensor>)>;
+pub(super) type Grads3 = candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)>;
+
+/// A kernel of one tensor: candle's `CustomOp1` without the boilerplate. `bwd` gets the
+/// argument, the forward's result and the upstream gradient, and must build its result from
+/// differentiable ops (ours or candle's), so that derivatives of any order are exact.
+pub(super) trait Op1: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn fwd(&self, x: In) -> Out;
+    fn bwd(&self, x: &Tensor, res: &Tensor, g: &Tensor) -> Grad1;
+}
+/// A kernel of two tensors (see [`Op1`]).
+pub(super) trait Op2: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn fwd(&self, args: [In; 2]) -> Out;
+    fn bwd(&self, args: [&Tensor; 2], res: &Tensor, g: &Tensor) -> Grads2;
+}
+/// A kernel of three tensors (see [`Op1`]).
+pub(super) trait Op3: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn fwd(&self, args: [In; 3]) -> Out;
+    fn bwd(&self, args: [&Tensor; 3], res: &Tensor, g: &Tensor) -> Grads3;
+}
+
+/// An op as candle sees it; every CPU forward is counted (see [`kernel_calls`]).
+struct Counted<T>(T);
+
+impl<T: Op1> CustomOp1 for Counted<T> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Out {
+        count_call();
+        self.0.fwd((s, l))
+    }
+    fn bwd(&self, x: &Tensor, res: &Tensor, g: &Tensor) -> Grad1 {
+        self.0.bwd(x, res, g)
+    }
+}
+
+impl<T: Op2> CustomOp2 for Counted<T> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Out {
+        count_call();
+        self.0.fwd([(s1, l1), (s2, l2)])
+    }
+    fn bwd(&self, a: &Tensor, b: &Tensor, res: &Tensor, g: &Tensor) -> Grads2 {
+        self.0.bwd([a, b], res, g)
+    }
+}
+
+impl<T: Op3> CustomOp3 for Counted<T> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    #[rustfmt::skip]
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Out {
+        count_call();
+        self.0.fwd([(s1, l1), (s2, l2), (s3, l3)])
+    }
+    fn bwd(&self, a: &Tensor, b: &Tensor, c: &Tensor, res: &Tensor, g: &Tensor) -> Grads3 {
+        self.0.bwd([a, b, c], res, g)
+    }
+}
+
+/// Runs a one-tensor kernel (on a contiguous copy of `x` if needed).
+pub(super) fn op1<T: Op1>(x: &Tensor, op: T) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Counted(op))
+}
+/// Runs a two-tensor kernel (on contiguous arguments).
+pub(super) fn op2<T: Op2>(a: &Tensor, b: &Tensor, op: T) -> candle_core::Result<Tensor> {
+    a.contiguous()?.apply_op2(&b.contiguous()?, Counted(op))
+}
+/// Runs a three-tensor kernel (on contiguous arguments).
+pub(super) fn op3<T: Op3>(
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    op: T,
+) -> candle_core::Result<Tensor> {
+    a.contiguous()?
+        .apply_op3(&b.contiguous()?, &c.contiguous()?, Counted(op))
+}
+/// `f()` when `t` is part of the autograd graph (its gradient is wanted), else `None`.
+pub(super) fn if_tracked(
+    t: &Tensor,
+    f: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    t.track_op().then(f).transpose()
 }
