@@ -47,4 +47,5 @@ pub use candle_core;
 pub use candle_nn;
 pub use error::{Error, Result};
 pub use nalgebra;
+pub use ndarray;
 pub use runtime::{init, Runtime};

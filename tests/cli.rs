@@ -425,3 +425,148 @@ fn arch_spec_networks_go_through_every_command() {
     assert!(!ok && err.contains("--model"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--data-npy x.npy,y.npy` in place of `--dataset`: your own features train a spec network,
+/// then spectrum, attack and eval run on them; errors say what is wrong.
+#[test]
+fn npy_data_goes_through_the_commands() {
+    use ndarray_npy::WriteNpyExt;
+    let dir = std::env::temp_dir().join(format!("hl-cli-npy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (xp, yp, w) = (
+        dir.join("x.npy"),
+        dir.join("y.npy"),
+        dir.join("w.safetensors"),
+    );
+    let n = 120;
+    let x = hessian_lab::ndarray::Array2::from_shape_fn((n, 6), |(i, j)| {
+        ((i * 7 + j * 3) % 11) as f64 / 5.0 - 1.0
+    });
+    let y =
+        hessian_lab::ndarray::Array1::from_shape_fn(n, |i| (x[[i, 0]] + x[[i, 1]] > 0.0) as i64);
+    x.write_npy(std::fs::File::create(&xp).unwrap()).unwrap();
+    y.write_npy(std::fs::File::create(&yp).unwrap()).unwrap();
+    let data = format!("{},{}", xp.display(), yp.display());
+    let spec = "Linear(6, 8), ReLU, Linear(8, 2)";
+    let (ok, v, err) = run(&[
+        "train",
+        "--arch",
+        spec,
+        "--data-npy",
+        &data,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "20",
+        "--out",
+        w.to_str().unwrap(),
+        "--json",
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(v["dataset"], "x");
+    assert_eq!(v["samples"], n);
+    let ws = w.to_str().unwrap();
+    let (ok, v, err) = run(&[
+        "spectrum",
+        "--arch",
+        spec,
+        "--weights",
+        ws,
+        "--data-npy",
+        &data,
+        "--top-k",
+        "2",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(v["split"], "npy");
+    let (ok, v, err) = run(&[
+        "attack",
+        "--arch",
+        spec,
+        "--weights",
+        ws,
+        "--data-npy",
+        &data,
+        "--attack",
+        "l2grad",
+        "--eps",
+        "0.5",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(v["samples"], n);
+    let (ok, _, err) = run(&[
+        "eval",
+        "--arch",
+        spec,
+        "--weights",
+        ws,
+        "--data-npy",
+        xp.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("two files"), "{err}");
+    let (ok, _, err) = run(&[
+        "eval",
+        "--model",
+        "m1",
+        "--weights",
+        ws,
+        "--data-npy",
+        &data,
+    ]);
+    assert!(!ok && err.contains("(C, H, W) images"), "{err}");
+    let (ok, _, err) = run(&[
+        "eval",
+        "--arch",
+        spec,
+        "--weights",
+        ws,
+        "--data-npy",
+        &data,
+        "--dataset",
+        "mnist",
+    ]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A network outside Theorem 1 (tanh) gets λ₁^x by power iteration on input HVPs, and the JSON
+/// says which method and why; a ReLU network gets the exact form.
+#[test]
+fn input_hessian_falls_back_to_power_iteration_with_the_reason() {
+    let (ok, v, err) = run(&[
+        "input-hessian",
+        "--arch",
+        "Flatten, Linear(784, 16), Tanh, Linear(16, 10)",
+        "--dataset",
+        "mnist",
+        "--samples",
+        "6",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(v["method"], "power", "{v}");
+    assert!(v["reason"]
+        .as_str()
+        .unwrap()
+        .contains("not piecewise linear"));
+    assert_eq!(v["per_sample"].as_array().map(|a| a.len()), Some(6));
+    assert!(v["lambda1_x_max"].as_f64().unwrap().is_finite());
+    let (ok, v, err) = run(&[
+        "input-hessian",
+        "--arch",
+        "Flatten, Linear(784, 16), ReLU, Linear(16, 10)",
+        "--dataset",
+        "mnist",
+        "--samples",
+        "6",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        v.get("method").is_none() && v["rank_max"].as_u64().unwrap() <= 9,
+        "{v}"
+    );
+}

@@ -79,8 +79,8 @@ fn select_picks_samples_and_checks_indices() {
     for (k, &i) in idx.iter().enumerate() {
         assert_eq!(s.labels()[k], tr.labels()[i]);
         assert_eq!(
-            &s.pixels()[k * d..(k + 1) * d],
-            &tr.pixels()[i * d..(i + 1) * d]
+            &s.pixels().unwrap()[k * d..(k + 1) * d],
+            &tr.pixels().unwrap()[i * d..(i + 1) * d]
         );
     }
     let ho: Vec<usize> = (0..tr.len()).filter(|i| i % 5 == 4).collect();
@@ -98,7 +98,7 @@ fn first_and_shuffle_are_deterministic() {
     let s = synthetic_split(300, 1);
     let f = s.first(10).unwrap();
     assert_eq!(f.labels(), &s.labels()[..10]);
-    assert_eq!(f.pixels(), &s.pixels()[..7840]);
+    assert_eq!(f.pixels().unwrap(), &s.pixels().unwrap()[..7840]);
     let a = s.shuffled_batches(64, 7, false).unwrap();
     let b = s.shuffled_batches(64, 7, false).unwrap();
     let c = s.shuffled_batches(64, 8, false).unwrap();

@@ -131,26 +131,27 @@ pub fn linf_norms(t: &Tensor) -> Result<Tensor> {
     Ok(t.abs()?.flatten_from(1)?.max(1)?)
 }
 
-fn per_sample(t: &Tensor, n: usize) -> Result<Tensor> {
-    Ok(t.reshape((n, 1, 1, 1))?)
+/// Per-sample scalars t (N,) shaped (N, 1, …, 1) to broadcast over samples of `rank`-dim batches.
+pub(crate) fn per_sample(t: &Tensor, rank: usize) -> Result<Tensor> {
+    let mut shape = vec![1usize; rank.max(1)];
+    shape[0] = t.elem_count();
+    Ok(t.reshape(shape)?)
 }
 
 /// t / ‖t‖ per sample, 0 where ‖t‖ = 0.
 fn unit_l2(t: &Tensor) -> Result<Tensor> {
-    let n = t.dims()[0];
     let norms = l2_norms(t)?;
     let nonzero = norms.gt(0.0)?.to_dtype(t.dtype())?;
     // ‖t‖ where nonzero, 1 elsewhere (so 0/1 = 0, never 0/0 — also in f32).
     let safe = ((&norms * &nonzero)? + nonzero.affine(-1.0, 1.0)?)?;
-    Ok(t.broadcast_div(&per_sample(&safe, n)?)?)
+    Ok(t.broadcast_div(&per_sample(&safe, t.rank())?)?)
 }
 
 /// Flips each sample's direction d so that gᵀd ≥ 0.
 fn oriented(d: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let n = d.dims()[0];
     let gd = (g * d)?.flatten_from(1)?.sum(1)?;
     let sign = gd.ge(0.0)?.to_dtype(d.dtype())?.affine(2.0, -1.0)?;
-    Ok(d.broadcast_mul(&per_sample(&sign, n)?)?)
+    Ok(d.broadcast_mul(&per_sample(&sign, d.rank())?)?)
 }
 
 /// Minimum-norm Newton directions H⁺ᵢgᵢ for a batch, with the gradients g.
@@ -184,7 +185,6 @@ fn cg_solve(
     iters: usize,
     tol: f64,
 ) -> Result<Tensor> {
-    let n = batch.len();
     let dot = |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok((a * b)?.flatten_from(1)?.sum(1)?) };
     let mut s = g.zeros_like()?;
     let mut r = g.clone();
@@ -203,8 +203,8 @@ fn cg_solve(
         // α = rr / pᵀHp where pᵀHp > 0 (curvature along p); the sample is frozen otherwise.
         let ok = php.gt(0.0)?.to_dtype(g.dtype())?;
         let alpha = safe_div(&rr, &php, &ok)?;
-        s = (s + p.broadcast_mul(&per_sample(&alpha, n)?)?)?;
-        r = (r - hp.broadcast_mul(&per_sample(&alpha, n)?)?)?;
+        s = (s + p.broadcast_mul(&per_sample(&alpha, g.rank())?)?)?;
+        r = (r - hp.broadcast_mul(&per_sample(&alpha, g.rank())?)?)?;
         let rr_new = dot(&r, &r)?;
         let res: Vec<f64> = rr_new.to_dtype(DType::F64)?.to_vec1()?;
         if res
@@ -216,7 +216,7 @@ fn cg_solve(
         }
         let ok_rr = (rr.gt(0.0)?.to_dtype(g.dtype())? * &ok)?;
         let beta = safe_div(&rr_new, &rr, &ok_rr)?;
-        p = (&r + p.broadcast_mul(&per_sample(&beta, n)?)?)?;
+        p = (&r + p.broadcast_mul(&per_sample(&beta, g.rank())?)?)?;
         rr = rr_new;
     }
     Ok(s)

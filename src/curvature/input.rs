@@ -122,6 +122,20 @@ impl InputHessian {
         )
     }
     /// Mean and max of λ₁^x and mean ‖∇ₓℓ‖ over the samples.
+    /// Sample `i`'s input-Hessian eigenvectors (columns, d × rank, by descending eigenvalue)
+    /// as an `ndarray` array.
+    pub fn eigenvectors_ndarray(&self, i: usize) -> Result<ndarray::Array2<f64>> {
+        let u = self.eigenvectors(i)?;
+        Ok(ndarray::Array2::from_shape_fn(
+            (u.nrows(), u.ncols()),
+            |(r, c)| u[(r, c)],
+        ))
+    }
+    /// Per-sample λ₁^x, ‖∇ₓℓ‖ and loss as `ndarray` arrays, in sample order.
+    pub fn per_sample_ndarray(&self) -> [ndarray::Array1<f64>; 3] {
+        let col = |f: fn(&InputHessianSample) -> f64| self.samples.iter().map(f).collect();
+        [col(|s| s.lambda1), col(|s| s.grad_norm), col(|s| s.loss)]
+    }
     pub fn summary(&self) -> InputHessianSummary {
         InputHessianSummary::from_samples(&self.samples)
     }
@@ -296,7 +310,8 @@ pub fn input_lambda1_power(
         .0
         .remove(0);
     let norms = |t: &Tensor| -> Result<Tensor> { Ok(t.sqr()?.flatten_from(1)?.sum(1)?.sqrt()?) };
-    let bshape = |t: &Tensor| -> Result<Tensor> { Ok(t.reshape((n, 1, 1, 1))?) };
+    let rank = batch.x.rank();
+    let bshape = |t: &Tensor| crate::attack::per_sample(t, rank);
     v = v.broadcast_div(&bshape(&norms(&v)?)?)?;
     let mut prev: Option<Vec<f64>> = None;
     let mut lam = vec![0.0; n];

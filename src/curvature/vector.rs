@@ -204,6 +204,15 @@ impl ParamVec {
         }
         Ok(out)
     }
+    /// One f64 `ndarray` array per parameter tensor, in the same shapes (e.g. an eigenvector
+    /// per layer, for your own numerics).
+    pub fn to_ndarray(&self) -> Result<Vec<ndarray::ArrayD<f64>>> {
+        self.0.iter().map(crate::data::npy::to_ndarray).collect()
+    }
+    /// All entries as one flat f64 array (parameter order, each tensor row-major).
+    pub fn to_flat_ndarray(&self) -> Result<ndarray::Array1<f64>> {
+        Ok(ndarray::Array1::from_vec(self.to_f64_vec()?))
+    }
     /// The inverse of [`ParamVec::to_f64_vec`]: shapes, dtype and device from `like`.
     pub fn from_f64_slice(v: &[f64], like: &[Tensor]) -> Result<ParamVec> {
         let n: usize = like.iter().map(|t| t.elem_count()).sum();

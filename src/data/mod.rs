@@ -6,6 +6,9 @@
 
 pub mod cifar;
 pub mod idx;
+pub mod npy;
+
+pub use npy::{load_npy, to_ndarray};
 
 use crate::{Error, Result, Runtime};
 use candle_core::{DType, Tensor};
@@ -132,12 +135,34 @@ impl DatasetKind {
     }
 }
 
-/// One split of a data set held in memory: `u8` pixels (NCHW order) and `u32` labels.
+/// Where a split's samples come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Origin {
+    /// One of the data sets above (u8 pixels, scaled to [0, 1] in batches).
+    Builtin(DatasetKind),
+    /// Your own arrays (e.g. [`load_npy`]): float inputs taken as they are.
+    Custom {
+        name: String,
+        /// Shape of one sample: (C, H, W) or (D,).
+        input_shape: Vec<usize>,
+        num_classes: usize,
+    },
+}
+
+/// The inputs of a split, sample after sample.
+#[derive(Clone, Debug)]
+enum Inputs {
+    Pixels(Vec<u8>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// One split of a data set held in memory: inputs (sample-major) and `u32` labels.
 #[derive(Clone, Debug)]
 pub struct Split {
-    pub dataset: DatasetKind,
+    origin: std::sync::Arc<Origin>,
     pub kind: SplitKind,
-    images: Vec<u8>,
+    inputs: Inputs,
     labels: Vec<u32>,
 }
 
@@ -212,11 +237,90 @@ impl Split {
             return Err(Error::invalid("labels", format!("label {l} out of range")));
         }
         Ok(Split {
-            dataset,
+            origin: std::sync::Arc::new(Origin::Builtin(dataset)),
             kind,
-            images,
+            inputs: Inputs::Pixels(images),
             labels,
         })
+    }
+
+    /// A split of your own: `inputs` sample-major (N × prod(`input_shape`) floats, taken as they
+    /// are: no scaling), labels in 0..`num_classes`. Checks sizes, labels and finiteness.
+    pub fn from_floats(
+        name: &str,
+        input_shape: &[usize],
+        num_classes: usize,
+        inputs: impl Into<FloatVec>,
+        labels: Vec<u32>,
+    ) -> Result<Self> {
+        let inputs = inputs.into();
+        let d: usize = input_shape.iter().product();
+        if input_shape.is_empty() || d == 0 {
+            return Err(Error::Shape(format!(
+                "{name}: sample shape {input_shape:?} has no values"
+            )));
+        }
+        if inputs.len() != labels.len() * d {
+            return Err(Error::Shape(format!(
+                "{name}: {} input values for {} labels of shape {input_shape:?}",
+                inputs.len(),
+                labels.len()
+            )));
+        }
+        if num_classes < 2 {
+            return Err(Error::invalid("num_classes", "need at least 2 classes"));
+        }
+        if let Some(l) = labels.iter().find(|&&l| l as usize >= num_classes) {
+            return Err(Error::invalid(
+                "labels",
+                format!("{name}: label {l} out of range 0..{num_classes}"),
+            ));
+        }
+        if let Some(i) = inputs.first_non_finite() {
+            return Err(Error::NonFinite(format!(
+                "{name}: input value {i} (sample {})",
+                i / d
+            )));
+        }
+        Ok(Split {
+            origin: std::sync::Arc::new(Origin::Custom {
+                name: name.to_string(),
+                input_shape: input_shape.to_vec(),
+                num_classes,
+            }),
+            kind: SplitKind::Test,
+            inputs: match inputs {
+                FloatVec::F32(v) => Inputs::F32(v),
+                FloatVec::F64(v) => Inputs::F64(v),
+            },
+            labels,
+        })
+    }
+
+    /// Where the samples come from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+    /// The built-in data set, if it is one.
+    pub fn dataset(&self) -> Option<DatasetKind> {
+        match *self.origin {
+            Origin::Builtin(d) => Some(d),
+            Origin::Custom { .. } => None,
+        }
+    }
+    /// The data set's name (`mnist`, or the name given to your own data).
+    pub fn name(&self) -> String {
+        match &*self.origin {
+            Origin::Builtin(d) => d.name().to_string(),
+            Origin::Custom { name, .. } => name.clone(),
+        }
+    }
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        match &*self.origin {
+            Origin::Builtin(d) => d.num_classes(),
+            Origin::Custom { num_classes, .. } => *num_classes,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -228,12 +332,19 @@ impl Split {
     pub fn labels(&self) -> &[u32] {
         &self.labels
     }
-    /// Raw pixels (NCHW, u8).
-    pub fn pixels(&self) -> &[u8] {
-        &self.images
+    /// Raw pixels (NCHW, u8) of a built-in data set; `None` for float data.
+    pub fn pixels(&self) -> Option<&[u8]> {
+        match &self.inputs {
+            Inputs::Pixels(p) => Some(p),
+            _ => None,
+        }
     }
-    pub fn input_shape(&self) -> [usize; 3] {
-        self.dataset.input_shape()
+    /// Shape of one sample: (C, H, W), or (D,) for feature vectors.
+    pub fn input_shape(&self) -> Vec<usize> {
+        match &*self.origin {
+            Origin::Builtin(d) => d.input_shape().to_vec(),
+            Origin::Custom { input_shape, .. } => input_shape.clone(),
+        }
     }
     fn sample_size(&self) -> usize {
         self.input_shape().iter().product()
@@ -241,7 +352,7 @@ impl Split {
 
     /// Count of each label, length = number of classes.
     pub fn label_histogram(&self) -> Vec<usize> {
-        let mut h = vec![0; self.dataset.num_classes()];
+        let mut h = vec![0; self.num_classes()];
         for &l in &self.labels {
             h[l as usize] += 1;
         }
@@ -265,14 +376,22 @@ impl Split {
             ));
         }
         let d = self.sample_size();
-        let mut images = Vec::with_capacity(idx.len() * d);
-        for &i in idx {
-            images.extend_from_slice(&self.images[i * d..(i + 1) * d]);
+        fn pick<T: Copy>(v: &[T], idx: &[usize], d: usize) -> Vec<T> {
+            let mut out = Vec::with_capacity(idx.len() * d);
+            for &i in idx {
+                out.extend_from_slice(&v[i * d..(i + 1) * d]);
+            }
+            out
         }
+        let inputs = match &self.inputs {
+            Inputs::Pixels(v) => Inputs::Pixels(pick(v, idx, d)),
+            Inputs::F32(v) => Inputs::F32(pick(v, idx, d)),
+            Inputs::F64(v) => Inputs::F64(pick(v, idx, d)),
+        };
         Ok(Split {
-            dataset: self.dataset,
+            origin: self.origin.clone(),
             kind: self.kind,
-            images,
+            inputs,
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
         })
     }
@@ -296,30 +415,37 @@ impl Split {
         self.select(&(0..n).collect::<Vec<_>>())
     }
 
-    /// Samples at `idx` as a batch on the runtime's device, pixels scaled to [0, 1].
+    /// Samples at `idx` as a batch on the runtime's device, pixels scaled to [0, 1] (float
+    /// inputs as they are).
     pub fn batch(&self, idx: &[usize], rt: &Runtime) -> Result<Batch> {
         if idx.is_empty() {
             return Err(Error::Empty("batch with no indices".into()));
         }
         let d = self.sample_size();
-        let mut px = Vec::with_capacity(idx.len() * d);
-        let mut ys = Vec::with_capacity(idx.len());
-        for &i in idx {
-            if i >= self.len() {
-                return Err(Error::invalid(
-                    "index",
-                    format!("{i} out of range for {} samples", self.len()),
-                ));
-            }
-            px.extend(
-                self.images[i * d..(i + 1) * d]
-                    .iter()
-                    .map(|&p| p as f32 / 255.0),
-            );
-            ys.push(self.labels[i]);
+        if let Some(&i) = idx.iter().find(|&&i| i >= self.len()) {
+            return Err(Error::invalid(
+                "index",
+                format!("{i} out of range for {} samples", self.len()),
+            ));
         }
-        let [c, h, w] = self.input_shape();
-        let x = Tensor::from_vec(px, (idx.len(), c, h, w), &rt.device)?.to_dtype(rt.dtype)?;
+        let ys: Vec<u32> = idx.iter().map(|&i| self.labels[i]).collect();
+        fn gather<T: Copy, U>(v: &[T], idx: &[usize], d: usize, f: impl Fn(T) -> U) -> Vec<U> {
+            let mut out = Vec::with_capacity(idx.len() * d);
+            for &i in idx {
+                out.extend(v[i * d..(i + 1) * d].iter().map(|&p| f(p)));
+            }
+            out
+        }
+        let mut shape = vec![idx.len()];
+        shape.extend(self.input_shape());
+        let x = match &self.inputs {
+            Inputs::Pixels(v) => {
+                Tensor::from_vec(gather(v, idx, d, |p| p as f32 / 255.0), shape, &rt.device)?
+            }
+            Inputs::F32(v) => Tensor::from_vec(gather(v, idx, d, |p| p), shape, &rt.device)?,
+            Inputs::F64(v) => Tensor::from_vec(gather(v, idx, d, |p| p), shape, &rt.device)?,
+        }
+        .to_dtype(rt.dtype)?;
         let y = Tensor::from_vec(ys, idx.len(), &rt.device)?;
         Batch::new(x, y)
     }
@@ -371,6 +497,37 @@ impl Split {
             .filter(|c| !drop_last || c.len() == batch_size)
             .map(|c| c.to_vec())
             .collect())
+    }
+}
+
+/// Float inputs of your own (f32 or f64), sample-major.
+#[derive(Clone, Debug)]
+pub enum FloatVec {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+impl From<Vec<f32>> for FloatVec {
+    fn from(v: Vec<f32>) -> Self {
+        FloatVec::F32(v)
+    }
+}
+impl From<Vec<f64>> for FloatVec {
+    fn from(v: Vec<f64>) -> Self {
+        FloatVec::F64(v)
+    }
+}
+impl FloatVec {
+    fn len(&self) -> usize {
+        match self {
+            FloatVec::F32(v) => v.len(),
+            FloatVec::F64(v) => v.len(),
+        }
+    }
+    fn first_non_finite(&self) -> Option<usize> {
+        match self {
+            FloatVec::F32(v) => v.iter().position(|x| !x.is_finite()),
+            FloatVec::F64(v) => v.iter().position(|x| !x.is_finite()),
+        }
     }
 }
 

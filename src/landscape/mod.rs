@@ -231,6 +231,22 @@ pub struct Surface2d {
     pub accuracy: Vec<Vec<f64>>,
 }
 
+impl Surface2d {
+    /// The loss grid as an `ndarray` array (rows: β, columns: α).
+    pub fn loss_ndarray(&self) -> ndarray::Array2<f64> {
+        grid(&self.loss)
+    }
+    /// The accuracy grid as an `ndarray` array (rows: β, columns: α).
+    pub fn accuracy_ndarray(&self) -> ndarray::Array2<f64> {
+        grid(&self.accuracy)
+    }
+}
+
+fn grid(rows: &[Vec<f64>]) -> ndarray::Array2<f64> {
+    let cols = rows.first().map_or(0, |r| r.len());
+    ndarray::Array2::from_shape_fn((rows.len(), cols), |(i, j)| rows[i][j])
+}
+
 /// The plane θ + α·d₁ + β·d₂ sampled on a grid (for [`landscape_2d`]).
 #[derive(Clone, Copy)]
 pub struct Plane<'a> {

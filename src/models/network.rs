@@ -153,13 +153,13 @@ pub trait Network: Send + Sync + dyn_clone::DynClone + 'static {
     /// Checks that a split fits: its input shape (when the network fixes one) and its number
     /// of classes.
     fn check_data(&self, split: &Split) -> Result<()> {
-        let got = split.input_shape().to_vec();
-        let classes = split.dataset.num_classes();
+        let got = split.input_shape();
+        let classes = split.num_classes();
         let shape_ok = self.input_shape().is_none_or(|s| s == got);
         if !shape_ok || classes != self.num_classes() {
             return Err(Error::ModelDataMismatch {
                 model: self.name(),
-                dataset: split.dataset.name().into(),
+                dataset: split.name(),
                 expected: self.input_shape().unwrap_or_else(|| got.clone()),
                 classes: self.num_classes(),
                 got,

@@ -79,7 +79,7 @@ pub fn parse_attack(
 }
 
 pub fn run(a: AttackArgs) -> Result<()> {
-    let (_rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
+    let (_rt, model, split, src) = model_and_data(&a.common, &a.md)?;
     let kind = parse_attack(a.attack, a.steps, a.newton, a.cg_iters, a.cg_tol)?;
     let t0 = Instant::now();
     let rep = attack::adversarial_accuracy(
@@ -119,8 +119,8 @@ pub fn run(a: AttackArgs) -> Result<()> {
     let out = json!({
         "model": a.md.net.label(),
         "arch": a.md.net.arch_json()?,
-        "dataset": ds.name(),
-        "split": sk.name(),
+        "dataset": src.name(),
+        "split": src.split_name(),
         "samples": rep.samples,
         "attack": rep.attack,
         "newton": a.newton,
@@ -133,8 +133,8 @@ pub fn run(a: AttackArgs) -> Result<()> {
         let mut s = format!(
             "{} on {} {} ({} samples): clean accuracy {:.4}",
             rep.attack,
-            ds.name(),
-            sk.name(),
+            src.name(),
+            src.split_name(),
             rep.samples,
             rep.clean_accuracy
         );

@@ -106,21 +106,30 @@ impl NetArgs {
             .map(|k| k.name().to_string())
             .unwrap_or_else(|| "sequential".into())
     }
-    /// The network, its weights loaded (or freshly initialised from `seed`).
+    /// The network for data `d`, its weights loaded (or freshly initialised from `seed`).
     pub fn build(
         &self,
         weights: Option<&std::path::Path>,
-        ds: DatasetKind,
+        d: &DataDesc,
         rt: &Runtime,
         seed: u64,
     ) -> Result<Box<dyn Network>> {
         if let Some(spec) = self.spec()? {
-            let shape = ds.input_shape();
+            let shape = &d.input_shape;
             let net = match weights {
                 Some(p) => Sequential::load(&spec, &shape, p, rt)?,
                 None => Sequential::new(&spec, &shape, rt, seed)?,
             };
+            // your own data: no [0, 1] pixel box to clip attacks to
+            let net = if d.dataset.is_none() {
+                net.with_input_box(hessian_lab::models::InputBox::NONE)
+            } else {
+                net
+            };
             let net = if self.normalize {
+                let ds = d.dataset.ok_or_else(|| {
+                    anyhow::anyhow!("--normalize uses a built-in data set's mean and std; normalise your .npy inputs yourself")
+                })?;
                 let (m, s) = ds.normalization();
                 net.with_normalization(&m, &s)?
             } else {
@@ -136,9 +145,17 @@ impl NetArgs {
         let kind = self
             .model
             .ok_or_else(|| anyhow::anyhow!("give --model, --arch or --arch-file"))?;
+        let config = match (d.dataset, &d.input_shape[..]) {
+            (Some(ds), _) => ModelConfig::for_dataset(kind, ds),
+            // your own images: the model sized for them, no normalisation
+            (None, &[c, h, w]) => ModelConfig::tiny(kind, [c, h, w], d.num_classes, 100),
+            (None, s) => anyhow::bail!(
+                "built-in models take (C, H, W) images; the data has samples of shape {s:?} (use --arch)"
+            ),
+        };
         Ok(Box::new(match weights {
             Some(p) => Model::load(kind, p, rt)?,
-            None => Model::from_config(ModelConfig::for_dataset(kind, ds), rt, seed)?,
+            None => Model::from_config(config, rt, seed)?,
         }))
     }
     /// The spec as JSON (null for built-in models), next to "model" in every output.
@@ -147,6 +164,77 @@ impl NetArgs {
             .spec()?
             .map(serde_json::Value::from)
             .unwrap_or_default())
+    }
+}
+
+/// What a network is built for: a built-in data set, or the shape and classes of your own.
+pub struct DataDesc {
+    pub dataset: Option<DatasetKind>,
+    pub input_shape: Vec<usize>,
+    pub num_classes: usize,
+}
+
+impl DataDesc {
+    pub fn builtin(ds: DatasetKind) -> Self {
+        DataDesc {
+            dataset: Some(ds),
+            input_shape: ds.input_shape().to_vec(),
+            num_classes: ds.num_classes(),
+        }
+    }
+    pub fn of(split: &Split) -> Self {
+        DataDesc {
+            dataset: split.dataset(),
+            input_shape: split.input_shape(),
+            num_classes: split.num_classes(),
+        }
+    }
+}
+
+/// Your own data: `--data-npy x.npy,y.npy` (and `--classes`).
+#[derive(Args, Clone)]
+pub struct NpyArgs {
+    /// Your own data instead of --dataset: inputs and labels as .npy files, "x.npy,y.npy"
+    /// (float32/float64 (N, C, H, W) or (N, D); integer labels), taken as they are
+    #[arg(long, value_delimiter = ',', conflicts_with = "dataset")]
+    pub data_npy: Option<Vec<PathBuf>>,
+    /// With --data-npy: the number of classes (default: the largest label + 1)
+    #[arg(long, requires = "data_npy")]
+    pub classes: Option<usize>,
+}
+
+impl NpyArgs {
+    /// The .npy split, if given (first `samples` samples).
+    pub fn load(&self, samples: Option<usize>) -> Result<Option<Split>> {
+        let Some(p) = &self.data_npy else {
+            return Ok(None);
+        };
+        if p.len() != 2 {
+            anyhow::bail!("--data-npy takes two files, inputs and labels: x.npy,y.npy");
+        }
+        let split = data::load_npy(&p[0], &p[1], self.classes)?;
+        Ok(Some(match samples {
+            Some(n) => split.first(n)?,
+            None => split,
+        }))
+    }
+}
+
+/// Where the analysed samples come from, for JSON and messages.
+pub struct Src {
+    pub dataset: Option<DatasetKind>,
+    name: String,
+    split: &'static str,
+}
+
+impl Src {
+    /// The data set's name (the inputs' file stem for .npy data).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// "train", "test", or "npy".
+    pub fn split_name(&self) -> &str {
+        self.split
     }
 }
 
@@ -160,6 +248,8 @@ pub struct ModelData {
     pub weights: Option<PathBuf>,
     #[arg(long, value_enum)]
     pub dataset: Option<hessian_lab::data::DatasetKind>,
+    #[command(flatten)]
+    pub npy: NpyArgs,
     #[arg(long, value_enum, default_value_t = hessian_lab::data::SplitKind::Test)]
     pub split: hessian_lab::data::SplitKind,
     /// Use the first N samples of the split (default: all)
@@ -204,11 +294,27 @@ pub fn load_split(
 pub fn model_and_data(
     c: &Common,
     md: &ModelData,
-) -> Result<(Runtime, Box<dyn Network>, Split, DatasetKind, SplitKind)> {
+) -> Result<(Runtime, Box<dyn Network>, Split, Src)> {
     let rt = runtime(c)?;
-    let ds = md.net.dataset(md.dataset)?;
-    let sk = md.split;
-    let split = load_split(c, ds, sk, md.samples)?;
+    let (split, src) = match md.npy.load(md.samples)? {
+        Some(s) => {
+            let src = Src {
+                dataset: None,
+                name: s.name(),
+                split: "npy",
+            };
+            (s, src)
+        }
+        None => {
+            let ds = md.net.dataset(md.dataset)?;
+            let src = Src {
+                dataset: Some(ds),
+                name: ds.name().into(),
+                split: md.split.name(),
+            };
+            (load_split(c, ds, md.split, md.samples)?, src)
+        }
+    };
     if md.weights.is_none() {
         eprintln!(
             "note: no --weights given; using a freshly initialised {} (seed {})",
@@ -216,9 +322,11 @@ pub fn model_and_data(
             md.seed
         );
     }
-    let model = md.net.build(md.weights.as_deref(), ds, &rt, md.seed)?;
+    let model = md
+        .net
+        .build(md.weights.as_deref(), &DataDesc::of(&split), &rt, md.seed)?;
     model.check_data(&split)?;
-    Ok((rt, model, split, ds, sk))
+    Ok((rt, model, split, src))
 }
 
 /// Prints JSON or a human line.

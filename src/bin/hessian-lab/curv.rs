@@ -96,7 +96,7 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
             .validate()
             .context("--density-iter / --density-runs / --density-grid")?;
     }
-    let (rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
+    let (rt, model, split, src) = model_and_data(&a.common, &a.md)?;
     let t0 = Instant::now();
     let source = DataSource::from_split(&split, a.chunk, &rt)?;
     let prefixes: Vec<&str> = a.filter.iter().map(|s| s.as_str()).collect();
@@ -155,8 +155,8 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
     let mut out = json!({
         "model": a.md.net.label(),
         "arch": a.md.net.arch_json()?,
-        "dataset": ds.name(),
-        "split": sk.name(),
+        "dataset": src.name(),
+        "split": src.split_name(),
         "samples": split.len(),
         "operator": a.operator,
         "method": a.method,
@@ -207,7 +207,7 @@ pub fn spectrum(a: SpectrumArgs) -> Result<()> {
     emit(a.json, &out, || {
         let mut s = format!(
             "{} on {} {} ({} samples, {} parameters), {} {}: eigenvalues {:?} (residuals {:?}) in {} HVPs",
-            a.md.net.label(), ds.name(), sk.name(), split.len(), op.dim(), a.operator, a.method,
+            a.md.net.label(), src.name(), src.split_name(), split.len(), op.dim(), a.operator, a.method,
             eig.eigenvalues, eig.residuals, eig.hvps
         );
         if let Some(t) = out.get("trace") {
@@ -231,8 +231,11 @@ pub struct InputHessianArgs {
 }
 
 pub fn input_hessian(a: InputHessianArgs) -> Result<()> {
-    let (_rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
+    let (rt, model, split, src) = model_and_data(&a.common, &a.md)?;
     let t0 = Instant::now();
+    if model.piecewise_linear() != Some(true) {
+        return input_hessian_by_power(&a, &*model, &split, &src, &rt, t0);
+    }
     let bar = indicatif::ProgressBar::new(split.len() as u64);
     let per = curvature::input_hessian_split(&*model, &split, a.chunk, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
@@ -242,15 +245,64 @@ pub fn input_hessian(a: InputHessianArgs) -> Result<()> {
     let mut out = serde_json::to_value(&s)?;
     out["model"] = json!(a.md.net.label());
     out["arch"] = a.md.net.arch_json()?;
-    out["dataset"] = json!(ds.name());
-    out["split"] = json!(sk.name());
+    out["dataset"] = json!(src.name());
+    out["split"] = json!(src.split_name());
     out["seconds"] = json!(t0.elapsed().as_secs_f64());
     out["per_sample"] = serde_json::to_value(&per)?;
     emit(a.json, &out, || {
         format!(
             "{} on {} {} ({} samples): λ₁^x mean {:.4e} max {:.4e}, ‖∇ₓJ‖ mean {:.4e}, rank ≤ {}, min eigenvalue {:.2e}",
-            a.md.net.label(), ds.name(), sk.name(), s.samples,
+            a.md.net.label(), src.name(), src.split_name(), s.samples,
             s.lambda1_x_mean, s.lambda1_x_max, s.grad_norm_mean, s.rank_max, s.min_eigenvalue_min
+        )
+    })
+}
+
+/// λ₁^x and ‖∇ₓJ‖ per sample for a network Theorem 1 does not cover (tanh, sigmoid, GELU, or
+/// unknown): power iteration on exact input HVPs (≤ 100 iterations, relative change 1e-6), no
+/// rank or PSD certificate. The JSON says so ("method": "power", "reason").
+fn input_hessian_by_power(
+    a: &InputHessianArgs,
+    model: &dyn hessian_lab::models::Network,
+    split: &hessian_lab::data::Split,
+    src: &crate::common::Src,
+    rt: &hessian_lab::Runtime,
+    t0: Instant,
+) -> Result<()> {
+    let reason = match model.piecewise_linear() {
+        Some(false) => "the network is not piecewise linear in its input",
+        _ => "the network is not known to be piecewise linear in its input",
+    };
+    eprintln!("note: Theorem 1 does not apply ({reason}); λ₁^x by power iteration on input HVPs");
+    let (mut l1, mut gn) = (vec![], vec![]);
+    for r in split.chunks(a.chunk)? {
+        let b = split.range_batch(r.start, r.len(), rt)?;
+        l1.extend(curvature::input_lambda1_power(
+            model, &b, 100, 1e-6, a.md.seed,
+        )?);
+        let (_, g) = curvature::input_gradient(model, &b)?;
+        let norms: Vec<f64> = hessian_lab::attack::l2_norms(&g)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1()?;
+        gn.extend(norms);
+    }
+    let n = l1.len().max(1) as f64;
+    let out = json!({
+        "model": a.md.net.label(), "arch": a.md.net.arch_json()?, "dataset": src.name(),
+        "split": src.split_name(), "samples": l1.len(), "method": "power", "reason": reason,
+        "lambda1_x_mean": l1.iter().sum::<f64>() / n,
+        "lambda1_x_max": l1.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        "grad_norm_mean": gn.iter().sum::<f64>() / n,
+        "seconds": t0.elapsed().as_secs_f64(),
+        "per_sample": l1.iter().zip(&gn).map(|(l, g)| json!({"lambda1": l, "grad_norm": g})).collect::<Vec<_>>(),
+    });
+    emit(a.json, &out, || {
+        format!(
+            "{} on {} {} ({} samples, power iteration: {reason}): λ₁^x mean {:.4e} max {:.4e}, ‖∇ₓJ‖ mean {:.4e}",
+            a.md.net.label(), src.name(), src.split_name(), l1.len(),
+            out["lambda1_x_mean"].as_f64().unwrap_or(f64::NAN),
+            out["lambda1_x_max"].as_f64().unwrap_or(f64::NAN),
+            out["grad_norm_mean"].as_f64().unwrap_or(f64::NAN)
         )
     })
 }

@@ -1,6 +1,8 @@
 //! `landscape` and `interpolate`.
 
-use crate::common::{emit, load_split, model_and_data, runtime, Common, ModelData, NetArgs};
+use crate::common::{
+    emit, load_split, model_and_data, runtime, Common, DataDesc, ModelData, NetArgs,
+};
 use anyhow::Result;
 use clap::Args;
 use hessian_lab::curvature::{DataSource, LanczosOpts};
@@ -61,17 +63,22 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
         anyhow::bail!("--eval-samples must be at least 1");
     }
     hessian_lab::files::check_writable(&a.out)?;
-    let (rt, model, split, ds, sk) = model_and_data(&a.common, &a.md)?;
+    let (rt, model, split, src) = model_and_data(&a.common, &a.md)?;
     let t0 = Instant::now();
     let batch_src = DataSource::from_split(&split, a.chunk, &rt)?;
     let mut sources: Vec<(String, DataSource)> = vec![];
     for e in &a.eval {
         match e.as_str() {
             "batch" => sources.push((
-                format!("batch ({} {})", split.len(), sk.name()),
+                format!("batch ({} {})", split.len(), src.split_name()),
                 batch_src.clone(),
             )),
             "train" | "test" => {
+                let ds = src.dataset.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--eval {e} needs a built-in data set (with --data-npy: --eval batch)"
+                    )
+                })?;
                 let s = load_split(&a.common, ds, e.parse::<SplitKind>()?, a.eval_samples)?;
                 sources.push((
                     format!("{e} ({})", s.len()),
@@ -147,7 +154,7 @@ pub fn landscape_cmd(a: LandscapeArgs) -> Result<()> {
     };
     fig.save(&a.out)?;
     let out = json!({
-        "model": a.md.net.label(), "arch": a.md.net.arch_json()?, "dataset": ds.name(), "split": sk.name(), "samples": split.len(),
+        "model": a.md.net.label(), "arch": a.md.net.arch_json()?, "dataset": src.name(), "split": src.split_name(), "samples": split.len(),
         "direction": a.direction, "figure": a.out, "info": info, "data": data,
         "seconds": t0.elapsed().as_secs_f64(),
     });
@@ -192,8 +199,9 @@ pub fn interpolate_cmd(a: InterpolateArgs) -> Result<()> {
     hessian_lab::files::check_writable(&a.out)?;
     let rt = runtime(&a.common)?;
     let ds = a.net.dataset(a.dataset)?;
-    let ma = a.net.build(Some(&a.from), ds, &rt, 0)?;
-    let mb = a.net.build(Some(&a.to), ds, &rt, 0)?;
+    let desc = DataDesc::builtin(ds);
+    let ma = a.net.build(Some(&a.from), &desc, &rt, 0)?;
+    let mb = a.net.build(Some(&a.to), &desc, &rt, 0)?;
     let lim = if a.samples == 0 {
         None
     } else {

@@ -58,6 +58,8 @@ struct TrainArgs {
     net: NetArgs,
     #[arg(long, value_enum)]
     dataset: Option<hessian_lab::data::DatasetKind>,
+    #[command(flatten)]
+    npy: common::NpyArgs,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     #[arg(long, default_value_t = 2)]
@@ -131,6 +133,8 @@ struct EvalArgs {
     weights: PathBuf,
     #[arg(long, value_enum)]
     dataset: Option<hessian_lab::data::DatasetKind>,
+    #[command(flatten)]
+    npy: common::NpyArgs,
     #[arg(long, value_enum, default_value_t = hessian_lab::data::SplitKind::Test)]
     split: hessian_lab::data::SplitKind,
     /// The first N samples of the split (default: all)
@@ -142,10 +146,19 @@ struct EvalArgs {
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let rt = runtime(&a.common)?;
-    let ds = a.net.dataset(a.dataset)?;
-    let train_split = load_split(&a.common, ds, SplitKind::Train, a.samples)?;
-    let test_split = load_split(&a.common, ds, SplitKind::Test, None).ok();
-    let model = a.net.build(a.init.as_deref(), ds, &rt, a.seed)?;
+    // your own .npy data is the training set (no test set); a built-in data set has both
+    let (train_split, test_split) = match a.npy.load(a.samples)? {
+        Some(s) => (s, None),
+        None => {
+            let ds = a.net.dataset(a.dataset)?;
+            (
+                load_split(&a.common, ds, SplitKind::Train, a.samples)?,
+                load_split(&a.common, ds, SplitKind::Test, None).ok(),
+            )
+        }
+    };
+    let desc = common::DataDesc::of(&train_split);
+    let model = a.net.build(a.init.as_deref(), &desc, &rt, a.seed)?;
     model.check_data(&train_split)?;
     let mut cfg = TrainConfig::new(a.epochs, a.batch_size, a.lr);
     if !(a.warmup_epochs >= 0.0) || !a.warmup_epochs.is_finite() {
@@ -194,7 +207,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     eprintln!(
         "training {} on {} ({} samples), batch {}, {} epochs, lr {} (peak {}), {:?} on {:?}",
         a.net.label(),
-        ds.name(),
+        train_split.name(),
         train_split.len(),
         a.batch_size,
         a.epochs,
@@ -239,7 +252,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let out = json!({
         "model": a.net.label(),
         "arch": a.net.arch_json()?,
-        "dataset": ds.name(),
+        "dataset": train_split.name(),
         "samples": train_split.len(),
         "batch_size": a.batch_size,
         "epochs": a.epochs,
@@ -262,10 +275,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&out)?);
     } else {
+        let test = last
+            .test_accuracy
+            .map(|t| format!("test accuracy {t:.4}, "))
+            .unwrap_or_default();
         println!(
-            "{}: test accuracy {:.4}, train loss {:.4}, {:.1}s; weights → {}",
+            "{}: {test}train loss {:.4}, {:.1}s; weights → {}",
             a.net.label(),
-            last.test_accuracy.unwrap_or(f64::NAN),
             last.train_loss,
             report.seconds,
             a.out.display()
@@ -276,10 +292,19 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
     let rt = runtime(&a.common)?;
-    let ds = a.net.dataset(a.dataset)?;
-    let split = a.split;
-    let s = load_split(&a.common, ds, split, a.samples)?;
-    let model = a.net.build(Some(&a.weights), ds, &rt, 0)?;
+    let (s, split_name) = match a.npy.load(a.samples)? {
+        Some(s) => (s, "npy"),
+        None => {
+            let ds = a.net.dataset(a.dataset)?;
+            (
+                load_split(&a.common, ds, a.split, a.samples)?,
+                a.split.name(),
+            )
+        }
+    };
+    let model = a
+        .net
+        .build(Some(&a.weights), &common::DataDesc::of(&s), &rt, 0)?;
     model.check_data(&s)?;
     let t = std::time::Instant::now();
     let (loss, acc) = model.evaluate(&s, 1000)?;
@@ -287,7 +312,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string(&json!({
-                "model": a.net.label(), "arch": a.net.arch_json()?, "dataset": ds.name(), "split": split.name(),
+                "model": a.net.label(), "arch": a.net.arch_json()?, "dataset": s.name(), "split": split_name,
                 "samples": s.len(), "loss": loss, "accuracy": acc,
                 "seconds": t.elapsed().as_secs_f64(),
             }))?
@@ -296,8 +321,8 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         println!(
             "{} on {} {} ({} samples): loss {:.4}, accuracy {:.4}",
             a.net.label(),
-            ds.name(),
-            split.name(),
+            s.name(),
+            split_name,
             s.len(),
             loss,
             acc
