@@ -9,29 +9,6 @@ use hessian_lab::data::Batch;
 use hessian_lab::models::{Activation, Model, ModelConfig, ModelKind};
 use nalgebra::{DMatrix, DVector};
 
-fn unit(like: &[Tensor], j: usize) -> ParamVec {
-    let n: usize = like.iter().map(|t| t.elem_count()).sum();
-    let mut v = vec![0.0; n];
-    v[j] = 1.0;
-    ParamVec::from_f64_slice(&v, like).unwrap()
-}
-
-/// Dense matrix from an operator-like closure, column by column.
-fn dense(n: usize, like: &[Tensor], f: impl Fn(&ParamVec) -> ParamVec) -> DMatrix<f64> {
-    let mut h = DMatrix::zeros(n, n);
-    for j in 0..n {
-        let col = f(&unit(like, j)).to_f64_vec().unwrap();
-        for i in 0..n {
-            h[(i, j)] = col[i];
-        }
-    }
-    h
-}
-
-fn rel(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
-    (a - b).norm() / b.norm().max(1e-300)
-}
-
 fn tiny_mlp(act: Activation, seed: u64) -> (Model, Batch) {
     let rt = rt64();
     let cfg = ModelConfig::tiny(ModelKind::Mlp, [1, 2, 3], 4, 5).with_activation(act);

@@ -9,29 +9,6 @@ use hessian_lab::curvature::*;
 use hessian_lab::prelude::*;
 use nalgebra::{DMatrix, DVector};
 
-fn unit(like: &[Tensor], j: usize) -> ParamVec {
-    let n: usize = like.iter().map(|t| t.elem_count()).sum();
-    let mut v = vec![0.0; n];
-    v[j] = 1.0;
-    ParamVec::from_f64_slice(&v, like).unwrap()
-}
-
-/// Dense matrix of a linear map given as a closure, column by column.
-fn dense(n: usize, like: &[Tensor], f: impl Fn(&ParamVec) -> ParamVec) -> DMatrix<f64> {
-    let mut h = DMatrix::zeros(n, n);
-    for j in 0..n {
-        let col = f(&unit(like, j)).to_f64_vec().unwrap();
-        for i in 0..n {
-            h[(i, j)] = col[i];
-        }
-    }
-    h
-}
-
-fn rel(a: &DMatrix<f64>, b: &DMatrix<f64>) -> f64 {
-    (a - b).norm() / b.norm().max(1e-300)
-}
-
 fn vb(varmap: &VarMap) -> VarBuilder<'static> {
     VarBuilder::from_varmap(varmap, DType::F64, &Device::Cpu)
 }
@@ -286,16 +263,7 @@ fn candle_nn_batch_norm_statistics_are_buffers_and_curvature_runs_in_eval_mode()
         n.set_param_values(&net.param_values().unwrap()).unwrap();
         n
     };
-    train::fit(
-        &net32,
-        &split,
-        &FitOpts {
-            epochs: 1,
-            batch_size: 32,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    fit_briefly(&net32, &split, 1, 32);
     let moved = net32.buffer_values().unwrap();
     assert!(max_abs_diff(&to_vec(&moved[0]), &to_vec(&before[0])) > 1e-6);
 }
@@ -336,16 +304,7 @@ fn every_verb_runs_on_a_candle_nn_cnn() {
     let varmap = VarMap::new();
     let net = small_cnn(&varmap, false, 3);
     let split = synthetic_split(96, 7);
-    let report = train::fit(
-        &net,
-        &split,
-        &FitOpts {
-            epochs: 1,
-            batch_size: 32,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let report = fit_briefly(&net, &split, 1, 32);
     assert_eq!(report.epochs.len(), 1);
     let b = split.range_batch(0, 16, &rt).unwrap();
     let src = DataSource::Batch(b.clone());

@@ -250,16 +250,7 @@ fn spec_network_saves_loads_trains_and_is_attacked() {
         .unwrap()
         .named("tiny-cnn");
     let split = synthetic_split(64, 1);
-    train::fit(
-        &net,
-        &split,
-        &FitOpts {
-            epochs: 1,
-            batch_size: 32,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    fit_briefly(&net, &split, 1, 32);
     let dir = std::env::temp_dir().join(format!("hl-seq2-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("net.safetensors");

@@ -89,3 +89,51 @@ pub fn synthetic_split(n: usize, seed: u64) -> Split {
     let ys: Vec<u32> = (0..n).map(|_| rng.random_range(0..10)).collect();
     Split::from_parts(DatasetKind::Mnist, SplitKind::Train, px, ys).unwrap()
 }
+
+/// The unit vector e_j shaped like `like`.
+pub fn unit(like: &[Tensor], j: usize) -> hessian_lab::curvature::ParamVec {
+    let n: usize = like.iter().map(|t| t.elem_count()).sum();
+    let mut v = vec![0.0; n];
+    v[j] = 1.0;
+    hessian_lab::curvature::ParamVec::from_f64_slice(&v, like).unwrap()
+}
+
+/// The dense matrix of a linear map given as a closure, built column by column.
+pub fn dense(
+    n: usize,
+    like: &[Tensor],
+    f: impl Fn(&hessian_lab::curvature::ParamVec) -> hessian_lab::curvature::ParamVec,
+) -> nalgebra::DMatrix<f64> {
+    let mut h = nalgebra::DMatrix::zeros(n, n);
+    for j in 0..n {
+        let col = f(&unit(like, j)).to_f64_vec().unwrap();
+        for i in 0..n {
+            h[(i, j)] = col[i];
+        }
+    }
+    h
+}
+
+/// ‖a − b‖_F / ‖b‖_F.
+pub fn rel(a: &nalgebra::DMatrix<f64>, b: &nalgebra::DMatrix<f64>) -> f64 {
+    (a - b).norm() / b.norm().max(1e-300)
+}
+
+/// `epochs` epochs of the default SGD recipe with batches of `batch_size`.
+pub fn fit_briefly(
+    net: &dyn Network,
+    split: &Split,
+    epochs: usize,
+    batch_size: usize,
+) -> hessian_lab::train::TrainReport {
+    hessian_lab::train::fit(
+        net,
+        split,
+        &hessian_lab::train::FitOpts {
+            epochs,
+            batch_size,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
