@@ -213,10 +213,10 @@ println!("input_hessian refuses it: {}", curvature::input_hessian(&tanh, &b8).is
 let test = data::load(DatasetKind::Mnist, SplitKind::Test, "../data")?.first(6)?;
 let ihm = curvature::input_hessian(&m1, &test.to_batch(&rt)?)?;
 println!("{:?}", ihm.summary());
-let lines: Vec<Line> = ihm.samples.iter().enumerate().map(|(i, s)| Line {
-    label: format!("sample {i} (rank {})", s.rank),
-    x: (1..=s.eigenvalues.len()).map(|k| k as f64).collect(),
-    y: s.eigenvalues.iter().map(|v| v.max(1e-16)).collect(), markers: true }).collect();
+let lines: Vec<Line> = ihm.samples.iter().enumerate().map(|(i, s)| Line::new(
+    format!("sample {i} (rank {})", s.rank),
+    (1..=s.eigenvalues.len()).map(|k| k as f64).collect(),
+    s.eigenvalues.iter().map(|v| v.max(1e-16)).collect()).markers()).collect();
 let fig = Figure::lines("M1 input-Hessian eigenvalues (all 784 − 10 others are 0)", "index", "eigenvalue", lines, true)?;
 fig.evcxr_display();"""),
 ]

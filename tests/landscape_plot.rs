@@ -5,7 +5,7 @@ use common::*;
 use hessian_lab::curvature::{self, DataSource, HessianOperator, LanczosOpts, ParamVec};
 use hessian_lab::landscape::{self, *};
 use hessian_lab::models::{Model, ModelConfig, ModelKind};
-use hessian_lab::plot::{self, Figure, Image, Line};
+use hessian_lab::plot::{self, Figure, Image, Line, PNG_SCALE};
 
 fn tiny() -> (Model, DataSource) {
     let rt = rt64();
@@ -181,18 +181,9 @@ fn figures_render_to_png_of_the_requested_size_and_svg() {
         "α",
         "loss",
         vec![
-            Line {
-                label: "train".into(),
-                x: vec![0.0, 1.0, 2.0],
-                y: vec![0.1, 0.01, 0.2],
-                markers: false,
-            },
-            Line {
-                label: "test".into(),
-                x: vec![0.0, 1.0, 2.0],
-                y: vec![0.2, 0.05, 0.3],
-                markers: true,
-            },
+            Line::new("train", vec![0.0, 1.0, 2.0], vec![0.1, 0.01, 0.2]),
+            Line::new("test", vec![0.0, 1.0, 2.0], vec![0.2, 0.05, 0.3]).markers(),
+            Line::new("paper", vec![0.0, 2.0], vec![0.15, 0.25]).dashed(),
         ],
         true,
     )
@@ -240,8 +231,8 @@ fn figures_render_to_png_of_the_requested_size_and_svg() {
         let reader = dec.read_info().unwrap();
         assert_eq!(
             (reader.info().width, reader.info().height),
-            (f.width, f.height),
-            "{name}"
+            (f.width * PNG_SCALE, f.height * PNG_SCALE),
+            "{name}: PNGs are drawn at {PNG_SCALE}× for high-DPI screens"
         );
         let svg = f.to_svg().unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("</svg>"));

@@ -22,7 +22,69 @@ pub struct Line {
     pub y: Vec<f64>,
     /// Draw markers at the points.
     pub markers: bool,
+    /// Dashed (reference values, e.g. the paper's).
+    pub dashed: bool,
+    /// Palette index; `None`: the line's position. Use [`colors`] so that the same quantity has
+    /// the same colour in every figure.
+    pub color: Option<usize>,
 }
+
+impl Line {
+    /// A solid line without markers, coloured by its position.
+    pub fn new(label: impl Into<String>, x: Vec<f64>, y: Vec<f64>) -> Line {
+        Line {
+            label: label.into(),
+            x,
+            y,
+            markers: false,
+            dashed: false,
+            color: None,
+        }
+    }
+    /// With markers at the points.
+    pub fn markers(mut self) -> Line {
+        self.markers = true;
+        self
+    }
+    /// Dashed.
+    pub fn dashed(mut self) -> Line {
+        self.dashed = true;
+        self
+    }
+    /// In palette colour `c` (see [`colors`]).
+    pub fn color(mut self, c: usize) -> Line {
+        self.color = Some(c);
+        self
+    }
+}
+
+/// Palette indices with one meaning across all figures.
+pub mod colors {
+    /// Training data; clean (standard) training.
+    pub const TRAIN: usize = 0;
+    /// Test data.
+    pub const TEST: usize = 1;
+    /// A batch (the data a Hessian was computed on).
+    pub const BATCH: usize = 2;
+    /// Robust (adversarial) training.
+    pub const ROBUST: usize = 3;
+    /// The paper's values (drawn dashed).
+    pub const PAPER: usize = 7;
+}
+
+/// How an axis maps values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scale {
+    #[default]
+    Linear,
+    /// Logarithmic, ends on powers of ten, labelled 10ᵏ.
+    Log10,
+    /// Logarithmic base 2, ticks at powers of two (batch sizes).
+    Log2,
+}
+
+/// Pixels per figure unit in PNGs: 2, for high-DPI screens (SVGs are resolution-free).
+pub const PNG_SCALE: u32 = 2;
 
 /// A grayscale/RGB image in [0, 1], (C, H, W) with C ∈ {1, 3}.
 #[derive(Clone, Debug)]
@@ -38,7 +100,10 @@ pub(crate) enum Spec {
     Lines {
         x_label: String,
         y_label: String,
-        log_y: bool,
+        x_scale: Scale,
+        y_scale: Scale,
+        /// Fixed y range (accuracies: [0, 1]).
+        y_range: Option<(f64, f64)>,
         lines: Vec<Line>,
     },
     Heatmap {
@@ -62,8 +127,11 @@ pub(crate) enum Spec {
 #[derive(Clone, Debug)]
 pub struct Figure {
     pub title: String,
+    /// Size in figure units (PNG pixels ÷ [`PNG_SCALE`]).
     pub width: u32,
     pub height: u32,
+    /// A line of small print under the plot: the settings it was computed with.
+    pub caption: Option<String>,
     pub(crate) spec: Spec,
 }
 
@@ -98,10 +166,13 @@ impl Figure {
             title: title.into(),
             width: 640,
             height: 420,
+            caption: None,
             spec: Spec::Lines {
                 x_label: x_label.into(),
                 y_label: y_label.into(),
-                log_y,
+                x_scale: Scale::Linear,
+                y_scale: if log_y { Scale::Log10 } else { Scale::Linear },
+                y_range: None,
                 lines,
             },
         })
@@ -125,8 +196,9 @@ impl Figure {
         }
         Ok(Figure {
             title: title.into(),
-            width: 560,
+            width: 600,
             height: 480,
+            caption: None,
             spec: Spec::Heatmap {
                 x_label: x_label.into(),
                 y_label: y_label.into(),
@@ -150,6 +222,7 @@ impl Figure {
             title: String::new(),
             width: w * cols.min(panels.len()) as u32,
             height: h * rows as u32,
+            caption: None,
             spec: Spec::Panels { cols, panels },
         })
     }
@@ -161,14 +234,35 @@ impl Figure {
         self
     }
 
-    /// PNG bytes (RGB, best compression, adaptive filter).
+    /// A logarithmic x axis, base 2, ticks at powers of two (batch sizes).
+    pub fn log2_x(mut self) -> Figure {
+        if let Spec::Lines { x_scale, .. } = &mut self.spec {
+            *x_scale = Scale::Log2;
+        }
+        self
+    }
+    /// A fixed y range (e.g. accuracies on [0, 1]).
+    pub fn y_range(mut self, lo: f64, hi: f64) -> Figure {
+        if let Spec::Lines { y_range, .. } = &mut self.spec {
+            *y_range = Some((lo, hi));
+        }
+        self
+    }
+    /// A line of small print under the plot (data, samples, epochs, seed).
+    pub fn with_caption(mut self, caption: impl Into<String>) -> Figure {
+        self.caption = Some(caption.into());
+        self
+    }
+
+    /// PNG bytes at [`PNG_SCALE`]× the figure's size (RGB, best compression, adaptive filter).
     pub fn to_png(&self) -> Result<Vec<u8>> {
-        let (w, h) = (self.width as usize, self.height as usize);
+        let (pw, ph) = (self.width * PNG_SCALE, self.height * PNG_SCALE);
+        let (w, h) = (pw as usize, ph as usize);
         let mut buf = vec![255u8; w * h * 3];
         render::draw_bitmap(self, &mut buf)?;
         let mut out = Vec::new();
         {
-            let mut enc = png::Encoder::new(&mut out, self.width, self.height);
+            let mut enc = png::Encoder::new(&mut out, pw, ph);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
             enc.set_compression(png::Compression::Best);
@@ -231,11 +325,15 @@ pub fn landscape_figure(
     let lines = curve
         .series
         .iter()
-        .map(|s| Line {
-            label: s.label.clone(),
-            x: curve.alphas.clone(),
-            y: s.loss.clone(),
-            markers: false,
+        .map(|s| {
+            let l = Line::new(s.label.clone(), curve.alphas.clone(), s.loss.clone());
+            // train, test and batch keep their colours in every figure
+            match s.label.split_whitespace().next() {
+                Some("train") => l.color(colors::TRAIN),
+                Some("test") => l.color(colors::TEST),
+                Some("batch") => l.color(colors::BATCH),
+                _ => l,
+            }
         })
         .collect();
     let loss = Figure::lines(title, x_label, "loss", lines, log_y)?;
@@ -246,12 +344,7 @@ pub fn landscape_figure(
         "λ₁ along the path",
         x_label,
         "λ₁",
-        vec![Line {
-            label: "λ₁".into(),
-            x: curve.alphas.clone(),
-            y: curve.lambda1.clone(),
-            markers: true,
-        }],
+        vec![Line::new("λ₁", curve.alphas.clone(), curve.lambda1.clone()).markers()],
         false,
     )?;
     Figure::panels(vec![loss, l1], 2)
@@ -277,36 +370,27 @@ pub fn density_figure(d: &Density, title: &str) -> Result<Figure> {
         title,
         "eigenvalue",
         "density",
-        vec![Line {
-            label: "SLQ".into(),
-            x: d.grid.clone(),
-            y,
-            markers: false,
-        }],
+        vec![Line::new("SLQ", d.grid.clone(), y)],
         true,
     )
 }
 
-/// Accuracy vs ε for several attacks (or models).
+/// Accuracy vs ε for several attacks (or models), on [0, 1].
 pub fn accuracy_vs_eps_figure(
     title: &str,
     series: Vec<(String, Vec<f64>, Vec<f64>)>,
 ) -> Result<Figure> {
-    Figure::lines(
+    Ok(Figure::lines(
         title,
         "ε",
         "accuracy",
         series
             .into_iter()
-            .map(|(label, x, y)| Line {
-                label,
-                x,
-                y,
-                markers: true,
-            })
+            .map(|(label, x, y)| Line::new(label, x, y).markers())
             .collect(),
         false,
-    )
+    )?
+    .y_range(0.0, 1.0))
 }
 
 /// A quantity per epoch (e.g. λ₁^θ) for several runs, log-y optional.
@@ -322,11 +406,8 @@ pub fn per_epoch_figure(
         y_label,
         series
             .into_iter()
-            .map(|(label, y)| Line {
-                label,
-                x: (1..=y.len()).map(|e| e as f64).collect(),
-                y,
-                markers: true,
+            .map(|(label, y)| {
+                Line::new(label, (1..=y.len()).map(|e| e as f64).collect(), y).markers()
             })
             .collect(),
         log_y,
@@ -380,6 +461,7 @@ pub fn image_grid(title: &str, rows: Vec<(String, Vec<Image>)>) -> Result<Figure
         title: title.into(),
         width: 110 + cell * cols as u32,
         height: 40 + cell * rows.len() as u32,
+        caption: None,
         spec: Spec::Images { rows },
     })
 }

@@ -1,6 +1,6 @@
 //! Rendering of figure specs onto any plotters backend (bitmap or SVG).
 
-use super::{Figure, Image, Line, Spec};
+use super::{Figure, Image, Line, Scale, Spec, PNG_SCALE};
 use crate::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -39,8 +39,9 @@ const PALETTE: [RGBColor; 8] = [
 
 pub(super) fn draw_bitmap(fig: &Figure, buf: &mut [u8]) -> Result<()> {
     register_font();
-    let root = BitMapBackend::with_buffer(buf, (fig.width, fig.height)).into_drawing_area();
-    draw(fig, &root)?;
+    let size = (fig.width * PNG_SCALE, fig.height * PNG_SCALE);
+    let root = BitMapBackend::with_buffer(buf, size).into_drawing_area();
+    draw(fig, &root, PNG_SCALE as f64)?;
     root.present().map_err(perr)
 }
 
@@ -49,7 +50,7 @@ pub(super) fn draw_svg(fig: &Figure) -> Result<String> {
     let mut s = String::new();
     {
         let root = SVGBackend::with_string(&mut s, (fig.width, fig.height)).into_drawing_area();
-        draw(fig, &root)?;
+        draw(fig, &root, 1.0)?;
         root.present().map_err(perr)?;
     }
     Ok(s)
@@ -71,6 +72,16 @@ fn range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo, hi)
 }
 
+/// `v` with `sig` significant digits (contour labels).
+fn fmt_sig(v: f64, sig: usize) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return fmt_num(&v);
+    }
+    let mag = v.abs().log10().floor() as i32;
+    let decimals = (sig as i32 - 1 - mag).max(0) as usize;
+    fmt_num(&format!("{v:.decimals$}").parse::<f64>().unwrap_or(v))
+}
+
 /// Compact tick labels: 4 significant digits, scientific outside [1e-3, 1e4).
 pub(crate) fn fmt_num(v: &f64) -> String {
     let a = v.abs();
@@ -85,15 +96,43 @@ pub(crate) fn fmt_num(v: &f64) -> String {
     s.to_string()
 }
 
-fn draw<DB: DrawingBackend>(fig: &Figure, area: &DrawingArea<DB, Shift>) -> Result<()> {
+/// Sizes (fonts, margins, strokes) are in figure units times `k` (the PNG scale).
+fn draw<DB: DrawingBackend>(fig: &Figure, area: &DrawingArea<DB, Shift>, k: f64) -> Result<()> {
     area.fill(&WHITE).map_err(perr)?;
+    let area = match &fig.caption {
+        Some(c) => {
+            let (_, ph) = area.dim_in_pixel();
+            let (top, bottom) = area.split_vertically(ph.saturating_sub(px(k, 20.0) as u32));
+            bottom
+                .draw(&Text::new(
+                    pretty(c),
+                    (px(k, 10.0), px(k, 4.0)),
+                    ("sans-serif", k * 11.0)
+                        .into_font()
+                        .color(&RGBColor(90, 90, 90)),
+                ))
+                .map_err(perr)?;
+            top
+        }
+        None => area.clone(),
+    };
     match &fig.spec {
         Spec::Lines {
             x_label,
             y_label,
-            log_y,
+            x_scale,
+            y_scale,
+            y_range,
             lines,
-        } => draw_lines(area, &fig.title, x_label, y_label, *log_y, lines),
+        } => draw_lines(
+            &area,
+            &fig.title,
+            (x_label, y_label),
+            (*x_scale, *y_scale),
+            *y_range,
+            lines,
+            k,
+        ),
         Spec::Heatmap {
             x_label,
             y_label,
@@ -101,97 +140,315 @@ fn draw<DB: DrawingBackend>(fig: &Figure, area: &DrawingArea<DB, Shift>) -> Resu
             y,
             z,
             contours,
-        } => draw_heatmap(area, &fig.title, x_label, y_label, x, y, z, *contours),
-        Spec::Images { rows } => draw_images(area, &fig.title, rows),
+        } => draw_heatmap(&area, &fig.title, x_label, y_label, x, y, z, *contours, k),
+        Spec::Images { rows } => draw_images(&area, &fig.title, rows, k),
         Spec::Panels { cols, panels } => {
             let rows = panels.len().div_ceil(*cols);
             let cells = area.split_evenly((rows, (*cols).min(panels.len())));
             for (p, c) in panels.iter().zip(cells.iter()) {
-                draw(p, c)?;
+                draw(p, c, k)?;
             }
             Ok(())
         }
     }
 }
 
+/// The legend as a column beside the plot (when it would cover a line inside).
+fn draw_side_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    lines: &[Line],
+    k: f64,
+) -> Result<()> {
+    for (i, l) in lines.iter().enumerate() {
+        let c = PALETTE[l.color.unwrap_or(i) % PALETTE.len()];
+        let y = px(k, 60.0 + 22.0 * i as f64);
+        let (x0, x1) = (px(k, 4.0), px(k, 22.0));
+        let w = px(k, 2.0) as u32;
+        if l.dashed {
+            let mid = (x0 + x1) / 2;
+            area.draw(&PathElement::new(
+                vec![(x0, y), (mid - px(k, 2.0), y)],
+                c.stroke_width(w),
+            ))
+            .map_err(perr)?;
+            area.draw(&PathElement::new(
+                vec![(mid + px(k, 2.0), y), (x1, y)],
+                c.stroke_width(w),
+            ))
+            .map_err(perr)?;
+        } else {
+            area.draw(&PathElement::new(vec![(x0, y), (x1, y)], c.stroke_width(w)))
+                .map_err(perr)?;
+        }
+        area.draw(&Text::new(
+            pretty(&l.label),
+            (px(k, 28.0), y - px(k, 7.0)),
+            ("sans-serif", k * 12.0),
+        ))
+        .map_err(perr)?;
+    }
+    Ok(())
+}
+
+/// Caret notation as real superscripts: λ₁^θ → λ₁ᶿ, λ₁^x → λ₁ˣ (the glyphs are in the shipped
+/// DejaVu Sans).
+pub(crate) fn pretty(s: &str) -> String {
+    s.replace("^θ", "ᶿ")
+        .replace("^x", "ˣ")
+        .replace("^{θ}", "ᶿ")
+        .replace("^{x}", "ˣ")
+}
+
+/// Figure units to pixels.
+fn px(k: f64, v: f64) -> i32 {
+    (k * v).round() as i32
+}
+
+const SUPERSCRIPT: [char; 10] = ['⁰', '¹', '²', '³', '⁴', '⁵', '⁶', '⁷', '⁸', '⁹'];
+
+/// 10ᵏ with a superscript exponent.
+pub(crate) fn pow10_label(e: i32) -> String {
+    let digits: String = e
+        .unsigned_abs()
+        .to_string()
+        .chars()
+        .filter_map(|c| c.to_digit(10).map(|d| SUPERSCRIPT[d as usize]))
+        .collect();
+    format!("10{}{digits}", if e < 0 { "⁻" } else { "" })
+}
+
+/// Log-axis labels: powers of ten as 10ᵏ, nothing in between (the ends are always decades).
+fn log10_label(v: &f64) -> String {
+    let e = v.log10().round();
+    if v.is_finite() && *v > 0.0 && (v.log10() - e).abs() < 1e-6 {
+        pow10_label(e as i32)
+    } else {
+        String::new()
+    }
+}
+
+/// Log₂-axis labels (the axis carries log₂ x): 2ᵏ as a number at integer k.
+fn log2_label(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{}", 2f64.powi(v.round() as i32))
+    } else {
+        String::new()
+    }
+}
+
+/// Where the legend covers no line: the first corner (upper right, upper left, lower right,
+/// lower left of the plot's normalised [0, 1]²) whose legend-sized box holds no point of the
+/// densely sampled lines; `None` when every corner does (the legend then goes beside the plot).
+fn legend_position(
+    lines: &[Vec<(f64, f64)>],
+    n_lines: usize,
+    longest: usize,
+) -> Option<SeriesLabelPosition> {
+    let (bw, bh) = (
+        (0.06 + 0.018 * longest as f64).min(0.6),
+        (0.065 * n_lines as f64 + 0.03).min(0.7),
+    );
+    let mut pts = vec![];
+    for l in lines {
+        for w in l.windows(2) {
+            for t in 0..=16 {
+                let f = t as f64 / 16.0;
+                pts.push((
+                    w[0].0 + f * (w[1].0 - w[0].0),
+                    w[0].1 + f * (w[1].1 - w[0].1),
+                ));
+            }
+        }
+        pts.extend(l.iter().copied());
+    }
+    let free = |x0: f64, y0: f64| {
+        !pts.iter().any(|(x, y)| {
+            *x >= x0 - 0.02 && *x <= x0 + bw + 0.02 && *y >= y0 - 0.02 && *y <= y0 + bh + 0.02
+        })
+    };
+    [
+        (SeriesLabelPosition::UpperRight, 1.0 - bw, 1.0 - bh),
+        (SeriesLabelPosition::UpperLeft, 0.0, 1.0 - bh),
+        (SeriesLabelPosition::LowerRight, 1.0 - bw, 0.0),
+        (SeriesLabelPosition::LowerLeft, 0.0, 0.0),
+    ]
+    .into_iter()
+    .find(|(_, x0, y0)| free(*x0, *y0))
+    .map(|(p, _, _)| p)
+}
+
 fn draw_lines<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
-    xl: &str,
-    yl: &str,
-    log_y: bool,
+    (xl, yl): (&str, &str),
+    (x_scale, y_scale): (Scale, Scale),
+    y_range: Option<(f64, f64)>,
     lines: &[Line],
+    k: f64,
 ) -> Result<()> {
-    let (x0, x1) = range(lines.iter().flat_map(|l| l.x.iter().copied()));
-    let ys = lines
+    let log_y = y_scale == Scale::Log10;
+    let log2_x = x_scale == Scale::Log2;
+    let tx = |x: f64| if log2_x { x.log2() } else { x };
+    let keep = |y: f64| y.is_finite() && (!log_y || y > 0.0);
+    // points in axis coordinates (log₂ x on a linear axis for batch sizes)
+    let series: Vec<Vec<(f64, f64)>> = lines
         .iter()
-        .flat_map(|l| l.y.iter().copied())
-        .filter(|v| !log_y || *v > 0.0);
-    let (y0, y1) = range(ys);
-    let mut b = ChartBuilder::on(area);
-    b.caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(38)
-        .y_label_area_size(62);
+        .map(|l| {
+            l.x.iter()
+                .zip(&l.y)
+                .filter(|(x, y)| keep(**y) && tx(**x).is_finite())
+                .map(|(x, y)| (tx(*x), *y))
+                .collect()
+        })
+        .collect();
+    let (mut x0, mut x1) = range(series.iter().flatten().map(|p| p.0));
+    let (y0, y1) = match y_range {
+        Some(r) => r,
+        None => range(series.iter().flatten().map(|p| p.1)),
+    };
+    // a little room left and right, so that a spike at the end is not drawn on the frame
+    let pad = if log2_x { 0.3 } else { (x1 - x0) * 0.03 };
+    x0 -= pad;
+    x1 += pad;
+    let (y0, y1) = if log_y {
+        // whole decades: both ends are labelled
+        let lo = y0.max(y1 * 1e-15).max(f64::MIN_POSITIVE);
+        let (e0, e1) = (
+            lo.log10().floor(),
+            y1.log10().ceil().max(lo.log10().floor() + 1.0),
+        );
+        // a hair outside the decades, so that both end labels are drawn
+        (
+            10f64.powi(e0 as i32) * (1.0 - 1e-9),
+            10f64.powi(e1 as i32) * (1.0 + 1e-9),
+        )
+    } else if y_range.is_some() {
+        (y0, y1)
+    } else {
+        let p = (y1 - y0) * 0.05;
+        (y0 - p, y1 + p)
+    };
+    // normalised point positions, for the legend's corner
+    let ny = |y: f64| {
+        if log_y {
+            (y.log10() - y0.log10()) / (y1.log10() - y0.log10())
+        } else {
+            (y - y0) / (y1 - y0)
+        }
+    };
+    let norm: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|l| {
+            l.iter()
+                .map(|&(x, y)| ((x - x0) / (x1 - x0), ny(y)))
+                .collect()
+        })
+        .collect();
+    let longest = lines
+        .iter()
+        .map(|l| l.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let show_legend = lines.len() > 1;
+    let legend_at = legend_position(&norm, lines.len(), longest);
+    // no free corner: the legend goes in a strip right of the plot
+    let (area, strip) = if show_legend && legend_at.is_none() {
+        let w = px(k, 30.0 + 7.0 * longest as f64) as u32;
+        let (a, b) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(w));
+        (a, Some(b))
+    } else {
+        (area.clone(), None)
+    };
+    let mut b = ChartBuilder::on(&area);
+    b.caption(pretty(title), ("sans-serif", k * 18.0))
+        .margin(px(k, 12.0))
+        .x_label_area_size(px(k, 40.0))
+        .y_label_area_size(px(k, 62.0));
+    let (xl, yl) = (pretty(xl), pretty(yl));
     macro_rules! body {
-        ($chart:expr) => {{
+        ($chart:expr, $xfmt:expr, $yfmt:expr, $xn:expr) => {{
             let mut chart = $chart;
             chart
                 .configure_mesh()
-                .x_desc(xl)
-                .y_desc(yl)
-                .label_style(("sans-serif", 12))
-                .axis_desc_style(("sans-serif", 14))
-                .light_line_style(RGBColor(235, 235, 235))
-                // plotters' log axis packs its light lines into a grey band: draw none there
-                .y_max_light_lines(if log_y { 0 } else { 10 })
-                .x_label_formatter(&fmt_num)
-                .y_label_formatter(&fmt_num)
+                .x_desc(&xl)
+                .y_desc(&yl)
+                .label_style(("sans-serif", k * 12.0))
+                .axis_desc_style(("sans-serif", k * 14.0))
+                .bold_line_style(RGBColor(225, 225, 225).stroke_width(px(k, 1.0) as u32))
+                // no minor grid: a major grid is enough to read values off
+                .light_line_style(TRANSPARENT)
+                .x_max_light_lines(0)
+                .y_max_light_lines(0)
+                .x_labels($xn)
+                .x_label_formatter($xfmt)
+                .y_label_formatter($yfmt)
                 .draw()
                 .map_err(perr)?;
-            for (i, l) in lines.iter().enumerate() {
-                let c = PALETTE[i % PALETTE.len()];
-                let pts: Vec<(f64, f64)> =
-                    l.x.iter()
-                        .zip(&l.y)
-                        .filter(|(_, y)| y.is_finite() && (!log_y || **y > 0.0))
-                        .map(|(a, b)| (*a, *b))
-                        .collect();
-                chart
-                    .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-                    .map_err(perr)?
-                    .label(l.label.clone())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                    });
-                if l.markers {
+            for (i, (l, pts)) in lines.iter().zip(&series).enumerate() {
+                let c = PALETTE[l.color.unwrap_or(i) % PALETTE.len()];
+                let stroke = c.stroke_width(px(k, 2.0) as u32);
+                let drawn = if l.dashed {
                     chart
-                        .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
+                        .draw_series(DashedLineSeries::new(
+                            pts.clone(),
+                            px(k, 6.0) as u32,
+                            px(k, 4.0) as u32,
+                            stroke,
+                        ))
+                        .map_err(perr)?
+                } else {
+                    chart
+                        .draw_series(LineSeries::new(pts.clone(), stroke))
+                        .map_err(perr)?
+                };
+                let (dashed, w) = (l.dashed, px(k, 2.0) as u32);
+                drawn.label(pretty(&l.label)).legend(move |(x, y)| {
+                    let seg = if dashed { 8 } else { 18 };
+                    PathElement::new(vec![(x, y), (x + seg, y)], c.stroke_width(w))
+                });
+                if l.markers {
+                    let r = px(k, 3.0);
+                    chart
+                        .draw_series(pts.iter().map(|p| Circle::new(*p, r, c.filled())))
                         .map_err(perr)?;
                 }
             }
-            if lines.len() > 1 || !lines[0].label.is_empty() {
+            if let (true, Some(at)) = (show_legend, legend_at) {
                 chart
                     .configure_series_labels()
-                    .background_style(WHITE.mix(0.85))
+                    .background_style(WHITE.mix(0.9))
                     .border_style(BLACK.mix(0.3))
-                    .label_font(("sans-serif", 12))
-                    .position(SeriesLabelPosition::UpperRight)
+                    .label_font(("sans-serif", k * 12.0))
+                    .position(at)
                     .draw()
                     .map_err(perr)?;
             }
         }};
     }
-    if log_y {
-        let y0 = y0.max(y1 * 1e-12).max(f64::MIN_POSITIVE);
-        body!(b
-            .build_cartesian_2d(x0..x1, (y0..y1 * 1.2).log_scale())
-            .map_err(perr)?);
+    if let Some(strip) = &strip {
+        draw_side_legend(strip, lines, k)?;
+    }
+    let xn = if log2_x {
+        ((x1 - x0).round() as usize + 1).max(2)
     } else {
-        let pad = (y1 - y0) * 0.05;
-        body!(b
-            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
-            .map_err(perr)?);
+        8
+    };
+    let xfmt: &dyn Fn(&f64) -> String = if log2_x { &log2_label } else { &fmt_num };
+    if log_y {
+        body!(
+            b.build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+                .map_err(perr)?,
+            xfmt,
+            &log10_label,
+            xn
+        );
+    } else {
+        body!(
+            b.build_cartesian_2d(x0..x1, y0..y1).map_err(perr)?,
+            xfmt,
+            &fmt_num,
+            xn
+        );
     }
     Ok(())
 }
@@ -206,16 +463,18 @@ fn draw_heatmap<DB: DrawingBackend>(
     y: &[f64],
     z: &[Vec<f64>],
     contours: usize,
+    k: f64,
 ) -> Result<()> {
     let (x0, x1) = range(x.iter().copied());
     let (y0, y1) = range(y.iter().copied());
     let (z0, z1) = range(z.iter().flatten().copied());
-    let (main, bar) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(84));
+    let bar_w = px(k, 110.0) as u32;
+    let (main, bar) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(bar_w));
     let mut chart = ChartBuilder::on(&main)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(38)
-        .y_label_area_size(52)
+        .caption(pretty(title), ("sans-serif", k * 18.0))
+        .margin(px(k, 12.0))
+        .x_label_area_size(px(k, 40.0))
+        .y_label_area_size(px(k, 52.0))
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(perr)?;
     chart
@@ -225,62 +484,95 @@ fn draw_heatmap<DB: DrawingBackend>(
         .disable_mesh()
         .x_label_formatter(&fmt_num)
         .y_label_formatter(&fmt_num)
-        .label_style(("sans-serif", 12))
-        .axis_desc_style(("sans-serif", 14))
+        .label_style(("sans-serif", k * 12.0))
+        .axis_desc_style(("sans-serif", k * 14.0))
         .draw()
         .map_err(perr)?;
-    // Cells centred on grid points.
-    let half = |v: &[f64], i: usize| -> (f64, f64) {
-        let lo = if i == 0 {
-            v[0]
+    // Each grid cell drawn as 4×4 sub-cells coloured by bilinear interpolation of the four
+    // surrounding grid values: a smooth map from a coarse grid (the values are the grid's).
+    const SUB: usize = 4;
+    let colour = |v: f64| {
+        if v.is_finite() {
+            ViridisRGB.get_color_normalized(v as f32, z0 as f32, z1 as f32)
         } else {
-            0.5 * (v[i - 1] + v[i])
-        };
-        let hi = if i + 1 == v.len() {
-            v[i]
-        } else {
-            0.5 * (v[i] + v[i + 1])
-        };
-        (lo, hi)
+            RGBColor(255, 255, 255)
+        }
     };
     let mut cells = vec![];
-    for (j, row) in z.iter().enumerate() {
-        for (i, &val) in row.iter().enumerate() {
-            let (xa, xb) = half(x, i);
-            let (ya, yb) = half(y, j);
-            let c = if val.is_finite() {
-                ViridisRGB.get_color_normalized(val as f32, z0 as f32, z1 as f32)
-            } else {
-                RGBColor(255, 255, 255)
-            };
-            cells.push(Rectangle::new([(xa, ya), (xb, yb)], c.filled()));
+    for j in 0..y.len().saturating_sub(1) {
+        for i in 0..x.len().saturating_sub(1) {
+            let (za, zb, zc, zd) = (z[j][i], z[j][i + 1], z[j + 1][i], z[j + 1][i + 1]);
+            for sj in 0..SUB {
+                for si in 0..SUB {
+                    let (u, w) = (
+                        (si as f64 + 0.5) / SUB as f64,
+                        (sj as f64 + 0.5) / SUB as f64,
+                    );
+                    let v = (1.0 - w) * ((1.0 - u) * za + u * zb) + w * ((1.0 - u) * zc + u * zd);
+                    let xa = x[i] + (x[i + 1] - x[i]) * si as f64 / SUB as f64;
+                    let xb = x[i] + (x[i + 1] - x[i]) * (si + 1) as f64 / SUB as f64;
+                    let ya = y[j] + (y[j + 1] - y[j]) * sj as f64 / SUB as f64;
+                    let yb = y[j] + (y[j + 1] - y[j]) * (sj + 1) as f64 / SUB as f64;
+                    cells.push(Rectangle::new([(xa, ya), (xb, yb)], colour(v).filled()));
+                }
+            }
         }
     }
     chart.draw_series(cells).map_err(perr)?;
-    // Contours by marching squares.
-    for k in 1..=contours {
-        let level = z0 + (z1 - z0) * k as f64 / (contours + 1) as f64;
+    // Contours at quantiles of z (loss surfaces are steep at the rim and flat in the basin:
+    // evenly spaced levels would all crowd the rim), each labelled with its level where it is
+    // farthest from the labels already placed.
+    let mut placed: Vec<(f64, f64)> = vec![];
+    let (sx, sy) = ((x1 - x0).max(1e-300), (y1 - y0).max(1e-300));
+    for level in quantile_levels(z, contours) {
         let segs = marching_squares(x, y, z, level);
+        if segs.is_empty() {
+            continue;
+        }
+        let dist = |p: (f64, f64)| {
+            placed
+                .iter()
+                .map(|q| ((p.0 - q.0) / sx).hypot((p.1 - q.1) / sy))
+                .fold(f64::INFINITY, f64::min)
+        };
+        // inside the frame with room for the text, as far as possible from other labels
+        let at = segs
+            .iter()
+            .map(|s| s.0)
+            .filter(|p| p.0 < x1 - 0.12 * sx && p.1 < y1 - 0.05 * sy && p.1 > y0 + 0.03 * sy)
+            .max_by(|a, b| dist(*a).total_cmp(&dist(*b)))
+            .unwrap_or(segs[0].0);
+        placed.push(at);
         chart
-            .draw_series(
-                segs.into_iter()
-                    .map(|s| PathElement::new(vec![s.0, s.1], WHITE.mix(0.8).stroke_width(1))),
-            )
+            .draw_series(segs.into_iter().map(|s| {
+                PathElement::new(
+                    vec![s.0, s.1],
+                    WHITE.mix(0.85).stroke_width(px(k, 1.0) as u32),
+                )
+            }))
+            .map_err(perr)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                fmt_sig(level, 3),
+                at,
+                ("sans-serif", k * 10.0).into_font().color(&WHITE),
+            )))
             .map_err(perr)?;
     }
-    // Colour bar.
+    // Colour bar with its title, labels inside the figure.
     let mut cb = ChartBuilder::on(&bar)
-        .margin_top(40)
-        .margin_bottom(50)
-        .margin_right(8)
-        .y_label_area_size(58)
+        .margin_top(px(k, 40.0))
+        .margin_bottom(px(k, 52.0))
+        .margin_right(px(k, 6.0))
+        .y_label_area_size(px(k, 60.0))
+        .caption(z_title(title), ("sans-serif", k * 12.0))
         .build_cartesian_2d(0.0..1.0, z0..z1)
         .map_err(perr)?;
     cb.configure_mesh()
         .disable_mesh()
         .disable_x_axis()
         .y_label_formatter(&fmt_num)
-        .label_style(("sans-serif", 11))
+        .label_style(("sans-serif", k * 11.0))
         .draw()
         .map_err(perr)?;
     let steps = 64;
@@ -296,6 +588,34 @@ fn draw_heatmap<DB: DrawingBackend>(
     }))
     .map_err(perr)?;
     Ok(())
+}
+
+/// The colour bar's title: what the map shows ("loss" unless the title says otherwise).
+fn z_title(title: &str) -> &'static str {
+    if title.contains("accuracy") {
+        "accuracy"
+    } else {
+        "loss"
+    }
+}
+
+/// `n` contour levels at the quantiles (k/(n+1)) of the finite z values.
+pub(crate) fn quantile_levels(z: &[Vec<f64>], n: usize) -> Vec<f64> {
+    let mut v: Vec<f64> = z
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|x| x.is_finite())
+        .collect();
+    if v.len() < 2 || n == 0 {
+        return vec![];
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mut out: Vec<f64> = (1..=n)
+        .map(|i| v[((v.len() - 1) as f64 * i as f64 / (n + 1) as f64).round() as usize])
+        .collect();
+    out.dedup();
+    out
 }
 
 type Seg = ((f64, f64), (f64, f64));
@@ -339,20 +659,21 @@ fn draw_images<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
     rows: &[(String, Vec<Image>)],
+    k: f64,
 ) -> Result<()> {
-    let area = area.titled(title, ("sans-serif", 16)).map_err(perr)?;
-    let cell = 72i32;
+    let area = area.titled(title, ("sans-serif", k * 16.0)).map_err(perr)?;
+    let cell = px(k, 72.0);
     for (r, (label, imgs)) in rows.iter().enumerate() {
-        let y = 8 + r as i32 * cell;
+        let y = px(k, 8.0) + r as i32 * cell;
         area.draw(&Text::new(
             label.clone(),
-            (4, y + cell / 2 - 6),
-            ("sans-serif", 12),
+            (px(k, 4.0), y + cell / 2 - px(k, 6.0)),
+            ("sans-serif", k * 12.0),
         ))
         .map_err(perr)?;
         for (c, img) in imgs.iter().enumerate() {
-            let x0 = 106 + c as i32 * cell;
-            let s = ((cell - 6) as f64 / img.height.max(img.width) as f64).max(1.0);
+            let x0 = px(k, 106.0) + c as i32 * cell;
+            let s = ((cell - px(k, 6.0)) as f64 / img.height.max(img.width) as f64).max(1.0);
             let hw = img.height * img.width;
             for i in 0..img.height {
                 for j in 0..img.width {
@@ -376,4 +697,56 @@ fn draw_images<DB: DrawingBackend>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_labels_are_powers_of_ten_only() {
+        assert_eq!(pow10_label(-4), "10⁻⁴");
+        assert_eq!(pow10_label(12), "10¹²");
+        assert_eq!(log10_label(&1e-3), "10⁻³");
+        assert_eq!(log10_label(&0.2), "");
+        assert_eq!(log2_label(&6.0), "64");
+        assert_eq!(log2_label(&6.5), "");
+        assert_eq!(pretty("λ₁^θ and λ₁^x"), "λ₁ᶿ and λ₁ˣ");
+    }
+
+    #[test]
+    fn contour_levels_are_quantiles() {
+        let z: Vec<Vec<f64>> = (0..10)
+            .map(|i| (0..10).map(|j| (i * 10 + j) as f64).collect())
+            .collect();
+        assert_eq!(quantile_levels(&z, 3), vec![25.0, 50.0, 74.0]);
+        // a steep rim: quantiles stay in the basin where evenly spaced levels would not
+        let rim: Vec<Vec<f64>> = (0..10)
+            .map(|i| {
+                (0..10)
+                    .map(|j| if i == 9 { 1e3 } else { (i + j) as f64 })
+                    .collect()
+            })
+            .collect();
+        assert!(quantile_levels(&rim, 5).iter().all(|&l| l < 20.0));
+    }
+
+    #[test]
+    fn legend_goes_to_a_free_corner_or_beside_the_plot() {
+        // a line along the bottom: the upper right is free
+        let low = vec![vec![(0.0, 0.1), (1.0, 0.2)]];
+        assert!(matches!(
+            legend_position(&low, 2, 8),
+            Some(SeriesLabelPosition::UpperRight)
+        ));
+        // a rising line: upper left is free
+        let rising = vec![vec![(0.0, 0.0), (1.0, 1.0)]];
+        assert!(matches!(
+            legend_position(&rising, 2, 8),
+            Some(SeriesLabelPosition::UpperLeft)
+        ));
+        // lines through every corner: none is free
+        let x = vec![vec![(0.0, 0.0), (1.0, 1.0)], vec![(0.0, 1.0), (1.0, 0.0)]];
+        assert!(legend_position(&x, 2, 8).is_none());
+    }
 }

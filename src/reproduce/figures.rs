@@ -329,37 +329,66 @@ pub fn fig17(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
     })
 }
 
-/// Table 9's two figures: λ₁^θ vs batch size (train, test) and FGSM accuracy vs batch size.
+/// The paper's Table 9 (M1 on MNIST): batch size, λ₁^θ train, test, FGSM accuracy at ε = 0.2
+/// train, test, at ε = 0.1 train, test.
+pub const PAPER_TABLE9: [(usize, f64, f64, f64, f64, f64, f64); 6] = [
+    (64, 0.49, 2.96, 0.53, 0.53, 0.85, 0.85),
+    (128, 1.44, 8.10, 0.50, 0.51, 0.83, 0.83),
+    (256, 2.71, 13.54, 0.45, 0.46, 0.81, 0.82),
+    (512, 5.84, 26.35, 0.42, 0.42, 0.79, 0.80),
+    (1024, 21.24, 36.96, 0.32, 0.33, 0.73, 0.74),
+    (2048, 44.30, 49.36, 0.19, 0.19, 0.72, 0.73),
+];
+
+/// Table 9's two figures: λ₁^θ vs batch size (train, test; log-log) and FGSM accuracy vs batch
+/// size (on [0, 1]), batch sizes on a log₂ axis, the paper's values dashed.
 pub fn table9_figures(t: &Table9) -> Result<[Figure; 2]> {
+    use plot::colors::{TEST, TRAIN};
     let bs: Vec<f64> = t.rows.iter().map(|r| r.batch_size as f64).collect();
-    let line = |f: &dyn Fn(&Table9Row) -> f64, label: &str| Line {
-        label: label.into(),
-        x: bs.clone(),
-        y: t.rows.iter().map(f).collect(),
-        markers: true,
+    let line = |f: &dyn Fn(&Table9Row) -> f64, label: &str, c: usize| {
+        Line::new(label, bs.clone(), t.rows.iter().map(f).collect())
+            .markers()
+            .color(c)
     };
+    type PaperRow = (usize, f64, f64, f64, f64, f64, f64);
+    let pb: Vec<f64> = PAPER_TABLE9.iter().map(|r| r.0 as f64).collect();
+    let paper = |f: fn(&PaperRow) -> f64, label: &str, c: usize| {
+        Line::new(label, pb.clone(), PAPER_TABLE9.iter().map(f).collect())
+            .dashed()
+            .color(c)
+    };
+    let caption = t.settings.caption();
     Ok([
         Figure::lines(
             "M1: λ₁^θ vs batch size",
             "batch size",
             "λ₁^θ",
             vec![
-                line(&|r| r.lambda1_theta_train, "train"),
-                line(&|r| r.lambda1_theta_test, "test"),
+                line(&|r| r.lambda1_theta_train, "train", TRAIN),
+                line(&|r| r.lambda1_theta_test, "test", TEST),
+                paper(|r| r.1, "paper, train", TRAIN),
+                paper(|r| r.2, "paper, test", TEST),
             ],
             true,
-        )?,
+        )?
+        .log2_x()
+        .with_caption(caption.clone()),
         Figure::lines(
             "M1: FGSM accuracy vs batch size",
             "batch size",
-            "accuracy",
+            "accuracy under FGSM",
             vec![
-                line(&|r| r.fgsm(0.1).train, "ε=0.1 train"),
-                line(&|r| r.fgsm(0.1).test, "ε=0.1 test"),
-                line(&|r| r.fgsm(0.2).train, "ε=0.2 train"),
-                line(&|r| r.fgsm(0.2).test, "ε=0.2 test"),
+                line(&|r| r.fgsm(0.1).train, "ε=0.1 train", TRAIN),
+                line(&|r| r.fgsm(0.1).test, "ε=0.1 test", TEST),
+                line(&|r| r.fgsm(0.2).train, "ε=0.2 train", 2),
+                line(&|r| r.fgsm(0.2).test, "ε=0.2 test", 4),
+                paper(|r| r.5, "paper ε=0.1, train", TRAIN),
+                paper(|r| r.3, "paper ε=0.2, train", 2),
             ],
             false,
-        )?,
+        )?
+        .log2_x()
+        .y_range(0.0, 1.0)
+        .with_caption(caption),
     ])
 }

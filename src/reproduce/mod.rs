@@ -69,6 +69,19 @@ impl Table9Settings {
             ..Self::quick()
         }
     }
+    /// A short line for figure captions: data, samples, epochs, seed.
+    pub fn caption(&self) -> String {
+        format!(
+            "MNIST, M1: {} training images, {} epochs, SGD lr {}{}; λ₁^θ, FGSM on {} / {} images; seed {}",
+            self.train_samples,
+            self.epochs,
+            self.lr,
+            if self.lr_scale_base.is_some() { " (scaled)" } else { "" },
+            self.hessian_samples,
+            self.input_samples,
+            self.seed
+        )
+    }
     /// One line that says what the run does (printed above the table).
     pub fn describe(&self, dtype: candle_core::DType) -> String {
         let s = self;
