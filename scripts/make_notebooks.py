@@ -248,14 +248,12 @@ for (name, m) in [("B=64", &small), ("B=1024", &large)] {
     rows.push((name, l1));
 }"""),
     md("## Spectral density (SLQ, 60 Lanczos steps)"),
-    code("""let mut figs = vec![];
-for (name, m) in [("B=64", &small), ("B=1024", &large)] {
-    let op = HessianOperator::new(m, DataSource::Batch(hb.clone()))?;
-    let d = curvature::density(&op, &curvature::SlqOpts { iter: 60, grid: 2000, ..Default::default() })?;
-    figs.push(plot::density_figure(&d, &format!("M1 {name}: Hessian spectral density"))?);
-}
-let fig = Figure::panels(figs, 2)?;
-fig.evcxr_display();"""),
+    code("""let slq = curvature::SlqOpts { iter: 60, grid: 2000, ..Default::default() };
+let ds: Vec<curvature::Density> = [&small, &large].iter()
+    .map(|m| curvature::density(&HessianOperator::new(*m, DataSource::Batch(hb.clone()))?, &slq))
+    .collect::<hessian_lab::Result<_>>()?;
+plot::densities_figure("M1: Hessian spectral density, small vs large batch",
+    &[("B=64", &ds[0], plot::colors::TRAIN), ("B=1024", &ds[1], plot::colors::ROBUST)])?"""),
 ]
 
 notebooks["04_attacks_and_robust_training"] = [

@@ -375,6 +375,27 @@ pub fn density_figure(d: &Density, title: &str) -> Result<Figure> {
     )
 }
 
+/// Several spectral densities overlaid on one axis (log y, density + 1e-7), e.g. small vs large
+/// batch or clean vs robust, each in the given palette colour.
+pub fn densities_figure(title: &str, ds: &[(&str, &Density, usize)]) -> Result<Figure> {
+    Figure::lines(
+        title,
+        "eigenvalue",
+        "density",
+        ds.iter()
+            .map(|(label, d, c)| {
+                Line::new(
+                    *label,
+                    d.grid.clone(),
+                    d.density.iter().map(|v| v + 1e-7).collect(),
+                )
+                .color(*c)
+            })
+            .collect(),
+        true,
+    )
+}
+
 /// Accuracy vs ε for several attacks (or models), on [0, 1].
 pub fn accuracy_vs_eps_figure(
     title: &str,

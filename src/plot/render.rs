@@ -359,6 +359,7 @@ fn draw_lines<DB: DrawingBackend>(
     } else {
         (area.clone(), None)
     };
+    let plot_px = area.dim_in_pixel().0 as f64;
     let mut b = ChartBuilder::on(&area);
     b.caption(pretty(title), ("sans-serif", k * 18.0))
         .margin(px(k, 12.0))
@@ -386,7 +387,10 @@ fn draw_lines<DB: DrawingBackend>(
                 .map_err(perr)?;
             for (i, (l, pts)) in lines.iter().zip(&series).enumerate() {
                 let c = PALETTE[l.color.unwrap_or(i) % PALETTE.len()];
-                let stroke = c.stroke_width(px(k, 2.0) as u32);
+                // A dense zigzag (an SLQ density over a wide range) drawn thick gets miter
+                // spikes far outside the frame at its sharp turns: thin lines have no joins.
+                let dense = pts.len() as f64 > 0.25 * plot_px;
+                let stroke = c.stroke_width(if dense { 1 } else { px(k, 2.0) as u32 });
                 let drawn = if l.dashed {
                     chart
                         .draw_series(DashedLineSeries::new(

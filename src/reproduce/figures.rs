@@ -163,18 +163,36 @@ pub fn fig13(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
         seed: s.seed,
         ..Default::default()
     };
-    let (mut figs, mut js) = (vec![], vec![]);
+    let (mut js, mut spectra) = (vec![], vec![]);
     for (name, m) in [("clean", &clean), ("robust", &robust)] {
-        for (n, d) in super::spectra(m, &f.train, &[1, 320, full], &opts, 1000)? {
+        let sp = super::spectra(m, &f.train, &[1, 320, full], &opts, 1000)?;
+        for (n, d) in &sp {
             let nodes = d.nodes.iter().flatten().cloned();
             let (lo, hi) = nodes.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
                 (a.min(x), b.max(x))
             });
             f.notes
                 .push(format!("{name:6} B={n:5}: λ range [{lo:.3e}, {hi:.3e}]"));
-            figs.push(plot::density_figure(&d, &format!("{name}, B = {n}"))?);
             js.push(json!({"model": name, "samples": n, "density": d}));
         }
+        spectra.push(sp);
+    }
+    // one panel per sub-sample size, clean and robust overlaid on one axis
+    let mut figs = vec![];
+    for ((n, dc), (_, dr)) in spectra[0].iter().zip(&spectra[1]) {
+        figs.push(
+            plot::densities_figure(
+                &format!("Hessian spectrum, B = {n}"),
+                &[
+                    ("clean", dc, plot::colors::TRAIN),
+                    ("robust", dr, plot::colors::ROBUST),
+                ],
+            )?
+            .with_caption(format!(
+                "M1, MNIST; SLQ, {iter} Lanczos steps; seed {}",
+                s.seed
+            )),
+        );
     }
     Ok(FigureResult {
         name: "fig13",
