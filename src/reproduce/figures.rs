@@ -112,6 +112,8 @@ fn clean_and_robust(s: &FigSettings, f: &Setup) -> Result<(Model, Model)> {
     let mut ts = Table9Settings::quick();
     ts.epochs = f.epochs;
     ts.seed = s.seed;
+    // the figures train for a fixed number of epochs (their captions say how many)
+    ts.target_train_accuracy = None;
     let tag = format!("n{}_e{}_s{}", f.train.len(), f.epochs, s.seed);
     let get = |name: &str, adv: Option<(AttackKind, f64, f64)>| -> Result<Model> {
         let path = s

@@ -47,6 +47,9 @@ pub struct TrainConfig {
     /// Checked before every step: when set, training stops with [`Error::Interrupted`]
     /// (the CLI sets it on Ctrl-C).
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Stop after the first epoch whose train accuracy (on the first `eval_train_samples`
+    /// samples, evaluated in eval mode) reaches this; `epochs` is then the cap.
+    pub until_train_accuracy: Option<f64>,
 }
 
 /// `<path>.epoch-N`: where [`train`] saves the checkpoint of epoch `n` (1-based).
@@ -77,6 +80,7 @@ impl TrainConfig {
             checkpoint: None,
             log_path: None,
             stop: None,
+            until_train_accuracy: None,
         }
     }
     pub fn validate(&self) -> Result<()> {
@@ -91,6 +95,14 @@ impl TrainConfig {
         }
         if self.eval_chunk == 0 {
             return Err(Error::invalid("eval chunk", "must be ≥ 1"));
+        }
+        if let Some(t) = self.until_train_accuracy {
+            if !(t > 0.0 && t <= 1.0) || self.eval_train_samples == 0 {
+                return Err(Error::invalid(
+                    "until_train_accuracy",
+                    "a target in (0, 1] needs eval_train_samples > 0",
+                ));
+            }
         }
         self.schedule.validate()
     }
@@ -128,6 +140,8 @@ pub struct TrainReport {
     pub epochs: Vec<EpochRecord>,
     pub seconds: f64,
     pub iterations: usize,
+    /// With [`TrainConfig::until_train_accuracy`]: whether it was reached within the cap.
+    pub reached: Option<bool>,
 }
 
 /// Called after each epoch's evaluation; may add values to the record's `extra`.
@@ -346,19 +360,30 @@ pub fn train(
                 let _ = std::fs::remove_file(old);
             }
         }
+        let reached = cfg.until_train_accuracy.map(|t| {
+            records
+                .last()
+                .and_then(|r| r.train_eval_accuracy)
+                .is_some_and(|a| a >= t)
+        });
         let report = TrainReport {
             epochs: records.clone(),
             seconds: t0.elapsed().as_secs_f64(),
             iterations,
+            reached,
         };
         if let Some(p) = &cfg.log_path {
             write_json(p, &report)?;
+        }
+        if reached == Some(true) {
+            return Ok(report);
         }
     }
     Ok(TrainReport {
         epochs: records,
         seconds: t0.elapsed().as_secs_f64(),
         iterations,
+        reached: cfg.until_train_accuracy.map(|_| false),
     })
 }
 

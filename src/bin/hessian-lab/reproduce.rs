@@ -57,8 +57,15 @@ pub struct Table9Args {
     pub shared: Shared,
     #[arg(long, value_delimiter = ',')]
     pub batch_sizes: Vec<usize>,
+    /// The epoch cap (with the convergence target) or the fixed number of epochs
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Train each batch size until this train accuracy (default 0.999, the paper's "100 %")
+    #[arg(long, conflicts_with = "fixed_epochs")]
+    pub target_train_accuracy: Option<f64>,
+    /// Train every batch size for exactly --epochs epochs (no convergence target)
+    #[arg(long)]
+    pub fixed_epochs: bool,
     #[arg(long)]
     pub train_samples: Option<usize>,
     #[arg(long)]
@@ -143,6 +150,11 @@ fn table9(a: Table9Args) -> Result<()> {
         s.batch_sizes = a.batch_sizes.clone();
     }
     s.epochs = a.epochs.unwrap_or(s.epochs);
+    if a.fixed_epochs {
+        s.target_train_accuracy = None;
+    } else if let Some(t) = a.target_train_accuracy {
+        s.target_train_accuracy = Some(t);
+    }
     s.train_samples = a.train_samples.unwrap_or(s.train_samples);
     s.hessian_samples = a.hessian_samples.unwrap_or(s.hessian_samples);
     s.input_samples = a.input_samples.unwrap_or(s.input_samples);
