@@ -188,3 +188,78 @@ fn table10_sample_runs_end_to_end() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// A tiny `reproduce table3`: six models × clean and five attacks, λ₁^θ per model, the
+/// Markdown table, the JSON and the heat map.
+#[test]
+fn tiny_table3_has_every_model_and_attack() {
+    let out = std::env::temp_dir().join(format!("hl-table3-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_hessian-lab"))
+        .args([
+            "reproduce",
+            "table3",
+            "--quick",
+            "--train-samples",
+            "256",
+            "--epochs",
+            "1",
+            "--eval-samples",
+            "48",
+            "--hessian-samples",
+            "48",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("| Model | clean | FGSM | FGSM-10 | L2 GRAD | FHSM | L2 HESS | λ₁^θ |"),
+        "{stdout}"
+    );
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table3.json")).unwrap()).unwrap();
+    let models: Vec<&str> = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        models,
+        [
+            "M_ORI",
+            "M_FGSM",
+            "M_FGSM-10",
+            "M_L2GRAD",
+            "M_FHSM",
+            "M_L2HESS"
+        ]
+    );
+    let acc = v["accuracy"].as_array().unwrap();
+    assert_eq!(acc.len(), 6);
+    for row in acc {
+        let row: Vec<f64> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(row.len(), 6);
+        assert!(row.iter().all(|a| (0.0..=1.0).contains(a)));
+        // FGSM-10 (iterated, same budget) is at least as strong as FGSM, up to one image
+        assert!(row[2] <= row[1] + 1.0 / 48.0 + 1e-12, "{row:?}");
+    }
+    assert!(v["lambda1_theta"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l.as_f64().unwrap() > 0.0));
+    assert!(out.join("table3.png").exists() && out.join("table3.md").exists());
+}

@@ -117,6 +117,12 @@ pub(crate) enum Spec {
     Images {
         rows: Vec<(String, Vec<Image>)>,
     },
+    Matrix {
+        cols: Vec<String>,
+        rows: Vec<String>,
+        z: Vec<Vec<f64>>,
+        z_label: String,
+    },
     Panels {
         cols: usize,
         panels: Vec<Figure>,
@@ -206,6 +212,36 @@ impl Figure {
                 y,
                 z,
                 contours,
+            },
+        })
+    }
+
+    /// A labelled matrix (e.g. accuracy of each model under each attack): one coloured cell per
+    /// value on [0, 1] with the value written in it, row and column names, a titled colour bar.
+    pub fn matrix(
+        title: &str,
+        cols: &[String],
+        rows: &[String],
+        z: Vec<Vec<f64>>,
+        z_label: &str,
+    ) -> Result<Figure> {
+        if z.len() != rows.len() || z.iter().any(|r| r.len() != cols.len()) || z.is_empty() {
+            return Err(Error::Shape(format!(
+                "matrix: {} rows of {} values expected",
+                rows.len(),
+                cols.len()
+            )));
+        }
+        Ok(Figure {
+            title: title.into(),
+            width: 140 + 95 * cols.len() as u32 + 90,
+            height: 110 + 44 * rows.len() as u32,
+            caption: None,
+            spec: Spec::Matrix {
+                cols: cols.to_vec(),
+                rows: rows.to_vec(),
+                z,
+                z_label: z_label.into(),
             },
         })
     }

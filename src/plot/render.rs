@@ -142,6 +142,12 @@ fn draw<DB: DrawingBackend>(fig: &Figure, area: &DrawingArea<DB, Shift>, k: f64)
             contours,
         } => draw_heatmap(&area, &fig.title, x_label, y_label, x, y, z, *contours, k),
         Spec::Images { rows } => draw_images(&area, &fig.title, rows, k),
+        Spec::Matrix {
+            cols,
+            rows,
+            z,
+            z_label,
+        } => draw_matrix(&area, &fig.title, cols, rows, z, z_label, k),
         Spec::Panels { cols, panels } => {
             let rows = panels.len().div_ceil(*cols);
             let cells = area.split_evenly((rows, (*cols).min(panels.len())));
@@ -620,6 +626,91 @@ pub(crate) fn quantile_levels(z: &[Vec<f64>], n: usize) -> Vec<f64> {
         .collect();
     out.dedup();
     out
+}
+
+/// A labelled matrix of values on [0, 1]: viridis cells with the value in each, row names on
+/// the left, column names on top, a titled colour bar on the right.
+fn draw_matrix<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    cols: &[String],
+    rows: &[String],
+    z: &[Vec<f64>],
+    z_label: &str,
+    k: f64,
+) -> Result<()> {
+    let area = area
+        .titled(&pretty(title), ("sans-serif", k * 16.0))
+        .map_err(perr)?;
+    let (cw, ch) = (px(k, 95.0), px(k, 44.0));
+    let (left, top) = (px(k, 130.0), px(k, 34.0));
+    for (j, c) in cols.iter().enumerate() {
+        area.draw(&Text::new(
+            c.clone(),
+            (left + j as i32 * cw + px(k, 8.0), top - px(k, 22.0)),
+            ("sans-serif", k * 12.0),
+        ))
+        .map_err(perr)?;
+    }
+    for (i, (r, row)) in rows.iter().zip(z).enumerate() {
+        let y = top + i as i32 * ch;
+        area.draw(&Text::new(
+            r.clone(),
+            (px(k, 6.0), y + ch / 2 - px(k, 7.0)),
+            ("sans-serif", k * 12.0),
+        ))
+        .map_err(perr)?;
+        for (j, &v) in row.iter().enumerate() {
+            let x = left + j as i32 * cw;
+            let c = ViridisRGB.get_color_normalized(v.clamp(0.0, 1.0) as f32, 0.0, 1.0);
+            area.draw(&Rectangle::new(
+                [(x, y), (x + cw - 2, y + ch - 2)],
+                c.filled(),
+            ))
+            .map_err(perr)?;
+            // dark text on the light (yellow-green) end of viridis, white on the dark end
+            let txt = if v > 0.6 { BLACK } else { WHITE };
+            area.draw(&Text::new(
+                format!("{:.1}", 100.0 * v),
+                (x + cw / 2 - px(k, 14.0), y + ch / 2 - px(k, 7.0)),
+                ("sans-serif", k * 13.0).into_font().color(&txt),
+            ))
+            .map_err(perr)?;
+        }
+    }
+    // colour bar: 0 … 100 %
+    let bx = left + cols.len() as i32 * cw + px(k, 20.0);
+    let bh = rows.len() as i32 * ch;
+    area.draw(&Text::new(
+        format!("{z_label} (%)"),
+        (bx - px(k, 6.0), top - px(k, 22.0)),
+        ("sans-serif", k * 11.0),
+    ))
+    .map_err(perr)?;
+    let steps = 48;
+    for s in 0..steps {
+        let (a, b) = (s as f64 / steps as f64, (s + 1) as f64 / steps as f64);
+        let y1 = top + bh - (a * bh as f64) as i32;
+        let y0 = top + bh - (b * bh as f64) as i32;
+        let c = ViridisRGB.get_color_normalized(a as f32, 0.0, 1.0);
+        area.draw(&Rectangle::new(
+            [(bx, y0), (bx + px(k, 14.0), y1)],
+            c.filled(),
+        ))
+        .map_err(perr)?;
+    }
+    for t in [0.0, 0.5, 1.0] {
+        area.draw(&Text::new(
+            format!("{}", (100.0 * t) as i32),
+            (
+                bx + px(k, 18.0),
+                top + bh - (t * bh as f64) as i32 - px(k, 6.0),
+            ),
+            ("sans-serif", k * 11.0),
+        ))
+        .map_err(perr)?;
+    }
+    Ok(())
 }
 
 type Seg = ((f64, f64), (f64, f64));

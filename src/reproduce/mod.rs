@@ -5,6 +5,7 @@
 
 pub mod figures;
 pub mod table10;
+pub mod table3;
 
 use crate::attack::{self, AttackKind};
 use crate::curvature::{self, DataSource, HessianOperator, LanczosOpts, SlqOpts};

@@ -49,6 +49,24 @@ pub enum What {
     Fig17(FigArgs),
     /// Table 10: C1 on CIFAR-10, large batches: baseline, LR scaling, robust training
     Table10(Table10Args),
+    /// Table 3 (appendix): M_ORI and the five robust M1 models × clean and the five attacks, λ₁^θ
+    Table3(Table3Args),
+}
+
+#[derive(Args)]
+pub struct Table3Args {
+    #[command(flatten)]
+    pub shared: Shared,
+    /// Training epochs of every model (default: 3 quick, 10 full)
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub train_samples: Option<usize>,
+    /// Attacked test images (default: 1,000 quick, 10,000 full)
+    #[arg(long)]
+    pub eval_samples: Option<usize>,
+    #[arg(long)]
+    pub hessian_samples: Option<usize>,
 }
 
 #[derive(Args)]
@@ -135,7 +153,54 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         What::Fig11(f) => figure(f.shared, figures::fig11),
         What::Fig17(f) => figure(f.shared, figures::fig17),
         What::Table10(t) => table10(t),
+        What::Table3(t) => table3(t),
     }
+}
+
+fn table3(a: Table3Args) -> Result<()> {
+    use hessian_lab::reproduce::table3::{self as t3, Table3Settings};
+    let sh = &a.shared;
+    let rt = runtime(&sh.common)?;
+    let mut s = if sh.quick {
+        Table3Settings::quick()
+    } else {
+        Table3Settings::full()
+    };
+    s.seed = sh.seed;
+    s.epochs = a.epochs.unwrap_or(s.epochs);
+    s.train_samples = a.train_samples.unwrap_or(s.train_samples);
+    s.eval_samples = a.eval_samples.unwrap_or(s.eval_samples);
+    s.hessian_samples = a.hessian_samples.unwrap_or(s.hessian_samples);
+    if s.epochs == 0 || s.train_samples == 0 || s.eval_samples == 0 || s.hessian_samples == 0 {
+        anyhow::bail!("epochs and sample counts must be at least 1");
+    }
+    hessian_lab::files::check_writable(&sh.out.join("table3.json"))?;
+    println!(
+        "# Table 3 — robust M1 models × attacks on MNIST{}",
+        if sh.quick { " (quick)" } else { "" }
+    );
+    println!(
+        "settings: {} training images, {} epochs, batch {}, lr {}, half of each batch adversarial; ε = {} (FGSM, FGSM-10, FHSM), {} (L2 GRAD, L2 HESS); attacks on {} test images; λ₁^θ on {} training images; seed {}\n",
+        s.train_samples, s.epochs, s.batch_size, s.lr, s.eps_linf, s.eps_l2, s.eval_samples, s.hessian_samples, s.seed
+    );
+    let t0 = Instant::now();
+    let t = t3::table3(&rt, &sh.common.data_dir, &s, |name, row, l1| {
+        let cells: Vec<String> = row.iter().map(|a| format!("{:.1}", 100.0 * a)).collect();
+        eprintln!(
+            "{name}: {} | λ₁^θ {l1:.3} ({:.0}s)",
+            cells.join(" "),
+            t0.elapsed().as_secs_f64()
+        );
+    })?;
+    println!("{}", t.markdown());
+    println!(
+        "(accuracy in % on the attacked test images; total {:.0}s)",
+        t.seconds
+    );
+    save_figure(sh, "table3", &t.figure()?, serde_json::to_value(&t)?, t0)?;
+    std::fs::write(sh.out.join("table3.md"), t.markdown())
+        .with_context(|| format!("writing {}", sh.out.join("table3.md").display()))?;
+    Ok(())
 }
 
 fn table9(a: Table9Args) -> Result<()> {
