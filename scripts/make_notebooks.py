@@ -7,6 +7,8 @@ Cells tagged "allow-stderr" may write to stderr (the CI runner fails on stderr o
 import json, os
 
 DEP = ':dep hessian_lab = { package = "hessian-lab", path = "..", default-features = false }'
+DEP_NOTE = """The next cell compiles hessian-lab for the notebook: about 4–5 minutes the first time on a
+2-core CPU (nothing is shown meanwhile), seconds once evcxr has cached the build."""
 USE = """use hessian_lab::prelude::*; // the Network trait, models, data, curvature, attacks, training, plots
 let rt = Runtime::cpu_f32(); // device, dtype and CPU kernels; nothing else to set up"""
 
@@ -42,6 +44,7 @@ notebooks["01_quickstart"] = [
 Load MNIST, train the paper's M1 briefly, compute one Hessian-vector product, the top Hessian
 eigenvalues, run one attack, and plot. CPU, about a minute of compute (M1 trained for one epoch
 on the first 10,000 training images; curvature on the first 320 test images)."""),
+    md(DEP_NOTE),
     code(DEP),
     code(USE),
     md("""The crate runs on its own (vendored, patched) candle, re-exported as `hessian_lab::candle_core`
@@ -100,6 +103,7 @@ Every verb of hessian-lab takes `&dyn Network`. Here: a small CNN written with c
 cell, trained briefly on Fashion-MNIST, then its top eigenvalues, trace, spectral density, FGSM
 accuracy curve and 1-D landscape — one or two lines each; then a network trained by PyTorch,
 loaded by spec from its `state_dict`. CPU, about a minute."""),
+    md(DEP_NOTE),
     code(DEP),
     code(USE),
     md("""## A candle-nn CNN, wrapped in one line
@@ -168,6 +172,7 @@ For a net that is piecewise linear in its input (ReLU, max-pool, BN in eval mode
 cross-entropy, ∇²ₓℓ = Jᵀ(diag p − ppᵀ)J with J = ∂logits/∂x (Lemma 3 / Theorem 1 of the paper).
 We check it numerically: against the Hessian built column by column from input HVPs, its PSD-ness
 and rank, and a tanh net where it fails. Small f64 models; seconds of CPU."""),
+    md(DEP_NOTE),
     code(DEP),
     code(USE),
     code("""let rt64 = Runtime::cpu_f64();
@@ -212,13 +217,13 @@ println!("input_hessian refuses it: {}", curvature::input_hessian(&tanh, &b8).is
     code("""let m1 = Model::new(ModelKind::M1, &rt, 0)?;
 let test = data::load(DatasetKind::Mnist, SplitKind::Test, "../data")?.first(6)?;
 let ihm = curvature::input_hessian(&m1, &test.to_batch(&rt)?)?;
-println!("{:?}", ihm.summary());
 let lines: Vec<Line> = ihm.samples.iter().enumerate().map(|(i, s)| Line::new(
     format!("sample {i} (rank {})", s.rank),
     (1..=s.eigenvalues.len()).map(|k| k as f64).collect(),
     s.eigenvalues.iter().map(|v| v.max(1e-16)).collect()).markers()).collect();
 let fig = Figure::lines("M1 input-Hessian eigenvalues (all 784 − 10 others are 0)", "index", "eigenvalue", lines, true)?;
 fig.evcxr_display();"""),
+    code("""ihm.summary()"""),
 ]
 
 notebooks["03_large_batch"] = [
@@ -226,6 +231,7 @@ notebooks["03_large_batch"] = [
 M1 trained on the first 10,000 MNIST images for 3 epochs at batch 64 and batch 1024 (same LR,
 no scaling), then λ₁^θ (Lanczos, first 320 test images), mean λ₁^x and ‖∇ₓJ‖ (Theorem 1, first
 200 test images), FGSM accuracy, and the spectral density of both. CPU, a few minutes."""),
+    md(DEP_NOTE),
     code(DEP),
     code(USE),
     code(TRAIN_M1),
@@ -262,6 +268,7 @@ FGSM, FGSM-10, L2-GRAD, FHSM and L2-HESS (second-order attacks use the exact min
 direction H⁺g of Theorem 1) on M1 trained for 1 epoch on 10,000 images; accuracy vs ε on the
 first 300 test images; then FGSM robust training (half of each batch adversarial, ε = 0.1) and its
 flatter minimum. CPU, a few minutes."""),
+    md(DEP_NOTE),
     code(DEP),
     code(USE),
     code(TRAIN_M1),
@@ -270,17 +277,18 @@ train::fit(&clean, &train_split, &FitOpts { epochs: 1, ..Default::default() })?;
 let t300 = test.first(300)?;
 let eps_linf = vec![0.0, 0.05, 0.1, 0.15, 0.2];
 let eps_l2 = vec![0.0, 1.0, 2.0, 3.0, 4.0];
-let mut series = vec![];
-for (k, eps) in [(AttackKind::Fgsm, &eps_linf), (AttackKind::Ifgsm { steps: 10 }, &eps_linf), (AttackKind::Fhsm(NewtonSolver::Exact), &eps_linf),
-                 (AttackKind::L2Grad, &eps_l2), (AttackKind::L2Hess(NewtonSolver::Exact), &eps_l2)] {
+// each attack keeps its colour in both panels; first-order solid, second-order dashed
+let (mut linf, mut l2) = (vec![], vec![]);
+for (i, (k, eps)) in [(AttackKind::Fgsm, &eps_linf), (AttackKind::Ifgsm { steps: 10 }, &eps_linf), (AttackKind::Fhsm(NewtonSolver::Exact), &eps_linf),
+                      (AttackKind::L2Grad, &eps_l2), (AttackKind::L2Hess(NewtonSolver::Exact), &eps_l2)].into_iter().enumerate() {
     let r = attack::adversarial_accuracy(&clean, &t300, k, eps, &attack::SplitOpts::chunk(300))?;
-    println!("{:7} {:?}", r.attack, r.per_eps.iter().map(|e| (e.eps, e.accuracy)).collect::<Vec<_>>());
-    series.push((r.attack.clone(), eps.clone(), r.per_eps.iter().map(|e| e.accuracy).collect::<Vec<f64>>()));
+    let line = Line::new(r.label.clone(), eps.clone(), r.per_eps.iter().map(|e| e.accuracy).collect()).markers().color(i);
+    let line = if matches!(k, AttackKind::Fhsm(_) | AttackKind::L2Hess(_)) { line.dashed() } else { line };
+    if i < 3 { linf.push(line) } else { l2.push(line) }
 }"""),
-    code("""let linf: Vec<_> = series.iter().filter(|s| !s.0.starts_with("l2")).cloned().collect();
-let l2: Vec<_> = series.iter().filter(|s| s.0.starts_with("l2")).cloned().collect();
-let fig = Figure::panels(vec![plot::accuracy_vs_eps_figure("L∞ attacks (ε per pixel)", linf)?,
-                              plot::accuracy_vs_eps_figure("L2 attacks (ε = ‖Δx‖₂)", l2)?], 2)?;
+    code("""let fig = Figure::panels(vec![
+    Figure::lines("L∞ attacks (ε per pixel)", "ε", "accuracy", linf, false)?.y_range(0.0, 1.0),
+    Figure::lines("L2 attacks (ε = ‖Δx‖₂)", "ε", "accuracy", l2, false)?.y_range(0.0, 1.0)], 2)?;
 fig.evcxr_display();"""),
     md("## Clean, adversarial (FHSM, ε = 0.2) and the perturbation"),
     code("""let b8 = test.first(8)?.to_batch(&rt)?;
@@ -315,6 +323,7 @@ notebooks["05_landscapes"] = [
 segment from a clean to a robust model (BN statistics interpolated, λ₁ along the path). M1 trained
 for 1 epoch on 10,000 images; curvature on 320 test images; losses on 1,000 train / test images.
 CPU, a few minutes."""),
+    md(DEP_NOTE),
     code(DEP),
     code(USE),
     md("""The crate runs on its own (vendored, patched) candle, re-exported as `hessian_lab::candle_core`
@@ -345,7 +354,8 @@ train::fit(&robust, &train_split, &FitOpts { epochs: 1, adversarial: Some(adv), 
 let lams = landscape::linspace(-0.5, 1.5, 9)?;
 let c = landscape::interpolate(&model, &robust, &lams, &[("train", &tr), ("test", &te)],
                                Some((&batch, &LanczosOpts { max_iter: 40, tol: 1e-2, seed: 0 })), None)?;
-let fig = plot::landscape_figure(&c, "clean (λ=0) → robust (λ=1)", "λ", false)?;
+// t, not λ, for the coefficient (λ₁ is the eigenvalue); log axes keep the [0, 1] part readable
+let fig = plot::landscape_figure(&c, "(1−t)·clean + t·robust", "t", true)?;
 fig.evcxr_display();"""),
 ]
 

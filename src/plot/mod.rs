@@ -377,11 +377,11 @@ pub fn landscape_figure(
         return Ok(loss);
     }
     let l1 = Figure::lines(
-        "λ₁ along the path",
+        "λ₁ᶿ along the path",
         x_label,
-        "λ₁",
-        vec![Line::new("λ₁", curve.alphas.clone(), curve.lambda1.clone()).markers()],
-        false,
+        "λ₁ᶿ",
+        vec![Line::new("λ₁ᶿ", curve.alphas.clone(), curve.lambda1.clone()).markers()],
+        log_y,
     )?;
     Figure::panels(vec![loss, l1], 2)
 }

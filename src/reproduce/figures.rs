@@ -278,7 +278,7 @@ pub fn fig11(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
     }
     Ok(FigureResult {
         name: "fig11",
-        figure: plot::landscape_figure(&c, "M1: clean (λ=0) → robust (λ=1)", "λ", false)?,
+        figure: plot::landscape_figure(&c, "M1: (1−t)·clean + t·robust", "t", true)?,
         data: json!({ "data": c }),
         notes: f.notes,
     })

@@ -248,7 +248,7 @@ pub fn interpolate_cmd(a: InterpolateArgs) -> Result<()> {
         },
         Some(&crate::bars::Bars::default()),
     )?;
-    plot::landscape_figure(&c, &format!("{}: (1−λ)·A + λ·B", a.net.label()), "λ", false)?
+    plot::landscape_figure(&c, &format!("{}: (1−t)·A + t·B", a.net.label()), "t", true)?
         .save(&a.out)?;
     let out = json!({"model": a.net.label(), "arch": a.net.arch_json()?, "dataset": ds.name(), "figure": a.out, "data": c, "seconds": t0.elapsed().as_secs_f64()});
     emit(a.json, &out, || {
