@@ -263,3 +263,60 @@ fn tiny_table3_has_every_model_and_attack() {
         .all(|l| l.as_f64().unwrap() > 0.0));
     assert!(out.join("table3.png").exists() && out.join("table3.md").exists());
 }
+
+/// `--with-scaling` writes a second table at lr·B/B₀; a learning rate that blows training up
+/// gives a row marked ‡ with the reason, not a failed command.
+#[test]
+fn table9_with_scaling_and_a_diverged_row() {
+    let out = std::env::temp_dir().join(format!("hl-table9s-{}", std::process::id()));
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "reproduce",
+            "table9",
+            "--quick",
+            "--batch-sizes",
+            "16,32",
+            "--train-samples",
+            "96",
+            "--hessian-samples",
+            "32",
+            "--input-samples",
+            "32",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_hessian-lab"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--epochs", "2", "--with-scaling"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table9_scaling.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["settings"]["lr_scale_base"], 16);
+    let lrs: Vec<f64> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["lr"].as_f64().unwrap())
+        .collect();
+    assert!(
+        (lrs[0] - 0.02).abs() < 1e-12 && (lrs[1] - 0.04).abs() < 1e-12,
+        "{lrs:?}"
+    );
+    let o = run(&["--epochs", "2", "--fixed-epochs", "--lr", "1e4"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("‡ training diverged"), "{stdout}");
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("table9.json")).unwrap()).unwrap();
+    assert!(v["rows"][0]["diverged"].is_string(), "{}", v["rows"][0]);
+}

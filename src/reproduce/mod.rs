@@ -180,6 +180,9 @@ pub struct Table9Row {
     pub final_train_loss: f64,
     /// Whether the settings' target train accuracy was reached (always true without a target).
     pub converged: bool,
+    /// Why training diverged, when it did (the row's measurements are then NaN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<String>,
 }
 
 /// Table 9 with its settings.
@@ -283,7 +286,21 @@ pub fn table9(
     let x_te = test_all.first(s.input_samples.min(test_all.len()))?;
     let mut rows = vec![];
     for &b in &s.batch_sizes {
-        let (m, report) = train_m1(rt, &train_split, b, s, None)?;
+        let lr = match s.lr_scale_base {
+            Some(b0) => s.lr * b as f64 / b0 as f64,
+            None => s.lr,
+        };
+        let (m, report) = match train_m1(rt, &train_split, b, s, None) {
+            Ok(x) => x,
+            // a scaled learning rate can be too large for a batch size: a row that says so
+            Err(Error::Diverged(why)) => {
+                let row = Table9Row::diverged(b, lr, why);
+                on_row(&row);
+                rows.push(row);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let ta = std::time::Instant::now();
         let (final_train_loss, train_accuracy) = m.evaluate(&train_split, s.chunk)?;
         let (_, test_accuracy) = m.evaluate(&test_all, s.chunk)?;
@@ -318,10 +335,7 @@ pub fn table9(
         }
         let row = Table9Row {
             batch_size: b,
-            lr: match s.lr_scale_base {
-                Some(b0) => s.lr * b as f64 / b0 as f64,
-                None => s.lr,
-            },
+            lr,
             train_accuracy,
             test_accuracy,
             lambda1_theta_train: l_tr,
@@ -337,6 +351,7 @@ pub fn table9(
             steps: report.iterations,
             final_train_loss,
             converged: report.reached.unwrap_or(true),
+            diverged: None,
         };
         on_row(&row);
         rows.push(row);
@@ -349,6 +364,30 @@ pub fn table9(
 }
 
 impl Table9Row {
+    /// The row of a batch size whose training diverged: every measurement NaN.
+    fn diverged(batch_size: usize, lr: f64, why: String) -> Self {
+        let nan = f64::NAN;
+        Table9Row {
+            batch_size,
+            lr,
+            train_accuracy: nan,
+            test_accuracy: nan,
+            lambda1_theta_train: nan,
+            lambda1_theta_test: nan,
+            lambda1_x_train: nan,
+            lambda1_x_test: nan,
+            grad_norm_x_train: nan,
+            grad_norm_x_test: nan,
+            fgsm_accuracy: Default::default(),
+            train_seconds: 0.0,
+            analysis_seconds: 0.0,
+            epochs: 0,
+            steps: 0,
+            final_train_loss: nan,
+            converged: false,
+            diverged: Some(why),
+        }
+    }
     /// FGSM accuracy (train, test) at ε, one of the table's ε (0.1, 0.2); NaN for another ε, so
     /// a figure shows a gap rather than the program stopping.
     pub fn fgsm(&self, eps: f64) -> TrainTest {
@@ -381,7 +420,11 @@ impl Table9 {
             s += &format!(
                 "| {}{} | {:.2} ({:.2}) | {:.3} ({:.3}) | {:.3} ({:.3}) | {:.4} ({:.4}) | {} | {} | {} ({}) | {:.4} |\n",
                 r.batch_size,
-                if r.converged { "" } else { " †" },
+                match (&r.diverged, r.converged) {
+                    (Some(_), _) => " ‡",
+                    (None, false) => " †",
+                    (None, true) => "",
+                },
                 100.0 * r.train_accuracy,
                 100.0 * r.test_accuracy,
                 r.lambda1_theta_train,
@@ -397,9 +440,14 @@ impl Table9 {
                 r.final_train_loss
             );
         }
+        if self.rows.iter().any(|r| r.diverged.is_some()) {
+            s += "\n‡ training diverged at this learning rate (no measurements).\n";
+        }
         if let (Some(t), true) = (
             self.settings.target_train_accuracy,
-            self.rows.iter().any(|r| !r.converged),
+            self.rows
+                .iter()
+                .any(|r| !r.converged && r.diverged.is_none()),
         ) {
             s += &format!(
                 "\n† did not reach {}% train accuracy within {} epochs: not comparable with the other rows.\n",
