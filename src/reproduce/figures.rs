@@ -243,7 +243,13 @@ pub fn fig_landscape(rt: &Runtime, s: &FigSettings, two_d: bool) -> Result<Figur
             s.progress(),
         )?;
         (
-            plot::landscape_figure(&c, "M1: loss along v₁", "ε", false)?,
+            // the paper's Fig. 8 draws the loss on a logarithmic axis
+            plot::landscape_figure(&c, "M1: loss along v₁", "ε", true)?.with_caption(format!(
+                "MNIST, M1 trained {} epochs on {} images; seed {}",
+                f.epochs,
+                f.train.len(),
+                s.seed
+            )),
             serde_json::to_value(&c)?,
         )
     };
@@ -255,7 +261,7 @@ pub fn fig_landscape(rt: &Runtime, s: &FigSettings, two_d: bool) -> Result<Figur
     })
 }
 
-/// Fig. 11: loss on train and test and λ₁ along (1−λ)·θ_clean + λ·θ_robust.
+/// Fig. 11: loss on train and test and λ₁ along (1−t)·θ_clean + t·θ_robust.
 pub fn fig11(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
     let mut f = setup(rt, s)?;
     let (clean, robust) = clean_and_robust(s, &f)?;
