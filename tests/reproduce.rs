@@ -1,38 +1,48 @@
 //! A tiny `reproduce table9` end to end: table shape, JSON keys, finite numbers in range.
 use serde_json::Value;
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// Its stdout, after checking that the command succeeded (else its stdout and stderr).
+fn stdout_of(o: &Output) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// Runs the CLI from the crate root.
+fn hl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hessian-lab"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
 
 #[test]
 fn tiny_table9_has_the_papers_shape_and_sane_numbers() {
     let out = std::env::temp_dir().join(format!("hl-table9-{}", std::process::id()));
-    let o = Command::new(env!("CARGO_BIN_EXE_hessian-lab"))
-        .args([
-            "reproduce",
-            "table9",
-            "--quick",
-            "--batch-sizes",
-            "32,128",
-            "--train-samples",
-            "384",
-            "--epochs",
-            "1",
-            "--hessian-samples",
-            "64",
-            "--input-samples",
-            "64",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        stdout,
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = hl(&[
+        "reproduce",
+        "table9",
+        "--quick",
+        "--batch-sizes",
+        "32,128",
+        "--train-samples",
+        "384",
+        "--epochs",
+        "1",
+        "--hessian-samples",
+        "64",
+        "--input-samples",
+        "64",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = stdout_of(&o);
     assert!(
         stdout.contains("| Batch | Acc | λ₁^θ | λ₁^x | ‖∂ₓJ‖ | Acc ε=0.2 | Acc ε=0.1 | Epochs (steps) | Train loss |"),
         "{stdout}"
@@ -96,29 +106,25 @@ fn tiny_table9_has_the_papers_shape_and_sane_numbers() {
 #[test]
 fn table9_rows_train_until_the_target_accuracy() {
     let out = std::env::temp_dir().join(format!("hl-table9c-{}", std::process::id()));
-    let o = Command::new(env!("CARGO_BIN_EXE_hessian-lab"))
-        .args([
-            "reproduce",
-            "table9",
-            "--quick",
-            "--batch-sizes",
-            "16",
-            "--train-samples",
-            "96",
-            "--epochs",
-            "80",
-            "--target-train-accuracy",
-            "0.99",
-            "--hessian-samples",
-            "32",
-            "--input-samples",
-            "32",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
+    let o = hl(&[
+        "reproduce",
+        "table9",
+        "--quick",
+        "--batch-sizes",
+        "16",
+        "--train-samples",
+        "96",
+        "--epochs",
+        "80",
+        "--target-train-accuracy",
+        "0.99",
+        "--hessian-samples",
+        "32",
+        "--input-samples",
+        "32",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("table9.json")).unwrap()).unwrap();
@@ -132,11 +138,7 @@ fn table9_rows_train_until_the_target_accuracy() {
 
 #[test]
 fn table10_without_data_says_what_is_needed() {
-    let o = Command::new(env!("CARGO_BIN_EXE_hessian-lab"))
-        .args(["reproduce", "table10"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
+    let o = hl(&["reproduce", "table10"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
@@ -194,31 +196,22 @@ fn table10_sample_runs_end_to_end() {
 #[test]
 fn tiny_table3_has_every_model_and_attack() {
     let out = std::env::temp_dir().join(format!("hl-table3-{}", std::process::id()));
-    let o = Command::new(env!("CARGO_BIN_EXE_hessian-lab"))
-        .args([
-            "reproduce",
-            "table3",
-            "--quick",
-            "--train-samples",
-            "256",
-            "--epochs",
-            "1",
-            "--eval-samples",
-            "48",
-            "--hessian-samples",
-            "48",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = hl(&[
+        "reproduce",
+        "table3",
+        "--quick",
+        "--train-samples",
+        "256",
+        "--epochs",
+        "1",
+        "--eval-samples",
+        "48",
+        "--hessian-samples",
+        "48",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = stdout_of(&o);
     assert!(
         stdout.contains("| Model | clean | FGSM | FGSM-10 | L2 GRAD | FHSM | L2 HESS | λ₁^θ |"),
         "{stdout}"
@@ -286,11 +279,7 @@ fn table9_with_scaling_and_a_diverged_row() {
             out.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        Command::new(env!("CARGO_BIN_EXE_hessian-lab"))
-            .args(&args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap()
+        hl(&args)
     };
     let o = run(&["--epochs", "2", "--with-scaling"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -309,12 +298,7 @@ fn table9_with_scaling_and_a_diverged_row() {
         "{lrs:?}"
     );
     let o = run(&["--epochs", "2", "--fixed-epochs", "--lr", "1e4"]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = stdout_of(&o);
     assert!(stdout.contains("‡ training diverged"), "{stdout}");
     let v: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("table9.json")).unwrap()).unwrap();
