@@ -291,14 +291,23 @@ for (i, (k, eps)) in [(AttackKind::Fgsm, &eps_linf), (AttackKind::Ifgsm { steps:
     Figure::lines("L2 attacks (ε = ‖Δx‖₂)", "ε", "accuracy", l2, false)?.y_range(0.0, 1.0)], 2)?;
 fig.evcxr_display();"""),
     md("## Clean, adversarial (FHSM, ε = 0.2) and the perturbation"),
-    code("""let b8 = test.first(8)?.to_batch(&rt)?;
-let adv = attack::attack(&clean, &b8, AttackKind::Fhsm(NewtonSolver::Exact), &[0.2])?.remove(0);
-let delta = (&adv.x_adv - &b8.x)?;
-let fig = plot::image_grid("FHSM ε = 0.2", vec![
-    ("clean".into(), plot::Image::from_batch(&b8.x)?),
-    ("adversarial".into(), plot::Image::from_batch(&adv.x_adv)?),
-    ("Δx".into(), plot::Image::from_perturbation(&delta)?)])?;
-fig.evcxr_display();"""),
+    code("""// in braces: evcxr cannot keep a closure that borrows a cell variable
+{
+    let b8 = test.first(8)?.to_batch(&rt)?;
+    let adv = attack::attack(&clean, &b8, AttackKind::Fhsm(NewtonSolver::Exact), &[0.2])?.remove(0);
+    let delta = (&adv.x_adv - &b8.x)?;
+    // each image captioned with the model's prediction (the label for the clean row)
+    let pred = |x: &hessian_lab::candle_core::Tensor| -> hessian_lab::Result<Vec<String>> {
+        let p: Vec<u32> = clean.forward(x)?.argmax(1)?.to_vec1()?;
+        Ok(p.iter().map(|c| format!("pred {c}")).collect())
+    };
+    let labels: Vec<String> = b8.y.to_vec1::<u32>()?.iter().map(|c| format!("label {c}")).collect();
+    let fig = plot::image_grid("FHSM ε = 0.2: clean, adversarial and Δx", vec![
+        ("clean".into(), plot::Image::caption_all(plot::Image::from_batch(&b8.x)?, &labels)),
+        ("adversarial".into(), plot::Image::caption_all(plot::Image::from_batch(&adv.x_adv)?, &pred(&adv.x_adv)?)),
+        ("Δx".into(), plot::Image::from_perturbation(&delta)?)])?;
+    fig.evcxr_display();
+}"""),
     md("""## Robust training with FGSM (ε = 0.1)
 More robust — and flatter? After this one short epoch on 10,000 images the λ₁^θ comparison can go
 either way; on M1 trained for 2 epochs on all 60,000 images we measured λ₁^θ = 2.92 (clean) vs

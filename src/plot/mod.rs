@@ -86,13 +86,18 @@ pub enum Scale {
 /// Pixels per figure unit in PNGs: 2, for high-DPI screens (SVGs are resolution-free).
 pub const PNG_SCALE: u32 = 2;
 
-/// A grayscale/RGB image in [0, 1], (C, H, W) with C ∈ {1, 3}.
+/// A grayscale/RGB image in [0, 1], (C, H, W) with C ∈ {1, 3}, with an optional caption
+/// drawn under it (e.g. the predicted class).
 #[derive(Clone, Debug)]
 pub struct Image {
     pub channels: usize,
     pub height: usize,
     pub width: usize,
     pub data: Vec<f32>,
+    pub caption: Option<String>,
+    /// For a perturbation shown by [`Image::from_perturbation`]: the max |Δ| that the ends of
+    /// the grey scale stand for (the grid draws a scale bar for its row).
+    pub scale: Option<f64>,
 }
 
 #[derive(Clone, Debug)]
@@ -492,8 +497,23 @@ impl Image {
                 height: h,
                 width: w,
                 data: v[i * d..(i + 1) * d].to_vec(),
+                caption: None,
+                scale: None,
             })
             .collect())
+    }
+    /// The same image with a caption under it.
+    pub fn captioned(mut self, caption: impl Into<String>) -> Image {
+        self.caption = Some(caption.into());
+        self
+    }
+    /// Captions for a row of images, in order (e.g. "pred 7" per sample).
+    pub fn caption_all(images: Vec<Image>, captions: &[String]) -> Vec<Image> {
+        images
+            .into_iter()
+            .zip(captions)
+            .map(|(i, c)| i.captioned(c.clone()))
+            .collect()
     }
     /// A perturbation Δ mapped to [0, 1] for display: 0.5 + Δ/(2·max|Δ|) (gray = no change).
     pub fn from_perturbation(t: &Tensor) -> Result<Vec<Image>> {
@@ -503,7 +523,11 @@ impl Image {
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?
             .max(1e-12);
-        Self::from_batch(&t.affine(0.5 / m, 0.5)?)
+        let mut imgs = Self::from_batch(&t.affine(0.5 / m, 0.5)?)?;
+        for i in &mut imgs {
+            i.scale = Some(m);
+        }
+        Ok(imgs)
     }
 }
 
@@ -514,10 +538,16 @@ pub fn image_grid(title: &str, rows: Vec<(String, Vec<Image>)>) -> Result<Figure
     }
     let cols = rows.iter().map(|(_, r)| r.len()).max().unwrap_or(1);
     let cell = 72u32;
+    let captioned = rows
+        .iter()
+        .flat_map(|(_, r)| r)
+        .any(|i| i.caption.is_some());
+    let row_h = cell + if captioned { 16 } else { 0 };
+    let bar = rows.iter().flat_map(|(_, r)| r).any(|i| i.scale.is_some());
     Ok(Figure {
         title: title.into(),
-        width: 110 + cell * cols as u32,
-        height: 40 + cell * rows.len() as u32,
+        width: 110 + cell * cols as u32 + if bar { 90 } else { 0 },
+        height: 40 + row_h * rows.len() as u32,
         caption: None,
         spec: Spec::Images { rows },
     })

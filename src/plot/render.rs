@@ -756,12 +756,19 @@ fn draw_images<DB: DrawingBackend>(
     rows: &[(String, Vec<Image>)],
     k: f64,
 ) -> Result<()> {
-    let area = area.titled(title, ("sans-serif", k * 16.0)).map_err(perr)?;
+    let area = area
+        .titled(&pretty(title), ("sans-serif", k * 16.0))
+        .map_err(perr)?;
     let cell = px(k, 72.0);
+    let captioned = rows
+        .iter()
+        .flat_map(|(_, r)| r)
+        .any(|i| i.caption.is_some());
+    let row_h = cell + if captioned { px(k, 16.0) } else { 0 };
     for (r, (label, imgs)) in rows.iter().enumerate() {
-        let y = px(k, 8.0) + r as i32 * cell;
+        let y = px(k, 8.0) + r as i32 * row_h;
         area.draw(&Text::new(
-            label.clone(),
+            pretty(label),
             (px(k, 4.0), y + cell / 2 - px(k, 6.0)),
             ("sans-serif", k * 12.0),
         ))
@@ -788,6 +795,42 @@ fn draw_images<DB: DrawingBackend>(
                     area.draw(&Rectangle::new([(xa, ya), (xb, yb)], col.filled()))
                         .map_err(perr)?;
                 }
+            }
+            if let Some(cap) = &img.caption {
+                area.draw(&Text::new(
+                    cap.clone(),
+                    (x0 + px(k, 2.0), y + cell - px(k, 4.0)),
+                    ("sans-serif", k * 11.0),
+                ))
+                .map_err(perr)?;
+            }
+        }
+        // a perturbation row: its grey scale, black = −max|Δ|, grey = 0, white = +max|Δ|
+        if let Some(m) = imgs.iter().find_map(|i| i.scale) {
+            let bx = px(k, 106.0) + imgs.len() as i32 * cell + px(k, 10.0);
+            let (y0, h) = (y + px(k, 4.0), cell - px(k, 12.0));
+            let steps = 32;
+            for t in 0..steps {
+                let v = (255.0 * (1.0 - t as f64 / (steps - 1) as f64)) as u8;
+                let ya = y0 + h * t / steps;
+                let yb = y0 + h * (t + 1) / steps;
+                area.draw(&Rectangle::new(
+                    [(bx, ya), (bx + px(k, 10.0), yb)],
+                    RGBColor(v, v, v).filled(),
+                ))
+                .map_err(perr)?;
+            }
+            for (label, dy) in [
+                (format!("+{}", fmt_sig(m, 2)), 0),
+                ("0".into(), h / 2),
+                (format!("−{}", fmt_sig(m, 2)), h),
+            ] {
+                area.draw(&Text::new(
+                    label,
+                    (bx + px(k, 14.0), y0 + dy - px(k, 6.0)),
+                    ("sans-serif", k * 10.0),
+                ))
+                .map_err(perr)?;
             }
         }
     }
