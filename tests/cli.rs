@@ -245,13 +245,21 @@ fn bench_json_has_the_issue_keys() {
             "hvp_reuse_graph_ms",
             "hvp_grad_ratio",
             "hvp_reuse_grad_ratio",
+            "ggn_ms",
+            "cpu",
+            "simd",
         ],
     );
+    // #18: the CPU and its SIMD level go with every measurement
+    assert!(!v["cpu"].as_str().unwrap_or("").is_empty());
+    assert!(["avx512", "avx2", "sse4.2", "sse2", "neon", "scalar"]
+        .contains(&v["simd"].as_str().unwrap_or("?")));
     for k in [
         "forward_ms",
         "grad_ms",
         "hvp_ms",
         "hvp_reuse_graph_ms",
+        "ggn_ms",
         "power20_ms",
     ] {
         let t = v[k].as_f64().unwrap_or(-1.0);

@@ -153,6 +153,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         op.apply(&v)?;
         Ok(())
     })?;
+    let ggn = curvature::GgnOperator::new(&model, DataSource::Batch(batch.clone()))?;
+    let ggn_ms = time_ms(r, || {
+        ggn.apply(&v)?;
+        Ok(())
+    })?;
     let t = Instant::now();
     let op2 = HessianOperator::new(&model, DataSource::Batch(batch.clone()))?;
     curvature::top_eigen(
@@ -181,6 +186,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "hvp_reuse_graph_ms": hvp_reuse_ms,
         "hvp_grad_ratio": hvp_ms / grad_ms,
         "hvp_reuse_grad_ratio": hvp_reuse_ms / grad_ms,
+        "ggn_ms": ggn_ms,
+        "ggn_grad_ratio": ggn_ms / grad_ms,
+        "cpu": cpu_model(),
+        "simd": simd_level(),
         "power20_ms": power20_ms,
         "power20_hvps": op2.matvecs(),
         // one HVP of the power iteration (its first backward, vector work included) in gradients
@@ -232,4 +241,43 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     emit(a.json, &out, || {
         serde_json::to_string_pretty(&out).unwrap_or_default()
     })
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), for tables per CPU kind.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The widest SIMD level the CPU offers (runtime detection): what gemm's kernels can use.
+fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "avx2";
+        }
+        if std::arch::is_x86_feature_detected!("sse4.2") {
+            return "sse4.2";
+        }
+        "sse2"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "neon"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
+    }
 }
