@@ -20,7 +20,6 @@ use super::{
 };
 use crate::data::{Batch, Split};
 use crate::models::Network;
-use crate::plot::{self, Figure};
 use crate::Result;
 
 /// Samples per streamed chunk when a split is larger than one batch.
@@ -65,11 +64,14 @@ impl From<&Split> for Data {
     }
 }
 
-fn source(net: &dyn Network, data: Data) -> Result<DataSource> {
-    match data {
-        Data::Source(s) => Ok(s),
-        // up to CHUNK samples as one batch (graph reused across HVPs), else streamed
-        Data::Split(s) => DataSource::from_split(&s, CHUNK, net.runtime()),
+impl Data {
+    /// As a [`DataSource`] for `net`: a split of up to 500 samples becomes one batch (its
+    /// gradient graph reused across HVPs), a larger one is streamed in chunks of 500.
+    pub fn into_source(self, net: &dyn Network) -> Result<DataSource> {
+        match self {
+            Data::Source(s) => Ok(s),
+            Data::Split(s) => DataSource::from_split(&s, CHUNK, net.runtime()),
+        }
     }
 }
 
@@ -77,7 +79,7 @@ impl Hessian {
     /// The Hessian of the mean loss over `data` (a `Batch`, `Vec<Batch>`, `Split` or
     /// `DataSource`). Cost: nothing yet; each verb below runs HVPs.
     pub fn new(net: &dyn Network, data: impl Into<Data>) -> Result<Self> {
-        let src = source(net, data.into())?;
+        let src = data.into().into_source(net)?;
         Ok(Hessian {
             op: Box::new(HessianOperator::new(net, src)?),
         })
@@ -85,7 +87,7 @@ impl Hessian {
     /// The generalised Gauss–Newton matrix Jᵀ(diag p − ppᵀ)J instead (PSD; = H for linear
     /// models).
     pub fn gauss_newton(net: &dyn Network, data: impl Into<Data>) -> Result<Self> {
-        let src = source(net, data.into())?;
+        let src = data.into().into_source(net)?;
         Ok(Hessian {
             op: Box::new(GgnOperator::new(net, src)?),
         })
@@ -113,66 +115,5 @@ impl Hessian {
     /// Number of parameters (the matrix is dim × dim).
     pub fn dim(&self) -> usize {
         self.op.like().iter().map(|t| t.elem_count()).sum()
-    }
-}
-
-/// Writes HTML for evcxr to show (Jupyter renders it as a table).
-pub(crate) fn show_html(html: &str) {
-    println!("EVCXR_BEGIN_CONTENT text/html\n{html}\nEVCXR_END_CONTENT");
-}
-
-/// An HTML table with a caption.
-pub(crate) fn html_table(caption: &str, head: &[&str], rows: &[Vec<String>]) -> String {
-    let th: String = head.iter().map(|h| format!("<th>{h}</th>")).collect();
-    let body: String = rows
-        .iter()
-        .map(|r| {
-            let td: String = r.iter().map(|c| format!("<td>{c}</td>")).collect();
-            format!("<tr>{td}</tr>")
-        })
-        .collect();
-    format!("<table><caption>{caption}</caption><tr>{th}</tr>{body}</table>")
-}
-
-impl EigenResult {
-    /// A table of the eigenpairs: λ, relative residual, converged.
-    pub fn evcxr_display(&self) {
-        let rows: Vec<Vec<String>> = (0..self.eigenvalues.len())
-            .map(|i| {
-                vec![
-                    format!("λ<sub>{}</sub>", i + 1),
-                    format!("{:.6}", self.eigenvalues[i]),
-                    format!("{:.1e}", self.residuals[i]),
-                    if self.converged[i] { "yes" } else { "no" }.to_string(),
-                ]
-            })
-            .collect();
-        show_html(&html_table(
-            &format!("top eigenvalues ({} HVPs)", self.hvps),
-            &["", "eigenvalue", "rel. residual", "converged"],
-            &rows,
-        ));
-    }
-}
-
-impl TraceResult {
-    pub fn evcxr_display(&self) {
-        show_html(&format!(
-            "tr = {:.6} ± {:.2e} (standard error; {} probes, {} HVPs)",
-            self.trace, self.std_error, self.probes, self.hvps
-        ));
-    }
-}
-
-impl Density {
-    /// The density on a log axis (see [`plot::density_figure`]).
-    pub fn plot(&self) -> Result<Figure> {
-        plot::density_figure(self, "Hessian spectral density (SLQ)")
-    }
-    pub fn evcxr_display(&self) {
-        match self.plot() {
-            Ok(f) => f.evcxr_display(),
-            Err(e) => eprintln!("density could not be plotted: {e}"),
-        }
     }
 }

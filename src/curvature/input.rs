@@ -153,25 +153,6 @@ pub struct InputHessianSummary {
 }
 
 impl InputHessianSummary {
-    /// A table of the summary in evcxr.
-    pub fn evcxr_display(&self) {
-        let rows = vec![
-            vec!["samples".into(), self.samples.to_string()],
-            vec!["mean λ₁ˣ".into(), format!("{:.4e}", self.lambda1_x_mean)],
-            vec!["max λ₁ˣ".into(), format!("{:.4e}", self.lambda1_x_max)],
-            vec!["mean ‖∇ₓℓ‖".into(), format!("{:.4e}", self.grad_norm_mean)],
-            vec!["max rank".into(), self.rank_max.to_string()],
-            vec![
-                "min eigenvalue".into(),
-                format!("{:.2e}", self.min_eigenvalue_min),
-            ],
-        ];
-        super::hessian::show_html(&super::hessian::html_table(
-            "input Hessians (Theorem 1)",
-            &["", ""],
-            &rows,
-        ));
-    }
     /// Means and extremes over per-sample results (e.g. several batches' samples together).
     pub fn from_samples(samples: &[InputHessianSample]) -> Self {
         let n = samples.len().max(1) as f64;

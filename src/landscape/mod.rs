@@ -382,22 +382,6 @@ pub fn along(
     alphas: &[f64],
     data: impl Into<crate::curvature::Data>,
 ) -> Result<Curve1d> {
-    let src = match data.into() {
-        crate::curvature::Data::Source(s) => s,
-        crate::curvature::Data::Split(s) => DataSource::from_split(&s, 500, model.runtime())?,
-    };
+    let src = data.into().into_source(model)?;
     landscape_1d(model, direction, alphas, &[("loss", &src)], None)
-}
-
-impl Curve1d {
-    /// Loss against α (see [`crate::plot::landscape_figure`]).
-    pub fn plot(&self) -> Result<crate::plot::Figure> {
-        crate::plot::landscape_figure(self, "loss landscape", "α", false)
-    }
-    pub fn evcxr_display(&self) {
-        match self.plot() {
-            Ok(f) => f.evcxr_display(),
-            Err(e) => eprintln!("landscape could not be plotted: {e}"),
-        }
-    }
 }

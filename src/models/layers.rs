@@ -91,24 +91,7 @@ impl Kernels {
     /// Built from shifted narrows and elementwise maxima (or reshape + max when the windows tile
     /// the input exactly), so first and second derivatives are exact. Cost: k² strided copies.
     pub fn max_pool2d(self, x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
-        if k == 0 || s == 0 {
-            return Err(Error::invalid(
-                "max_pool2d",
-                "kernel and stride must be ≥ 1",
-            ));
-        }
-        if 2 * p > k {
-            return Err(Error::invalid(
-                "max_pool2d",
-                "padding must be at most half the kernel",
-            ));
-        }
-        let (n, c, h, w) = x.dims4()?;
-        if h + 2 * p < k || w + 2 * p < k {
-            return Err(Error::Shape(format!(
-                "max_pool2d: input {h}x{w} smaller than kernel {k}"
-            )));
-        }
+        let (n, c, h, w) = pool_input("max_pool2d", x, k, s, p)?;
         if self.fused_on(x) {
             return crate::ops::fused::max_pool2d(x, k, s, p);
         }
@@ -117,6 +100,33 @@ impl Kernels {
         }
         windows(x, k, s, p, f64::NEG_INFINITY, |a, b| Ok(a.maximum(b)?))
     }
+}
+
+/// Checks a pooling's arguments (kernel and stride ≥ 1, padding ≤ k/2, input at least one
+/// window) and returns the input's (N, C, H, W).
+fn pool_input(
+    what: &str,
+    x: &Tensor,
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Result<(usize, usize, usize, usize)> {
+    if k == 0 || s == 0 {
+        return Err(Error::invalid(what, "kernel and stride must be ≥ 1"));
+    }
+    if 2 * p > k {
+        return Err(Error::invalid(
+            what,
+            "padding must be at most half the kernel",
+        ));
+    }
+    let (n, c, h, w) = x.dims4()?;
+    if h + 2 * p < k || w + 2 * p < k {
+        return Err(Error::Shape(format!(
+            "{what}: input {h}x{w} smaller than kernel {k}"
+        )));
+    }
+    Ok((n, c, h, w))
 }
 
 /// Folds the k² shifted, strided views of x (one per window offset, padded by `p` copies of
@@ -163,18 +173,7 @@ fn windows(
 /// mode): the sum of the k² window views / k², linear, so every derivative is exact.
 /// Cost: k² strided copies (one reshape and sum when the windows tile the input).
 pub fn avg_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
-    if k == 0 || s == 0 || 2 * p > k {
-        return Err(Error::invalid(
-            "avg_pool2d",
-            "kernel and stride ≥ 1, padding at most half the kernel",
-        ));
-    }
-    let (n, c, h, w) = x.dims4()?;
-    if h + 2 * p < k || w + 2 * p < k {
-        return Err(Error::Shape(format!(
-            "avg_pool2d: input {h}x{w} smaller than kernel {k}"
-        )));
-    }
+    let (n, c, h, w) = pool_input("avg_pool2d", x, k, s, p)?;
     let sum = if p == 0 && k == s && h % k == 0 && w % k == 0 {
         x.reshape((n, c, h / k, k, w / k, k))?.sum(5)?.sum(3)?
     } else {

@@ -6,6 +6,7 @@
 //! uses the DejaVu Sans font committed in `assets/fonts` (no system fonts needed). PNGs are
 //! written with the best compression and adaptive filtering.
 
+mod display;
 mod render;
 
 use crate::curvature::Density;

@@ -10,7 +10,6 @@
 use super::{lambda1_theta, train_m1, Table9Settings};
 use crate::attack::{self, AttackKind, NewtonSolver};
 use crate::data::{self, DatasetKind, SplitKind};
-use crate::models::Network;
 use crate::plot::Figure;
 use crate::{Result, Runtime};
 use serde::Serialize;
@@ -135,7 +134,8 @@ pub fn table3(
     };
     for (name, adv) in trainings {
         let (m, report) = train_m1(rt, &train, s.batch_size, &ts, adv)?;
-        let mut row = vec![m.evaluate(&test, 500)?.1];
+        // clean accuracy comes with every attack report: taken from the first
+        let mut row = vec![];
         for k in attacks() {
             let r = attack::adversarial_accuracy(
                 &m,
@@ -144,6 +144,9 @@ pub fn table3(
                 &[s.eps(k)],
                 &attack::SplitOpts::chunk(500),
             )?;
+            if row.is_empty() {
+                row.push(r.clean_accuracy);
+            }
             row.push(r.per_eps[0].accuracy);
         }
         let l1 = lambda1_theta(&m, &h_tr, &ts)?;

@@ -239,6 +239,12 @@ pub fn train(
     model.check_data(train_split)?;
     let vars: Vec<_> = model.params().iter().map(|(_, v)| v.clone()).collect();
     let mut opt = Sgd::new(vars, cfg.momentum, cfg.weight_decay)?;
+    // the samples evaluated after each epoch, selected once (the whole split is not copied)
+    let train_eval: Option<std::borrow::Cow<Split>> = match cfg.eval_train_samples {
+        0 => None,
+        n if n >= train_split.len() => Some(std::borrow::Cow::Borrowed(train_split)),
+        n => Some(std::borrow::Cow::Owned(train_split.first(n)?)),
+    };
     let rt = model.runtime().clone();
     let t0 = Instant::now();
     let mut records = Vec::new();
@@ -321,9 +327,8 @@ pub fn train(
             grad_norm: None,
             extra: Default::default(),
         };
-        if cfg.eval_train_samples > 0 {
-            let n = cfg.eval_train_samples.min(train_split.len());
-            let (l, a) = model.evaluate(&train_split.first(n)?, cfg.eval_chunk)?;
+        if let Some(te) = &train_eval {
+            let (l, a) = model.evaluate(te, cfg.eval_chunk)?;
             rec.train_eval_loss = Some(l);
             rec.train_eval_accuracy = Some(a);
         }
