@@ -101,13 +101,19 @@ fn draw<DB: DrawingBackend>(fig: &Figure, area: &DrawingArea<DB, Shift>, k: f64)
     area.fill(&WHITE).map_err(perr)?;
     let area = match &fig.caption {
         Some(c) => {
-            let (_, ph) = area.dim_in_pixel();
+            let (pw, ph) = area.dim_in_pixel();
             let (top, bottom) = area.split_vertically(ph.saturating_sub(px(k, 20.0) as u32));
+            // a long caption gets a smaller font rather than running off the figure (DejaVu
+            // Sans averages ~0.56 em per character)
+            let chars = c.chars().count().max(1) as f64;
+            let size = (k * 11.0)
+                .min((pw as f64 - k * 20.0) / (0.56 * chars))
+                .max(k * 6.0);
             bottom
                 .draw(&Text::new(
                     pretty(c),
                     (px(k, 10.0), px(k, 4.0)),
-                    ("sans-serif", k * 11.0)
+                    ("sans-serif", size)
                         .into_font()
                         .color(&RGBColor(90, 90, 90)),
                 ))
