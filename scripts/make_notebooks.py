@@ -6,7 +6,7 @@ Cells tagged "allow-stderr" may write to stderr (the CI runner fails on stderr o
 """
 import json, os
 
-DEP = ':dep hessian_lab = { package = "hessian-lab", path = "..", default-features = false }'
+DEP = ':dep hessian_lab = { package = "hessian-lab", path = "..", default-features = false, features = ["avx512"] }'
 DEP_NOTE = """The next cell compiles hessian-lab for the notebook: about 4–5 minutes the first time on a
 2-core CPU (nothing is shown meanwhile), seconds once evcxr has cached the build."""
 USE = """use hessian_lab::prelude::*; // the Network trait, models, data, curvature, attacks, training, plots

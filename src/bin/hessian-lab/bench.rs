@@ -190,6 +190,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "ggn_grad_ratio": ggn_ms / grad_ms,
         "cpu": cpu_model(),
         "simd": simd_level(),
+        // gemm's AVX-512 microkernels compiled in (the `avx512` feature); they run only where
+        // `simd` says the CPU has AVX-512
+        "gemm_avx512": cfg!(feature = "avx512"),
         "power20_ms": power20_ms,
         "power20_hvps": op2.matvecs(),
         // one HVP of the power iteration (its first backward, vector work included) in gradients
