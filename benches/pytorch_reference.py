@@ -4,10 +4,10 @@ Run in its own venv with torch from PyPI:
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch numpy
     /tmp/torchenv/bin/python benches/pytorch_reference.py --model m1 --batch-size 128 --threads 1
 Prints one JSON object with forward_ms, grad_ms, hvp_ms, hvp_reuse_graph_ms, hvp_grad_ratio,
-hvp_reuse_grad_ratio, power20_ms, power20_hvp_grad_ratio, peak_rss_mb and
+hvp_reuse_grad_ratio, ggn_ms, ggn_grad_ratio, power20_ms, power20_hvp_grad_ratio, peak_rss_mb and
 hvp_peak_rss_above_baseline_mb (medians;
 model in eval mode, mean cross-entropy, the same data as hessian-lab's bench: the first MNIST test images for m1, the
-shipped CIFAR-10 sample for c2).
+shipped CIFAR-10 sample for c1/c2/c3, uniform random images for resnet18); --dtype f32|f64.
 """
 import argparse
 import gzip
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures"))
-from export_pytorch import C2, M1  # noqa: E402  (the same architectures as the fixtures)
+from export_pytorch import C1, C2, CIFAR100, M1, Normalize, ResNet18  # noqa: E402  (the fixtures' architectures)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -43,6 +43,10 @@ def reset_peak():
 
 
 def data(model, n):
+    if model == "resnet18":
+        # no CIFAR-100 training set ships; hessian-lab's bench uses random data of that shape too
+        g = torch.Generator().manual_seed(0)
+        return torch.rand((n, 3, 32, 32), generator=g), torch.zeros(n, dtype=torch.long)
     if model == "m1":
         with gzip.open(os.path.join(ROOT, "data/mnist/t10k-images-idx3-ubyte.gz")) as f:
             raw = f.read()
@@ -57,6 +61,14 @@ def data(model, n):
         x = x.float().div(255).view(n, 3, 32, 32)
     return x, y
 
+
+MODELS = {
+    "m1": M1,
+    "c1": C1,
+    "c2": lambda: C2(True),
+    "c3": lambda: C2(False),
+    "resnet18": lambda: torch.nn.Sequential(Normalize(*CIFAR100), ResNet18(100)),
+}
 
 SYNC = lambda: None  # noqa: E731  (replaced by torch.cuda.synchronize on a GPU)
 
@@ -84,7 +96,8 @@ def timeit(f, repeats):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="m1", choices=["m1", "c2"])
+    ap.add_argument("--model", default="m1", choices=list(MODELS))
+    ap.add_argument("--dtype", default="f32", choices=["f32", "f64"])
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=10)
@@ -98,10 +111,11 @@ def main():
         torch.backends.cudnn.allow_tf32 = a.tf32
         SYNC = torch.cuda.synchronize
     torch.manual_seed(0)
-    model = (M1() if a.model == "m1" else C2(True)).eval().to(a.device)
+    dtype = torch.float64 if a.dtype == "f64" else torch.float32
+    model = MODELS[a.model]().eval().to(a.device, dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     x, y = data(a.model, a.batch_size)
-    x, y = x.to(a.device), y.to(a.device)
+    x, y = x.to(a.device, dtype), y.to(a.device)
     v = [torch.randn_like(p) for p in params]
     base = rss("VmRSS")
 
@@ -128,6 +142,20 @@ def main():
     g = torch.autograd.grad(loss, params, create_graph=True)
     reuse_ms = timeit(lambda: torch.autograd.grad(g, params, grad_outputs=v, retain_graph=True), a.repeats)
 
+    def ggn():
+        # G v = Jᵀ (diag p − ppᵀ)/N J v, Jv by the double-backward trick as hessian-lab does:
+        # 1 forward + 3 backward passes
+        z = model(x)
+        u = torch.zeros_like(z, requires_grad=True)
+        jtu = torch.autograd.grad((z * u).sum(), params, create_graph=True)
+        jv = torch.autograd.grad(jtu, u, grad_outputs=v)[0]
+        p = torch.softmax(z.detach(), 1)
+        pjv = p * jv
+        r = (pjv - p * pjv.sum(1, keepdim=True)) / z.shape[0]
+        torch.autograd.grad(z, params, grad_outputs=r)
+
+    ggn_ms = timeit(ggn, a.repeats)
+
     def power20():
         loss = F.cross_entropy(model(x), y)
         gg = torch.autograd.grad(loss, params, create_graph=True)
@@ -147,7 +175,8 @@ def main():
         "framework": f"torch {torch.__version__}", "device": a.device, "model": a.model, "batch_size": a.batch_size, "threads": a.threads,
         "forward_ms": forward_ms, "grad_ms": grad_ms, "hvp_ms": hvp_ms, "hvp_reuse_graph_ms": reuse_ms,
         "hvp_grad_ratio": hvp_ms / grad_ms,
-        "hvp_reuse_grad_ratio": reuse_ms / grad_ms, "power20_ms": power_ms, "power20_hvps": 21,
+        "hvp_reuse_grad_ratio": reuse_ms / grad_ms, "ggn_ms": ggn_ms, "ggn_grad_ratio": ggn_ms / grad_ms,
+        "dtype": a.dtype, "power20_ms": power_ms, "power20_hvps": 21,
         "power20_hvp_grad_ratio": power_ms / 21 / grad_ms, "peak_rss_mb": rss("VmHWM"),
         "baseline_rss_mb": base, "hvp_peak_rss_above_baseline_mb": hvp_peak,
     }))

@@ -8,7 +8,7 @@ import sys
 from collections import defaultdict
 
 KEYS = ["forward_ms", "grad_ms", "hvp_ms", "hvp_reuse_graph_ms", "hvp_grad_ratio", "hvp_reuse_grad_ratio",
-        "power20_ms", "power20_hvp_grad_ratio",
+        "ggn_ms", "ggn_grad_ratio", "power20_ms", "power20_hvp_grad_ratio",
         "peak_rss_mb", "hvp_peak_rss_above_baseline_mb"]
 
 
@@ -23,10 +23,10 @@ for fi, path in enumerate(sys.argv[1:]):
         if line.startswith("{"):
             d = json.loads(line)
             d["_pair"] = (fi, d.get("round"))  # rounds are numbered per file
-            runs[(d["model"], d["threads"])].append(d)
+            runs[(d["model"], d.get("batch_size", 128), d.get("dtype", "f32"), d["threads"])].append(d)
 
-for (model, threads), ds in sorted(runs.items()):
-    print(f"\n## {model}, {threads} thread(s)")
+for (model, batch, dtype, threads), ds in sorted(runs.items()):
+    print(f"\n## {model}, batch {batch}, {dtype}, {threads} thread(s)")
     print("| implementation | rounds | " + " | ".join(KEYS) + " |")
     print("|---" * (len(KEYS) + 2) + "|")
     by = defaultdict(list)
