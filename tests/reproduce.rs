@@ -98,7 +98,12 @@ fn tiny_table9_has_the_papers_shape_and_sane_numbers() {
                 <= r["fgsm_accuracy"]["0.1"]["test"].as_f64().unwrap() + 0.05
         );
     }
-    assert!(out.join("table9_lambda1.png").exists() && out.join("table9_fgsm.png").exists());
+    for name in ["table9_lambda1", "table9_fgsm"] {
+        let png = std::fs::read(out.join(format!("{name}.png"))).unwrap();
+        assert_eq!(&png[1..4], b"PNG", "{name}.png");
+        let svg = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("batch size"), "{name}.svg");
+    }
 }
 
 /// The convergence protocol: a row that reaches the target stops there (epochs < cap), is

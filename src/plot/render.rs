@@ -645,7 +645,9 @@ fn draw_matrix<DB: DrawingBackend>(
     z_label: &str,
     k: f64,
 ) -> Result<()> {
+    // a top margin: `titled` puts the text's top on the area's edge (ascenders were clipped)
     let area = area
+        .margin(px(k, 8.0), 0, 0, 0)
         .titled(&pretty(title), ("sans-serif", k * 16.0))
         .map_err(perr)?;
     let (cw, ch) = (px(k, 95.0), px(k, 44.0));

@@ -49,12 +49,13 @@ impl Table3Settings {
             seed: 0,
         }
     }
-    /// The full run: all 60,000 training images, 10 epochs, attacks on the 10,000 test images,
-    /// λ₁^θ on 5,000 training images.
+    /// The full run: all 60,000 training images, 3 epochs (M_ORI reaches 98.6 % test accuracy;
+    /// 11 min on a 2-core CPU, ten epochs ≈ 35 min: `--epochs 10` asks for them), attacks on the
+    /// 10,000 test images, λ₁^θ on 5,000 training images.
     pub fn full() -> Self {
         Table3Settings {
             train_samples: 60_000,
-            epochs: 10,
+            epochs: 3,
             eval_samples: 10_000,
             hessian_samples: 5_000,
             ..Self::quick()

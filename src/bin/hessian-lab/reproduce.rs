@@ -57,7 +57,7 @@ pub enum What {
 pub struct Table3Args {
     #[command(flatten)]
     pub shared: Shared,
-    /// Training epochs of every model (default: 3 quick, 10 full)
+    /// Training epochs of every model (default: 3, quick and full)
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long)]
@@ -129,7 +129,14 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// Saves `<out>/<name>.png` and `<out>/<name>.json` (with the elapsed seconds) and says so.
+/// Saves `<out>/<name>.png` (2× for high-DPI screens) and `<out>/<name>.svg`.
+fn save_png_svg(out: &Path, name: &str, fig: &Figure) -> Result<()> {
+    fig.save(out.join(format!("{name}.png")))?;
+    fig.save(out.join(format!("{name}.svg")))?;
+    Ok(())
+}
+
+/// Saves `<out>/<name>.png`, `.svg` and `.json` (with the elapsed seconds) and says so.
 fn save_figure(
     sh: &Shared,
     name: &str,
@@ -138,11 +145,11 @@ fn save_figure(
     t0: Instant,
 ) -> Result<()> {
     std::fs::create_dir_all(&sh.out).with_context(|| format!("creating {}", sh.out.display()))?;
-    fig.save(sh.out.join(format!("{name}.png")))?;
+    save_png_svg(&sh.out, name, fig)?;
     value["seconds"] = json!(t0.elapsed().as_secs_f64());
     write_json(&sh.out.join(format!("{name}.json")), &value)?;
     println!(
-        "wrote {}/{name}.png, {name}.json ({:.0}s)",
+        "wrote {}/{name}.png, {name}.svg, {name}.json ({:.0}s)",
         sh.out.display(),
         t0.elapsed().as_secs_f64()
     );
@@ -263,10 +270,10 @@ fn table9(a: Table9Args) -> Result<()> {
     std::fs::create_dir_all(&sh.out).with_context(|| format!("creating {}", sh.out.display()))?;
     write_json(&sh.out.join("table9.json"), &serde_json::to_value(&t)?)?;
     let [lambda1, fgsm] = figures::table9_figures(&t)?;
-    lambda1.save(sh.out.join("table9_lambda1.png"))?;
-    fgsm.save(sh.out.join("table9_fgsm.png"))?;
+    save_png_svg(&sh.out, "table9_lambda1", &lambda1)?;
+    save_png_svg(&sh.out, "table9_fgsm", &fgsm)?;
     println!(
-        "wrote {}/table9.json, table9_lambda1.png, table9_fgsm.png",
+        "wrote {}/table9.json, table9_lambda1.png/.svg, table9_fgsm.png/.svg",
         sh.out.display()
     );
     if a.with_scaling {
