@@ -1,7 +1,7 @@
 """PyTorch reference timings for `hessian-lab bench` (same models, batch, dtype and threads).
 
 Run in its own venv with torch from PyPI:
-    python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch numpy
+    python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch numpy safetensors
     /tmp/torchenv/bin/python benches/pytorch_reference.py --model m1 --batch-size 128 --threads 1
 Prints one JSON object with forward_ms, grad_ms, hvp_ms, hvp_reuse_graph_ms, hvp_grad_ratio,
 hvp_reuse_grad_ratio, ggn_ms, ggn_grad_ratio, power20_ms, power20_hvp_grad_ratio, peak_rss_mb and
