@@ -96,11 +96,15 @@ fn setup(rt: &Runtime, s: &FigSettings) -> Result<Setup> {
     })
 }
 
+/// How the robust models are trained, for captions of figures that draw one.
+const ROBUST: &str = "robust: FGSM ε = 0.1 on half of each batch; ";
+
 impl Setup {
-    /// The caption line of a figure drawn from the clean (and robust) M1 of these settings.
+    /// The caption line of a figure drawn from M1 trained on these settings; `what` adds the
+    /// figure's own settings (ending in "; ").
     fn caption(&self, seed: u64, what: &str) -> String {
         format!(
-            "MNIST, M1 trained {} epochs on {} images (robust: FGSM ε = 0.1 on half of each batch); {what}seed {seed}",
+            "MNIST, M1 trained {} epochs on {} images; {what}seed {seed}",
             self.epochs,
             self.train.len()
         )
@@ -196,21 +200,19 @@ pub fn fig13(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
     // one panel per sub-sample size, clean and robust overlaid on one axis
     let mut figs = vec![];
     for ((n, dc), (_, dr)) in spectra[0].iter().zip(&spectra[1]) {
-        figs.push(
-            plot::densities_figure(
-                &format!("Hessian spectrum, B = {n}"),
-                &[
-                    ("clean", dc, plot::colors::TRAIN),
-                    ("robust", dr, plot::colors::ROBUST),
-                ],
-            )?,
-        );
+        figs.push(plot::densities_figure(
+            &format!("Hessian spectrum, B = {n}"),
+            &[
+                ("clean", dc, plot::colors::TRAIN),
+                ("robust", dr, plot::colors::ROBUST),
+            ],
+        )?);
     }
     Ok(FigureResult {
         name: "fig13",
         figure: Figure::panels(figs, 3)?.with_caption(f.caption(
             s.seed,
-            &format!("SLQ, {iter} Lanczos steps, Hessian on the first 1 / 320 / {full} training images; "),
+            &format!("{ROBUST}SLQ, {iter} Lanczos steps, Hessian on the first 1 / 320 / {full} training images; "),
         )),
         data: json!({ "spectra": js }),
         notes: f.notes,
@@ -258,12 +260,8 @@ pub fn fig_landscape(rt: &Runtime, s: &FigSettings, two_d: bool) -> Result<Figur
         )?;
         (
             // the paper's Fig. 8 draws the loss on a logarithmic axis
-            plot::landscape_figure(&c, "M1: loss along v₁", "ε", true)?.with_caption(format!(
-                "MNIST, M1 trained {} epochs on {} images; seed {}",
-                f.epochs,
-                f.train.len(),
-                s.seed
-            )),
+            plot::landscape_figure(&c, "M1: loss along v₁", "ε", true)?
+                .with_caption(f.caption(s.seed, "")),
             serde_json::to_value(&c)?,
         )
     };
@@ -298,11 +296,15 @@ pub fn fig11(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
     }
     Ok(FigureResult {
         name: "fig11",
-        figure: plot::landscape_figure(&c, "M1: (1−t)·clean + t·robust", "t", true)?
-            .with_caption(f.caption(
+        figure: plot::landscape_figure(&c, "M1: (1−t)·clean + t·robust", "t", true)?.with_caption(
+            f.caption(
                 s.seed,
-                &format!("loss on {} train/test images, λ₁ on 320; ", f.eval_n),
-            )),
+                &format!(
+                    "{ROBUST}loss on {} train/test images, λ₁ on 320; ",
+                    f.eval_n
+                ),
+            ),
+        ),
         data: json!({ "data": c }),
         notes: f.notes,
     })
@@ -312,6 +314,8 @@ pub fn fig11(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
 /// and batch 128 with FGSM robust training.
 pub fn fig17(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
     let mut f = setup(rt, s)?;
+    // at least three epochs, for a curve
+    f.epochs = f.epochs.max(3);
     let hb = DataSource::Batch(f.train.first(320)?.to_batch(&f.rt)?);
     let runs: [(&str, usize, bool); 3] = [
         ("B=128", 128, false),
@@ -324,7 +328,7 @@ pub fn fig17(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
             pr.log(&format!("training {name} with λ₁ tracking ..."));
         }
         let m = Model::new(ModelKind::M1, &f.rt, s.seed)?;
-        let mut cfg = TrainConfig::new(f.epochs.max(3), b, 0.02);
+        let mut cfg = TrainConfig::new(f.epochs, b, 0.02);
         cfg.eval_train_samples = 0;
         cfg.seed = s.seed;
         let mut hook = landscape::curvature_epoch_hook(hb.clone(), lanczos(40, 1e-2, s.seed));
@@ -365,11 +369,9 @@ pub fn fig17(rt: &Runtime, s: &FigSettings) -> Result<FigureResult> {
         ],
         2,
     )?
-    .with_caption(format!(
-        "MNIST, M1 trained {} epochs on {} images at lr 0.02 (robust: FGSM ε = 0.1 on half of each batch); λ₁^θ by Lanczos on 320 images; seed {}",
-        f.epochs.max(3),
-        f.train.len(),
-        s.seed
+    .with_caption(f.caption(
+        s.seed,
+        &format!("lr 0.02, {ROBUST}λ₁^θ by Lanczos on 320 images; "),
     ));
     Ok(FigureResult {
         name: "fig17",
