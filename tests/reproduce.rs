@@ -102,7 +102,10 @@ fn tiny_table9_has_the_papers_shape_and_sane_numbers() {
         let png = std::fs::read(out.join(format!("{name}.png"))).unwrap();
         assert_eq!(&png[1..4], b"PNG", "{name}.png");
         let svg = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap();
-        assert!(svg.contains("<svg") && svg.contains("batch size"), "{name}.svg");
+        assert!(
+            svg.contains("<svg") && svg.contains("batch size"),
+            "{name}.svg"
+        );
     }
 }
 
