@@ -13,17 +13,18 @@
 //! | [`ChanSum`]`(t)` | Σ_{n,pixels} t per channel | `ChanBroadcast(ḡ)` |
 //! | [`ChanBroadcast`]`(g)` | g_c at every sample and pixel of channel c | `ChanSum(ḡ)` |
 //! | [`LinearFwd`]`(x, W, b)` | x Wᵀ + b | ḡ W, ḡᵀ x, Σₙ ḡ (candle matmuls) |
-//! | [`PoolGather`]`(v, x)` | v at each window's arg-max of x | `PoolScatter(ḡ, x)`; none for x |
-//! | [`PoolScatter`]`(g, x)` | g added at each window's arg-max of x | `PoolGather(ḡ, x)`; none for x |
+//! | [`PoolArgmax`]`(x)` | each window's arg-max (u32) | none (piecewise constant) |
+//! | [`PoolGather`]`(v, i)` | v at the positions i | `PoolScatter(ḡ, i)`; none for i |
+//! | [`PoolScatter`]`(g, i)` | g added at the positions i | `PoolGather(ḡ, i)`; none for i |
 //!
-//! Max pooling is `PoolGather(x, x)`: the gradient flows through the first argument only,
-//! to the first maximum of each window (PyTorch's rule; ties are measure-zero except in
+//! Max pooling is `PoolGather(x, PoolArgmax(x))`: the gradient flows through the first
+//! argument only, to the first maximum of each window (PyTorch's rule; ties are measure-zero except in
 //! all-equal windows, where any choice is a valid subgradient).
 
 use super::conv::{binary_op, gemm, out_len, row_major, slice, ternary_op, transposed};
 use super::{if_tracked, op1, op2, op3, Grad1, Grads2, Grads3, In, Op1, Op2, Op3, Out};
 use crate::Result;
-use candle_core::{CpuStorage, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// A tensor seen as (n, c, l): batch, channels (dim 1), everything after.
@@ -367,17 +368,23 @@ impl Pool {
     fn ow(&self) -> usize {
         out_len(self.w, self.k, self.s, self.p)
     }
-    /// For each output pixel of one (n, c) plane: the flat index (in the plane) of the
-    /// window's first maximum, calling `f(out_index, in_index)`.
-    fn argmax<T: WithDType>(&self, plane: &[T], mut f: impl FnMut(usize, usize)) {
+    /// For each output pixel of one (n, c) plane, the flat index (in the plane) of the
+    /// window's first maximum, written to `idx` (one entry per output pixel).
+    ///
+    /// Windows wholly inside the map (all of them when p = 0, all but a border ring
+    /// otherwise) take the unclipped loop, with selects instead of branches: the comparisons
+    /// are coin flips on real activations (3× faster measured for 2×2, and C1's 3×3/s2/p1
+    /// pool spent a fifth of its HVP in the clipped loop).
+    fn argmax<T: WithDType>(&self, plane: &[T], idx: &mut [u32]) {
         let (oh, ow) = (self.oh(), self.ow());
-        if self.p == 0 {
-            // Every window inside the map: no clipping, and selects instead of branches (the
-            // comparisons are coin flips on real activations; 3× faster measured for 2×2).
-            let (k, s, w) = (self.k, self.s, self.w);
-            for oi in 0..oh {
-                for oj in 0..ow {
-                    let base = oi * s * w + oj * s;
+        let (k, s, p, h, w) = (self.k, self.s, self.p, self.h, self.w);
+        // Output rows/columns whose window starts at ≥ 0 and ends at ≤ h (resp. w).
+        let inside = |o: usize, n: usize| o * s >= p && o * s + k <= n + p;
+        for oi in 0..oh {
+            let row_in = inside(oi, h);
+            for oj in 0..ow {
+                let best = if row_in && inside(oj, w) {
+                    let base = (oi * s - p) * w + (oj * s - p);
                     let (mut bi, mut bv) = (base, plane[base]);
                     for r in 0..k {
                         let row = base + r * w;
@@ -387,33 +394,25 @@ impl Pool {
                             bv = if gt { v } else { bv };
                         }
                     }
-                    f(oi * ow + oj, bi);
-                }
-            }
-            return;
-        }
-        for oi in 0..oh {
-            let r0 = (oi * self.s) as isize - self.p as isize;
-            let (rlo, rhi) = (
-                r0.max(0) as usize,
-                ((r0 + self.k as isize) as usize).min(self.h),
-            );
-            for oj in 0..ow {
-                let c0 = (oj * self.s) as isize - self.p as isize;
-                let (clo, chi) = (
-                    c0.max(0) as usize,
-                    ((c0 + self.k as isize) as usize).min(self.w),
-                );
-                let mut best = rlo * self.w + clo;
-                for r in rlo..rhi {
-                    for c in clo..chi {
-                        let i = r * self.w + c;
-                        if plane[i] > plane[best] {
-                            best = i;
+                    bi
+                } else {
+                    let r0 = (oi * s) as isize - p as isize;
+                    let c0 = (oj * s) as isize - p as isize;
+                    let (rlo, rhi) = (r0.max(0) as usize, ((r0 + k as isize) as usize).min(h));
+                    let (clo, chi) = (c0.max(0) as usize, ((c0 + k as isize) as usize).min(w));
+                    let mut best = rlo * w + clo;
+                    for r in rlo..rhi {
+                        for c in clo..chi {
+                            let i = r * w + c;
+                            if plane[i] > plane[best] {
+                                best = i;
+                            }
                         }
                     }
-                }
-                f(oi * ow + oj, best);
+                    best
+                };
+                // Plane sizes are far below 2³², checked in `max_pool2d`.
+                idx[oi * ow + oj] = best as u32;
             }
         }
     }
@@ -421,35 +420,87 @@ impl Pool {
         let (n, c, _, _) = x.dims4()?;
         Ok(Shape::from((n, c, self.oh(), self.ow())))
     }
+    fn planes(&self) -> (usize, usize) {
+        ((self.h * self.w).max(1), (self.oh() * self.ow()).max(1))
+    }
 }
 
-/// v at the arg-max positions of x's windows (v and x of x's shape).
-pub(super) struct PoolGather(Pool);
-/// g (output shape) added at the arg-max positions of x's windows (x's shape).
-pub(super) struct PoolScatter(Pool);
+/// The arg-max of every window of x (u32, output shape, index within the (n, c) plane). It
+/// is computed once per forward, on a detached x, and shared by the pooling's value, its
+/// gradient and every higher derivative: they all route through the same positions, so an
+/// HVP no longer searches each window four times.
+struct PoolArgmax(Pool);
+/// v (x's shape) at the given arg-max positions (output shape).
+struct PoolGather(Pool);
+/// g (output shape) added at the given arg-max positions (x's shape).
+struct PoolScatter(Pool);
+
+/// The u32 positions of a [`PoolArgmax`] result (as the second argument of a pool op).
+fn positions<'a>(s: &'a CpuStorage, l: &Layout, len: usize) -> candle_core::Result<&'a [u32]> {
+    match s {
+        CpuStorage::U32(v) => slice(v, l, len, "arg-max positions"),
+        _ => candle_core::bail!("max pool: arg-max positions must be u32"),
+    }
+}
+
+impl Op1 for PoolArgmax {
+    fn name(&self) -> &'static str {
+        "hessian-lab-maxpool-argmax"
+    }
+    fn fwd(&self, (s, l): In) -> Out {
+        let out = self.0.out_shape(l.shape())?;
+        let (len, p) = (l.shape().elem_count(), self.0);
+        fn go<T: WithDType>(p: Pool, x: &[T], olen: usize) -> Vec<u32> {
+            let (hw, ohw) = p.planes();
+            let mut idx = vec![0u32; olen];
+            idx.par_chunks_mut(ohw)
+                .zip(x.par_chunks(hw))
+                .with_min_len(min_chunks(hw))
+                .for_each(|(i, x)| p.argmax(x, i));
+            idx
+        }
+        let olen = out.elem_count();
+        let idx = match s {
+            CpuStorage::F32(v) => go(p, slice(v, l, len, "x")?, olen),
+            CpuStorage::F64(v) => go(p, slice(v, l, len, "x")?, olen),
+            _ => candle_core::bail!("max pool: f32 or f64 only"),
+        };
+        Ok((CpuStorage::U32(idx), out))
+    }
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, _g: &Tensor) -> Grad1 {
+        // Piecewise constant: no gradient (and x is detached anyway).
+        Ok(None)
+    }
+}
 
 impl Op2 for PoolGather {
     fn name(&self) -> &'static str {
         "hessian-lab-maxpool-gather"
     }
     fn fwd(&self, [(s1, l1), (s2, l2)]: [In; 2]) -> Out {
-        let out = self.0.out_shape(l2.shape())?;
-        let (len, olen) = (l2.shape().elem_count(), out.elem_count());
-        let p = self.0;
-        fn go<T: WithDType>(p: Pool, v: &[T], x: &[T], olen: usize) -> Vec<T> {
-            let (hw, ohw) = ((p.h * p.w).max(1), (p.oh() * p.ow()).max(1));
+        let out = self.0.out_shape(l1.shape())?;
+        let (len, olen, p) = (l1.shape().elem_count(), out.elem_count(), self.0);
+        let idx = positions(s2, l2, olen)?;
+        fn go<T: WithDType>(p: Pool, v: &[T], idx: &[u32], olen: usize) -> Vec<T> {
+            let (hw, ohw) = p.planes();
             let mut y = vec![T::zero(); olen];
-            y.par_chunks_mut(ohw.max(1))
-                .zip(v.par_chunks(hw).zip(x.par_chunks(hw)))
+            y.par_chunks_mut(ohw)
+                .zip(v.par_chunks(hw).zip(idx.par_chunks(ohw)))
                 .with_min_len(min_chunks(hw))
-                .for_each(|(y, (v, x))| p.argmax(x, |o, i| y[o] = v[i]));
+                .for_each(|(y, (v, idx))| {
+                    y.iter_mut().zip(idx).for_each(|(y, &i)| *y = v[i as usize])
+                });
             y
         }
-        let st = binary_op!(s1, l1, len, s2, l2, len, |v, x| ok(go(p, v, x, olen)));
+        let st = unary(
+            s1,
+            |v| Ok(go(p, slice(v, l1, len, "v")?, idx, olen)),
+            |v| Ok(go(p, slice(v, l1, len, "v")?, idx, olen)),
+        )?;
         Ok((st, out))
     }
-    fn bwd(&self, [_v, x]: [&Tensor; 2], _res: &Tensor, g: &Tensor) -> Grads2 {
-        Ok((Some(op2(g, x, PoolScatter(self.0))?), None))
+    fn bwd(&self, [_v, idx]: [&Tensor; 2], _res: &Tensor, g: &Tensor) -> Grads2 {
+        Ok((Some(op2(g, idx, PoolScatter(self.0))?), None))
     }
 }
 
@@ -458,39 +509,55 @@ impl Op2 for PoolScatter {
         "hessian-lab-maxpool-scatter"
     }
     fn fwd(&self, [(s1, l1), (s2, l2)]: [In; 2]) -> Out {
-        let out = self.0.out_shape(l2.shape())?;
-        if l1.shape() != &out {
+        if l1.shape() != l2.shape() {
             candle_core::bail!(
-                "max-pool scatter: gradient shape {:?}, expected {:?}",
+                "max-pool scatter: gradient shape {:?}, positions {:?}",
                 l1.shape(),
-                out
+                l2.shape()
             );
         }
-        let (len, olen) = (l2.shape().elem_count(), out.elem_count());
+        let (n, c, _, _) = l1.shape().dims4()?;
         let p = self.0;
-        fn go<T: WithDType>(p: Pool, g: &[T], x: &[T], len: usize) -> Vec<T> {
-            let (hw, ohw) = ((p.h * p.w).max(1), (p.oh() * p.ow()).max(1));
+        let (olen, len) = (l1.shape().elem_count(), n * c * p.h * p.w);
+        let idx = positions(s2, l2, olen)?;
+        fn go<T: WithDType>(p: Pool, g: &[T], idx: &[u32], len: usize) -> Vec<T> {
+            let (hw, ohw) = p.planes();
             let mut d = vec![T::zero(); len];
             d.par_chunks_mut(hw)
-                .zip(g.par_chunks(ohw.max(1)).zip(x.par_chunks(hw)))
+                .zip(g.par_chunks(ohw).zip(idx.par_chunks(ohw)))
                 .with_min_len(min_chunks(hw))
-                .for_each(|(d, (g, x))| p.argmax(x, |o, i| d[i] += g[o]));
+                .for_each(|(d, (g, idx))| {
+                    // Overlapping windows (s < k) can share a maximum: add, don't store.
+                    g.iter().zip(idx).for_each(|(&g, &i)| d[i as usize] += g)
+                });
             d
         }
-        let st = binary_op!(s1, l1, olen, s2, l2, len, |g, x| ok(go(p, g, x, len)));
-        Ok((st, l2.shape().clone()))
+        let st = unary(
+            s1,
+            |v| Ok(go(p, slice(v, l1, olen, "g")?, idx, len)),
+            |v| Ok(go(p, slice(v, l1, olen, "g")?, idx, len)),
+        )?;
+        Ok((st, Shape::from((n, c, p.h, p.w))))
     }
-    fn bwd(&self, [_g, x]: [&Tensor; 2], _res: &Tensor, gg: &Tensor) -> Grads2 {
-        Ok((Some(op2(gg, x, PoolGather(self.0))?), None))
+    fn bwd(&self, [_g, idx]: [&Tensor; 2], _res: &Tensor, gg: &Tensor) -> Grads2 {
+        Ok((Some(op2(gg, idx, PoolGather(self.0))?), None))
     }
 }
 
-/// PyTorch's `MaxPool2d(k, s, p)` (floor mode) as `PoolGather(x, x)`. The caller checks the
-/// arguments. Cost: one pass over every window; backward one scatter pass.
+/// PyTorch's `MaxPool2d(k, s, p)` (floor mode) as `PoolGather(x, PoolArgmax(x))`. The caller
+/// checks the arguments. Cost: one pass over every window, then one gather; backward one
+/// scatter pass (the windows are not searched again).
 pub(crate) fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
+    if h.saturating_mul(w) > u32::MAX as usize {
+        return Err(crate::Error::Shape(format!(
+            "max_pool2d: a {h}×{w} plane has more than 2³² pixels"
+        )));
+    }
+    let pool = Pool { k, s, p, h, w };
     let x = x.contiguous()?;
-    Ok(op2(&x, &x, PoolGather(Pool { k, s, p, h, w }))?)
+    let idx = op1(&x.detach(), PoolArgmax(pool))?;
+    Ok(op2(&x, &idx, PoolGather(pool))?)
 }
 
 // ---------------------------------------------------------------------------------------
