@@ -105,13 +105,102 @@ n = s.count("CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);")
 assert n == 3, n
 s = s.replace("CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b);", "keep_graph();")
 open(p, "w").write(s)
+
+# Change 3: a backward pass restricted to the tensors whose gradients are wanted
+# (`backward_wrt`), as PyTorch's `autograd.grad(outputs, inputs)`: upstream differentiates
+# every path to every variable, so ∂/∂u of a graph that also reaches the weights (the Jv step
+# of a Gauss–Newton product, an input gradient) paid for all the weight gradients too.
+old_walk = """            let mut nodes = if node.is_variable() {
+                // Do not call recursively on the "leaf" nodes.
+                track_grad = true;"""
+new_walk = """            let mut nodes = if node.is_variable() {
+                // Do not call recursively on the "leaf" nodes.
+                // hessian-lab patch: inside `backward_wrt`, only the requested variables.
+                track_grad = wanted(node);"""
+assert s.count(old_walk) == 1
+s = s.replace(old_walk, new_walk, 1)
+old_bw = """        let sorted_nodes = self.sorted_nodes();
+        let mut grads = GradStore::new();"""
+new_bw = """        let sorted_nodes = self.sorted_nodes();
+        // hessian-lab patch: inside `backward_wrt`, the nodes whose gradients are needed.
+        if WANTED.with(|w| w.borrow().is_some()) {
+            let ids = sorted_nodes.iter().map(|t| t.id()).collect();
+            NEEDED.with(|n| *n.borrow_mut() = Some(ids));
+        }
+        let mut grads = GradStore::new();"""
+assert s.count(old_bw) == 1
+s = s.replace(old_bw, new_bw, 1)
+old_api = """    /// Return all the nodes that lead to this value"""
+new_api = """    /// hessian-lab patch: [`Tensor::backward_with_graph`] restricted to the gradients of the
+    /// variables `wrt` (PyTorch's `autograd.grad(self, wrt)`): every other variable is a
+    /// constant, so nodes on no path to `wrt` are not differentiated. The gradients of `wrt`
+    /// are those of a full backward pass; the store may lack those of other tensors. Custom
+    /// ops learn what is needed from [`needs_grad`].
+    pub fn backward_wrt(&self, keep_graph: bool, wrt: &[&Tensor]) -> Result<GradStore> {
+        type Saved = (Option<HashSet<TensorId>>, Option<HashSet<TensorId>>);
+        struct Restore(Saved);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                WANTED.with(|w| *w.borrow_mut() = self.0 .0.take());
+                NEEDED.with(|n| *n.borrow_mut() = self.0 .1.take());
+            }
+        }
+        let ids = wrt.iter().map(|t| t.id()).collect();
+        let _restore = Restore((
+            WANTED.with(|w| w.borrow_mut().replace(ids)),
+            NEEDED.with(|n| n.borrow_mut().take()),
+        ));
+        self.backward_with_graph(keep_graph)
+    }
+
+    /// Return all the nodes that lead to this value"""
+assert s.count(old_api) == 1
+s = s.replace(old_api, new_api, 1)
+old_tl3 = """/// hessian-lab patch: marks this build"""
+new_tl3 = """thread_local! {
+    /// hessian-lab patch: inside `backward_wrt`, the ids of the variables asked for.
+    static WANTED: std::cell::RefCell<Option<HashSet<TensorId>>> =
+        const { std::cell::RefCell::new(None) };
+    /// hessian-lab patch: inside `backward_wrt`, the ids of the nodes on a path from the loss
+    /// to one of them (set once the graph is sorted).
+    static NEEDED: std::cell::RefCell<Option<HashSet<TensorId>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// hessian-lab patch: whether a variable counts as a leaf to differentiate (all of them,
+/// except inside `backward_wrt`).
+fn wanted(node: &Tensor) -> bool {
+    WANTED.with(|w| w.borrow().as_ref().map_or(true, |s| s.contains(&node.id())))
+}
+
+/// hessian-lab patch: whether the backward pass running on this thread needs the gradient of
+/// `t`. Inside `Tensor::backward_wrt`: whether `t` lies on a path from the loss to a requested
+/// variable; otherwise whether `t` tracks gradients at all (upstream's rule). A custom op's
+/// `bwd` can skip the gradient of an argument for which this is false.
+pub fn needs_grad(t: &Tensor) -> bool {
+    NEEDED.with(|n| match n.borrow().as_ref() {
+        Some(s) => s.contains(&t.id()),
+        None => t.track_op(),
+    })
+}
+
+/// hessian-lab patch: marks this build"""
+assert s.count(old_tl3) == 1
+s = s.replace(old_tl3, new_tl3, 1)
+s = s.replace('"hessian-lab candle-core 0.11.1 patch 2: accumulate, backward_with_graph"',
+              '"hessian-lab candle-core 0.11.1 patch 3: accumulate, backward_with_graph, backward_wrt"')
+old_use = "use std::collections::{hash_map::Entry, HashMap};"
+assert s.count(old_use) == 1
+s = s.replace(old_use, "use std::collections::{hash_map::Entry, HashMap, HashSet};", 1)
+open(p, "w").write(s)
+
 lib = os.path.join(dst, "src", "lib.rs")
 l = open(lib).read()
 old = "pub use custom_op::{"
 assert l.count(old) == 1
 l = l.replace(old, "pub use backprop::HESSIAN_LAB_PATCH;\n" + old, 1)
 open(lib, "w").write(l)
-print(f"patched {count} sites and backward_with_graph in {p}")
+print(f"patched {count} sites, backward_with_graph and backward_wrt in {p}")
 
 # candle-nn, unchanged except that it depends on the vendored candle-core by path, so that a
 # crate or notebook depending on hessian-lab gets one candle-core (a [patch] section reaches

@@ -47,9 +47,19 @@ pub fn backward(loss: &Tensor, graph: Graph) -> Result<GradStore> {
 
 /// ∂loss/∂t for each of `wrt` (tensors or references to them); zeros (t's shape) for a
 /// tensor the loss does not reach. With [`Graph::Drop`] the results are detached.
-/// Cost: one backward pass.
+///
+/// When every one of `wrt` is a variable, the pass is restricted to them, as PyTorch's
+/// `autograd.grad(loss, wrt)` is: other variables (a model's weights, when `wrt` is its input)
+/// are constants, and nodes on no path to `wrt` are not differentiated. Cost: one backward
+/// pass over the part of the graph that leads to `wrt`.
 pub fn grads<T: Borrow<Tensor>>(loss: &Tensor, wrt: &[T], graph: Graph) -> Result<Vec<Tensor>> {
-    let store = backward(loss, graph)?;
+    let ts: Vec<&Tensor> = wrt.iter().map(|t| t.borrow()).collect();
+    // A non-variable target would be pruned away (only variables are leaves): full pass.
+    let store = if ts.iter().all(|t| t.is_variable()) {
+        loss.backward_wrt(graph == Graph::Keep, &ts)?
+    } else {
+        backward(loss, graph)?
+    };
     grads_in(&store, wrt, graph)
 }
 

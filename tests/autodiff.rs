@@ -147,3 +147,101 @@ fn the_crate_runs_on_its_vendored_candle_and_nothing_else() {
         );
     }
 }
+
+/// A tiny C1 in f64 (5×5 strided convs, padded 3×3 max pools, BatchNorm, dense layers) and a
+/// batch: every custom op's backward is on the path.
+fn tiny_c1() -> (Model, hessian_lab::data::Batch) {
+    let rt = rt64();
+    let m =
+        Model::from_config(ModelConfig::tiny(ModelKind::C1, [3, 16, 16], 4, 0), &rt, 7).unwrap();
+    (m, random_batch(3, [3, 16, 16], 4, 21, &rt))
+}
+
+#[test]
+fn gradients_restricted_to_the_input_are_the_full_passes_and_skip_the_weights() {
+    no_setup();
+    use hessian_lab::models::Network;
+    let (m, b) = tiny_c1();
+    let x = Var::from_tensor(&b.x).unwrap();
+    let loss = || {
+        m.loss(&hessian_lab::data::Batch::new(x.as_tensor().clone(), b.y.clone()).unwrap())
+            .unwrap()
+    };
+    let before = hessian_lab::ops::kernel_calls();
+    let full = autodiff::backward(&loss(), Graph::Drop).unwrap();
+    let full_calls = hessian_lab::ops::kernel_calls() - before;
+    let gx_full = full.get(x.as_tensor()).unwrap().clone();
+    // the full pass also computed every weight gradient
+    assert!(m
+        .params()
+        .iter()
+        .all(|(_, p)| full.get(p.as_tensor()).is_some()));
+    let before = hessian_lab::ops::kernel_calls();
+    let gx = grads(&loss(), &[x.as_tensor()], Graph::Drop)
+        .unwrap()
+        .remove(0);
+    let restricted_calls = hessian_lab::ops::kernel_calls() - before;
+    assert!(rel_err(&to_vec(&gx), &to_vec(&gx_full)) < 1e-14);
+    // each conv and linear layer skips its weight gradient (the forward ops are the same)
+    assert!(
+        restricted_calls < full_calls,
+        "kernel calls: restricted {restricted_calls}, full {full_calls}"
+    );
+    // and the input gradient is the derivative: central differences along a random direction
+    let d = randn(b.x.dims(), 5, candle_core::DType::F64);
+    let at = |t: f64| -> f64 {
+        let xt = (&b.x + (&d * t).unwrap()).unwrap();
+        m.loss(&hessian_lab::data::Batch::new(xt, b.y.clone()).unwrap())
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    // a small step: ReLU and the pools' arg-max switch within 1e-5 of this point
+    let h = 1e-7;
+    let fd = (at(h) - at(-h)) / (2.0 * h);
+    let dot: f64 = to_vec(&gx).iter().zip(to_vec(&d)).map(|(a, b)| a * b).sum();
+    assert!(
+        (fd - dot).abs() < 1e-6 * dot.abs().max(1.0),
+        "fd {fd} vs ⟨g, d⟩ {dot}"
+    );
+}
+
+#[test]
+fn gauss_newton_product_on_a_conv_net_is_jt_a_j_v() {
+    // G v = Jᵀ A J v, A = blockdiag(diag pᵢ − pᵢpᵢᵀ)/N, with J built row by row from the
+    // gradients of single logits (independent of the operator's double-backward Jv, which
+    // differentiates only the paths to its dummy variable u).
+    no_setup();
+    use hessian_lab::curvature::{CurvatureOperator, DataSource, GgnOperator};
+    use hessian_lab::models::Network;
+    let (m, b) = tiny_c1();
+    let sel = ParamSelection::all(&m);
+    let ts = sel.tensors(&m);
+    let v = ParamVec::randn_like(&ts, 9).unwrap();
+    let z = m.forward(&b.x).unwrap();
+    let (n, k) = z.dims2().unwrap();
+    let zv = to_vec(&z);
+    let mut rows = vec![];
+    for i in 0..n {
+        for c in 0..k {
+            let zic = m.forward(&b.x).unwrap().get(i).unwrap().get(c).unwrap();
+            rows.push(ParamVec(grads(&zic, &ts, Graph::Drop).unwrap()));
+        }
+    }
+    let jv: Vec<f64> = rows.iter().map(|r| r.dot(&v).unwrap()).collect();
+    let mut gv = ParamVec::zeros_like(&ts).unwrap();
+    for i in 0..n {
+        let e: Vec<f64> = zv[i * k..(i + 1) * k].iter().map(|a| a.exp()).collect();
+        let s: f64 = e.iter().sum();
+        let p: Vec<f64> = e.iter().map(|a| a / s).collect();
+        let pjv: f64 = (0..k).map(|c| p[c] * jv[i * k + c]).sum();
+        for c in 0..k {
+            let r = (p[c] * jv[i * k + c] - p[c] * pjv) / n as f64;
+            gv = gv.axpy(r, &rows[i * k + c]).unwrap();
+        }
+    }
+    let op = GgnOperator::new(&m, DataSource::Batch(b.clone())).unwrap();
+    let got = op.apply(&v).unwrap();
+    let rel = got.axpy(-1.0, &gv).unwrap().norm().unwrap() / gv.norm().unwrap();
+    assert!(rel < 1e-12, "GGN product vs Jᵀ A J v: {rel}");
+}

@@ -359,11 +359,7 @@ pub fn input_hvp(model: &dyn Network, batch: &Batch, v: &Tensor) -> Result<Tenso
     on_pool(model.device(), || {
         let x = Var::from_tensor(&batch.x.detach())?;
         let losses = layers::cross_entropy_per_sample(&model.forward(x.as_tensor())?, &batch.y)?;
-        let store = autodiff::backward(&losses.sum_all()?, Graph::Keep)?;
-        let g = store
-            .get(x.as_tensor())
-            .ok_or_else(|| Error::Unsupported("the loss does not depend on the input".into()))?
-            .clone();
+        let g = autodiff::grads(&losses.sum_all()?, &[x.as_tensor()], Graph::Keep)?.remove(0);
         let s = (g * v.detach().to_dtype(batch.x.dtype())?)?.sum_all()?;
         Ok(autodiff::grads(&s, &[x.as_tensor()], Graph::Drop)?.remove(0))
     })

@@ -115,10 +115,12 @@ pub(super) fn op3<T: Op3>(
     a.contiguous()?
         .apply_op3(&b.contiguous()?, &c.contiguous()?, Counted(op))
 }
-/// `f()` when `t` is part of the autograd graph (its gradient is wanted), else `None`.
+/// `f()` when the running backward pass needs `t`'s gradient, else `None`: `t` tracks
+/// gradients and, inside a pass restricted to some variables ([`crate::autodiff::grads`]),
+/// lies on a path to one of them (an input gradient skips every weight gradient).
 pub(super) fn if_tracked(
     t: &Tensor,
     f: impl FnOnce() -> candle_core::Result<Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
-    t.track_op().then(f).transpose()
+    candle_core::backprop::needs_grad(t).then(f).transpose()
 }

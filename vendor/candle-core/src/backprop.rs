@@ -1,7 +1,7 @@
 //! Methods for backpropagation of gradients.
 use crate::op::{BinaryOp, Op, ReduceOp, UnaryOp};
 use crate::{Error, Result, Tensor, TensorId};
-use std::collections::{hash_map::Entry, HashMap};
+use std::collections::{hash_map::Entry, HashMap, HashSet};
 
 // arg has been reduced to node via reduce_dims, expand it back to arg.
 // This has to handle keepdims.
@@ -41,8 +41,35 @@ fn keep_graph() -> bool {
         .unwrap_or_else(|| CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b))
 }
 
+thread_local! {
+    /// hessian-lab patch: inside `backward_wrt`, the ids of the variables asked for.
+    static WANTED: std::cell::RefCell<Option<HashSet<TensorId>>> =
+        const { std::cell::RefCell::new(None) };
+    /// hessian-lab patch: inside `backward_wrt`, the ids of the nodes on a path from the loss
+    /// to one of them (set once the graph is sorted).
+    static NEEDED: std::cell::RefCell<Option<HashSet<TensorId>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// hessian-lab patch: whether a variable counts as a leaf to differentiate (all of them,
+/// except inside `backward_wrt`).
+fn wanted(node: &Tensor) -> bool {
+    WANTED.with(|w| w.borrow().as_ref().map_or(true, |s| s.contains(&node.id())))
+}
+
+/// hessian-lab patch: whether the backward pass running on this thread needs the gradient of
+/// `t`. Inside `Tensor::backward_wrt`: whether `t` lies on a path from the loss to a requested
+/// variable; otherwise whether `t` tracks gradients at all (upstream's rule). A custom op's
+/// `bwd` can skip the gradient of an argument for which this is false.
+pub fn needs_grad(t: &Tensor) -> bool {
+    NEEDED.with(|n| match n.borrow().as_ref() {
+        Some(s) => s.contains(&t.id()),
+        None => t.track_op(),
+    })
+}
+
 /// hessian-lab patch: marks this build of candle-core (hessian-lab checks that it runs on it).
-pub const HESSIAN_LAB_PATCH: &str = "hessian-lab candle-core 0.11.1 patch 2: accumulate, backward_with_graph";
+pub const HESSIAN_LAB_PATCH: &str = "hessian-lab candle-core 0.11.1 patch 3: accumulate, backward_with_graph, backward_wrt";
 
 impl Tensor {
     /// hessian-lab patch: a backward pass whose gradients keep their graph (`keep_graph`, as
@@ -57,6 +84,28 @@ impl Tensor {
         }
         let _restore = Restore(KEEP_GRAPH.with(|k| k.replace(Some(keep_graph))));
         self.backward()
+    }
+
+    /// hessian-lab patch: [`Tensor::backward_with_graph`] restricted to the gradients of the
+    /// variables `wrt` (PyTorch's `autograd.grad(self, wrt)`): every other variable is a
+    /// constant, so nodes on no path to `wrt` are not differentiated. The gradients of `wrt`
+    /// are those of a full backward pass; the store may lack those of other tensors. Custom
+    /// ops learn what is needed from [`needs_grad`].
+    pub fn backward_wrt(&self, keep_graph: bool, wrt: &[&Tensor]) -> Result<GradStore> {
+        type Saved = (Option<HashSet<TensorId>>, Option<HashSet<TensorId>>);
+        struct Restore(Saved);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                WANTED.with(|w| *w.borrow_mut() = self.0 .0.take());
+                NEEDED.with(|n| *n.borrow_mut() = self.0 .1.take());
+            }
+        }
+        let ids = wrt.iter().map(|t| t.id()).collect();
+        let _restore = Restore((
+            WANTED.with(|w| w.borrow_mut().replace(ids)),
+            NEEDED.with(|n| n.borrow_mut().take()),
+        ));
+        self.backward_with_graph(keep_graph)
     }
 
     /// Return all the nodes that lead to this value in a topologically sorted vec, the first
@@ -77,7 +126,8 @@ impl Tensor {
             let mut track_grad = false;
             let mut nodes = if node.is_variable() {
                 // Do not call recursively on the "leaf" nodes.
-                track_grad = true;
+                // hessian-lab patch: inside `backward_wrt`, only the requested variables.
+                track_grad = wanted(node);
                 nodes
             } else if node.dtype().is_int() {
                 nodes
@@ -195,6 +245,11 @@ impl Tensor {
 
     pub fn backward(&self) -> Result<GradStore> {
         let sorted_nodes = self.sorted_nodes();
+        // hessian-lab patch: inside `backward_wrt`, the nodes whose gradients are needed.
+        if WANTED.with(|w| w.borrow().is_some()) {
+            let ids = sorted_nodes.iter().map(|t| t.id()).collect();
+            NEEDED.with(|n| *n.borrow_mut() = Some(ids));
+        }
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
         for node in sorted_nodes.iter() {
