@@ -643,12 +643,33 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
     }
     // dWᵀ (ckk × co) → dW (co × ckk)
     let mut out = vec![T::zero(); wl];
-    for (r, row) in dw.chunks_exact(g.co).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * ckk + r] = v;
-        }
-    }
+    transpose_into(&dw, ckk, g.co, &mut out);
     Ok(out)
+}
+
+/// `b` (cols × rows) = `a`ᵀ for a row-major `a` (rows × cols), in tiles of 32 output rows
+/// (one rayon task each) walked 32 input rows at a time. A plain loop stores at stride `rows`
+/// and missed cache and TLB on every element: 82 % of the weight-gradient op's own time on
+/// ResNet18 (512 × 4608 weights), beside its gemm.
+fn transpose_into<T: Copy + Send + Sync>(a: &[T], rows: usize, cols: usize, b: &mut [T]) {
+    const TILE: usize = 32;
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    b[..rows * cols]
+        .par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(t, bt)| {
+            let (c0, cn) = (t * TILE, bt.len() / rows);
+            for r0 in (0..rows).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    let src = &a[r * cols + c0..r * cols + c0 + cn];
+                    for (j, &v) in src.iter().enumerate() {
+                        bt[j * rows + r] = v;
+                    }
+                }
+            }
+        });
 }
 
 /// Which member of the convolution's adjoint family an op is (see the module docs' table).
