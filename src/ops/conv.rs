@@ -842,3 +842,22 @@ impl Op3 for ConvBiasFwd {
         Ok((dx, dw, db))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::transpose_into;
+
+    #[test]
+    fn tiled_transpose_is_the_transpose_for_partial_tiles() {
+        for (rows, cols) in [(1, 1), (70, 45), (33, 100), (4608 / 64, 31)] {
+            let a: Vec<f64> = (0..rows * cols).map(|i| i as f64).collect();
+            let mut b = vec![f64::NAN; rows * cols];
+            transpose_into(&a, rows, cols, &mut b);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(b[c * rows + r], a[r * cols + c], "({r}, {c}) of {rows}×{cols}");
+                }
+            }
+        }
+    }
+}
