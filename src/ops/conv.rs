@@ -855,7 +855,11 @@ mod tests {
             transpose_into(&a, rows, cols, &mut b);
             for r in 0..rows {
                 for c in 0..cols {
-                    assert_eq!(b[c * rows + r], a[r * cols + c], "({r}, {c}) of {rows}×{cols}");
+                    assert_eq!(
+                        b[c * rows + r],
+                        a[r * cols + c],
+                        "({r}, {c}) of {rows}×{cols}"
+                    );
                 }
             }
         }
