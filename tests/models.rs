@@ -638,3 +638,54 @@ fn conv_with_windows_wholly_in_the_padding_matches_candle() {
         }
     }
 }
+
+#[test]
+fn resnet_batchnorm_folded_into_its_convolutions_is_exact_to_second_order() {
+    // Eval mode on the fused kernels folds each BatchNorm into the convolution before it
+    // (conv(x, a⊙W) + b); candle's kernels run conv, BatchNorm and ReLU as separate ops. Same
+    // weights and running statistics: logits, gradient (W, γ, β) and HVP must agree.
+    use hessian_lab::curvature::{self, ParamSelection, ParamVec};
+    use hessian_lab::models::layers::Kernels;
+    use hessian_lab::models::{ModelConfig, Network};
+    let cfg = ModelConfig::tiny(ModelKind::ResNet18, [3, 8, 8], 5, 0);
+    let fused = Model::from_config(cfg.clone(), &rt64(), 4).unwrap();
+    let plain_rt = rt64().with_kernels(Kernels::Candle);
+    let plain = Model::from_config(cfg, &plain_rt, 4).unwrap();
+    let b = random_batch(3, [3, 8, 8], 5, 6, &rt64());
+    // non-trivial running statistics (one train-mode forward each, same batch)
+    fused.forward_t(&b.x, true).unwrap();
+    plain.forward_t(&b.x, true).unwrap();
+    for ((_, p), (_, q)) in fused.buffers().iter().zip(plain.buffers()) {
+        q.set(p.as_tensor()).unwrap();
+    }
+    let (zf, zp) = (fused.forward(&b.x).unwrap(), plain.forward(&b.x).unwrap());
+    assert!(rel_err(&to_vec(&zf), &to_vec(&zp)) < 1e-12);
+    let sel = ParamSelection::all(&fused);
+    let (_, gf) = curvature::gradient(&fused, &b, &sel).unwrap();
+    let (_, gp) = curvature::gradient(&plain, &b, &ParamSelection::all(&plain)).unwrap();
+    let rel =
+        |a: &ParamVec, c: &ParamVec| a.axpy(-1.0, c).unwrap().norm().unwrap() / c.norm().unwrap();
+    assert!(rel(&gf, &gp) < 1e-11, "gradient {}", rel(&gf, &gp));
+    let v = ParamVec::randn_like(&sel.tensors(&fused), 8).unwrap();
+    let (hf, hp) = (
+        curvature::hvp(&fused, &b, &v).unwrap(),
+        curvature::hvp(&plain, &b, &v).unwrap(),
+    );
+    assert!(rel(&hf, &hp) < 1e-10, "HVP {}", rel(&hf, &hp));
+    // the BatchNorm parameters get their share: γ's gradient is not zero
+    let names: Vec<String> = fused.params().iter().map(|(n, _)| n.clone()).collect();
+    let i = names
+        .iter()
+        .position(|n| n == "layer1.0.bn1.weight")
+        .unwrap();
+    assert!(
+        gf.0[i]
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            > 0.0
+    );
+}

@@ -36,7 +36,7 @@ impl ConvArgs {
 }
 
 impl Kernels {
-    fn fused_on(self, x: &Tensor) -> bool {
+    pub(crate) fn fused_on(self, x: &Tensor) -> bool {
         self == Kernels::Fused
             && x.device().is_cpu()
             && matches!(x.dtype(), DType::F32 | DType::F64)
@@ -207,6 +207,21 @@ pub struct BnBuffers<'a> {
     pub running_var: &'a Var,
 }
 
+/// Eval-mode BatchNorm as one per-channel affine map x·a + b: a = γ/√(σ²+ε), b = β − μ·a, with
+/// the running statistics μ, σ² as constants and γ, β differentiable (shapes (C,)).
+pub(crate) fn bn_eval_affine(
+    gamma: &Tensor,
+    beta: &Tensor,
+    bufs: &BnBuffers<'_>,
+) -> Result<(Tensor, Tensor)> {
+    const EPS: f64 = 1e-5;
+    let rm = bufs.running_mean.as_detached_tensor();
+    let rv = bufs.running_var.as_detached_tensor();
+    let a = gamma.broadcast_div(&(rv + EPS)?.sqrt()?)?;
+    let b = (beta - (&a * rm)?)?;
+    Ok((a, b))
+}
+
 impl Kernels {
     /// BatchNorm2d, PyTorch semantics (eps 1e-5, momentum 0.1, unbiased running variance).
     ///
@@ -246,11 +261,7 @@ impl Kernels {
             bufs.running_var.set(&new_rv.detach())?;
             (xc.broadcast_div(&(var + EPS)?.sqrt()?)?, ())
         } else if self.fused_on(x) {
-            // One per-channel affine map x·a + b, a = γ/√(σ²+ε), b = β − μ·a (γ, β differentiable).
-            let rm = bufs.running_mean.as_detached_tensor();
-            let rv = bufs.running_var.as_detached_tensor();
-            let a = gamma.broadcast_div(&(rv + EPS)?.sqrt()?)?;
-            let b = (beta - (&a * rm)?)?;
+            let (a, b) = bn_eval_affine(gamma, beta, bufs)?;
             return crate::ops::fused::channel_affine(x, &a, &b);
         } else {
             let rm = bufs.running_mean.as_detached_tensor().reshape(shape)?;

@@ -8,7 +8,7 @@
 //! (HessianFlow `c2_model`) pools after conv2 and conv4 and uses 64 channels — 63 is a typo.
 //! With the pools, fc1 has 128·8·8 = 8192 inputs.
 
-use super::layers::{BnBuffers, ConvArgs, Kernels};
+use super::layers::{self, BnBuffers, ConvArgs, Kernels};
 use super::ModelKind;
 use crate::ops::conv::out_len;
 use crate::{Error, Result};
@@ -86,6 +86,17 @@ pub(crate) trait Net {
     fn conv(&mut self, name: &str, x: &Self::V, c: Conv) -> Result<Self::V>;
     /// BatchNorm2d `name` over x's channels.
     fn bn(&mut self, name: &str, x: &Self::V) -> Result<Self::V>;
+    /// Convolution `conv` (see [`Conv`], its ReLU applied last), then BatchNorm2d `bn`, then
+    /// the ReLU when `c.relu`. [`Forward`] folds an eval-mode BatchNorm into the convolution.
+    fn conv_bn(&mut self, conv: &str, bn: &str, x: &Self::V, c: Conv) -> Result<Self::V> {
+        let y = self.conv(conv, x, Conv { relu: false, ..c })?;
+        let y = self.bn(bn, &y)?;
+        if c.relu {
+            self.act(Activation::Relu, &y)
+        } else {
+            Ok(y)
+        }
+    }
     /// Affine layer `name` with `dout` outputs (and bias) over x's last dimension.
     fn linear(&mut self, name: &str, x: &Self::V, dout: usize) -> Result<Self::V>;
     fn act(&mut self, a: Activation, x: &Self::V) -> Result<Self::V>;
@@ -170,30 +181,28 @@ pub(crate) fn architecture<N: Net>(
             n.linear("fc3", &x, classes)
         }
         ModelKind::ResNet18 => {
-            let x = n.conv("conv1", x, Conv::new(64, 3).pad(1).no_bias())?;
-            let x = n.bn("bn1", &x)?;
-            let mut x = n.act(relu, &x)?;
+            let c3 = |planes| Conv::new(planes, 3).pad(1).no_bias();
+            let mut x = n.conv_bn("conv1", "bn1", x, c3(64).relu())?;
             for (name, inp, planes, stride) in resnet_blocks() {
-                let o = n.conv(
+                let o = n.conv_bn(
                     &format!("{name}.conv1"),
+                    &format!("{name}.bn1"),
                     &x,
-                    Conv::new(planes, 3).stride(stride).pad(1).no_bias(),
+                    c3(planes).stride(stride).relu(),
                 )?;
-                let o = n.bn(&format!("{name}.bn1"), &o)?;
-                let o = n.act(relu, &o)?;
-                let o = n.conv(
+                let o = n.conv_bn(
                     &format!("{name}.conv2"),
+                    &format!("{name}.bn2"),
                     &o,
-                    Conv::new(planes, 3).pad(1).no_bias(),
+                    c3(planes),
                 )?;
-                let o = n.bn(&format!("{name}.bn2"), &o)?;
                 let sc = if stride != 1 || inp != planes {
-                    let s = n.conv(
+                    n.conv_bn(
                         &format!("{name}.shortcut.0"),
+                        &format!("{name}.shortcut.1"),
                         &x,
                         Conv::new(planes, 1).stride(stride).no_bias(),
-                    )?;
-                    n.bn(&format!("{name}.shortcut.1"), &s)?
+                    )?
                 } else {
                     x
                 };
@@ -382,6 +391,39 @@ impl<L: Lookup> Net for Forward<'_, L> {
         let args = ConvArgs::new(c.stride, c.pad);
         let args = if c.relu { args.relu() } else { args };
         self.l.kernels().conv2d(x, w, b, args)
+    }
+    /// Eval mode on the fused kernels: BatchNorm is the per-channel affine map a·y + b, folded
+    /// into the convolution as conv(x, a⊙W) + (b + a·bias), one op whose output is the
+    /// BatchNorm's (and the ReLU's, when `c.relu`). The fold is part of the graph (a⊙W is a
+    /// differentiable product), so gradients reach W, γ and β exactly, to any order; the
+    /// convolution's own output is never materialised or kept (ResNet18 keeps two activations
+    /// per conv–BN–ReLU instead of three, and skips BatchNorm's passes).
+    fn conv_bn(&mut self, conv: &str, bn: &str, x: &Tensor, c: Conv) -> Result<Tensor> {
+        let k = self.l.kernels();
+        if self.train || !k.fused_on(x) {
+            let y = self.conv(conv, x, Conv { relu: false, ..c })?;
+            let y = self.bn(bn, &y)?;
+            return if c.relu {
+                self.act(Activation::Relu, &y)
+            } else {
+                Ok(y)
+            };
+        }
+        let w = self.l.p(&format!("{conv}.weight"))?;
+        let (a, b) = layers::bn_eval_affine(
+            self.l.p(&format!("{bn}.weight"))?,
+            self.l.p(&format!("{bn}.bias"))?,
+            &self.l.bufs(bn)?,
+        )?;
+        let b = if c.bias {
+            (b + (self.l.p(&format!("{conv}.bias"))? * &a)?)?
+        } else {
+            b
+        };
+        let wa = w.broadcast_mul(&a.reshape((a.dim(0)?, 1, 1, 1))?)?;
+        let args = ConvArgs::new(c.stride, c.pad);
+        let args = if c.relu { args.relu() } else { args };
+        k.conv2d(x, &wa, Some(&b), args)
     }
     fn bn(&mut self, name: &str, x: &Tensor) -> Result<Tensor> {
         self.l.kernels().batch_norm(
