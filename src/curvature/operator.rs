@@ -282,8 +282,8 @@ fn ggn_batch(
     // ∇θ⟨z, u⟩ = Jᵀu keeps its graph, so ∇ᵤ⟨Jᵀu, v⟩ = Jv
     let jtu = autodiff::grads(&s, &ts, Graph::Keep)?;
     let t = graph_dot(&jtu, v)?;
-    // restricted to u: the weight-gradient branches of Jᵀu's graph are not differentiated
-    // (4.5 → 3.x gradients per product, PyTorch's autograd.grad prunes the same way)
+    // restricted to u: Jᵀu's weight-gradient branches, and the forward graph below them, lead
+    // to no u and are not differentiated (as PyTorch's autograd.grad prunes; BENCHMARKS.md)
     let jv = autodiff::grads(&t, &[u.as_tensor()], Graph::Drop)?.remove(0);
     let p = layers::softmax(&z.detach())?;
     let pjv = (&p * &jv)?;

@@ -89,13 +89,7 @@ pub(crate) trait Net {
     /// Convolution `conv` (see [`Conv`], its ReLU applied last), then BatchNorm2d `bn`, then
     /// the ReLU when `c.relu`. [`Forward`] folds an eval-mode BatchNorm into the convolution.
     fn conv_bn(&mut self, conv: &str, bn: &str, x: &Self::V, c: Conv) -> Result<Self::V> {
-        let y = self.conv(conv, x, Conv { relu: false, ..c })?;
-        let y = self.bn(bn, &y)?;
-        if c.relu {
-            self.act(Activation::Relu, &y)
-        } else {
-            Ok(y)
-        }
+        conv_then_bn(self, conv, bn, x, c)
     }
     /// Affine layer `name` with `dout` outputs (and bias) over x's last dimension.
     fn linear(&mut self, name: &str, x: &Self::V, dout: usize) -> Result<Self::V>;
@@ -105,6 +99,23 @@ pub(crate) trait Net {
     fn add(&mut self, a: &Self::V, b: &Self::V) -> Result<Self::V>;
     /// Mean over the spatial dimensions: (N, C, H, W) → (N, C).
     fn global_avg_pool(&mut self, x: &Self::V) -> Result<Self::V>;
+}
+
+/// [`Net::conv_bn`] as three layers: convolution, BatchNorm, then the ReLU when `c.relu`.
+fn conv_then_bn<N: Net + ?Sized>(
+    n: &mut N,
+    conv: &str,
+    bn: &str,
+    x: &N::V,
+    c: Conv,
+) -> Result<N::V> {
+    let y = n.conv(conv, x, Conv { relu: false, ..c })?;
+    let y = n.bn(bn, &y)?;
+    if c.relu {
+        n.act(Activation::Relu, &y)
+    } else {
+        Ok(y)
+    }
 }
 
 /// ResNet-18 stages: (name, in planes, planes, stride) of each BasicBlock.
@@ -401,13 +412,7 @@ impl<L: Lookup> Net for Forward<'_, L> {
     fn conv_bn(&mut self, conv: &str, bn: &str, x: &Tensor, c: Conv) -> Result<Tensor> {
         let k = self.l.kernels();
         if self.train || !k.fused_on(x) {
-            let y = self.conv(conv, x, Conv { relu: false, ..c })?;
-            let y = self.bn(bn, &y)?;
-            return if c.relu {
-                self.act(Activation::Relu, &y)
-            } else {
-                Ok(y)
-            };
+            return conv_then_bn(self, conv, bn, x, c);
         }
         let w = self.l.p(&format!("{conv}.weight"))?;
         let (a, b) = layers::bn_eval_affine(

@@ -18,8 +18,8 @@
 //! | [`PoolScatter`]`(g, i)` | g added at the positions i | `PoolGather(ḡ, i)`; none for i |
 //!
 //! Max pooling is `PoolGather(x, PoolArgmax(x))`: the gradient flows through the first
-//! argument only, to the first maximum of each window (PyTorch's rule; ties are measure-zero except in
-//! all-equal windows, where any choice is a valid subgradient).
+//! argument only, to the first maximum of each window (PyTorch's rule; ties are measure-zero
+//! except in all-equal windows, where any choice is a valid subgradient).
 
 use super::conv::{binary_op, gemm, out_len, row_major, slice, ternary_op, transposed};
 use super::{if_tracked, op1, op2, op3, Grad1, Grads2, Grads3, In, Op1, Op2, Op3, Out};
