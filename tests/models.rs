@@ -517,6 +517,46 @@ fn max_pool_gradient_goes_to_the_first_tied_maximum() {
     }
 }
 
+#[test]
+fn max_pool_matches_brute_force_on_ties_borders_and_wide_rows() {
+    // Values from {0, 1, 2, 3} make ties frequent; widths past 64 output columns cross the
+    // kernel's column chunks; strides 1–3 and paddings up to k/2 clip windows at every border.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 4) as f64
+    };
+    for (k, s, p, h, w) in [
+        (3, 2, 1, 9, 16),
+        (2, 2, 0, 6, 10),
+        (3, 1, 1, 5, 7),
+        (2, 1, 1, 4, 5),
+        (3, 3, 1, 7, 8),
+        (5, 2, 2, 9, 9),
+        (3, 2, 1, 5, 150),
+        (2, 1, 0, 3, 140),
+    ] {
+        let shape = (2, 3, h, w);
+        let vals: Vec<f64> = (0..2 * 3 * h * w).map(|_| next()).collect();
+        let x = Var::from_tensor(&Tensor::from_vec(vals.clone(), shape, &Device::Cpu).unwrap())
+            .unwrap();
+        let y = layers::Kernels::Fused
+            .max_pool2d(x.as_tensor(), k, s, p)
+            .unwrap();
+        let what = format!("k{k} s{s} p{p} {h}×{w}");
+        assert_eq!(
+            max_abs_diff(&to_vec(&y), &brute_max_pool(&vals, shape, k, s, p)),
+            0.0,
+            "{what}"
+        );
+        let g = y.sum_all().unwrap().backward_with_graph(true).unwrap();
+        let gx = to_vec(g.get(x.as_tensor()).unwrap());
+        assert_eq!(gx, brute_first_argmax_grad(&vals, shape, k, s, p), "{what}");
+    }
+}
+
 /// ∂(Σ maxpool)/∂x with PyTorch's first-maximum rule, by brute force.
 fn brute_first_argmax_grad(
     x: &[f64],

@@ -392,12 +392,23 @@ pub(super) use ternary_op;
 /// layer), too few for gemm to amortise packing the weight; a group of samples side by side
 /// gives it ≥ 1024 columns. Capped so the group's im2col buffer stays ≤ 2²⁰ elements (unless
 /// one sample is larger) and so there are at least as many groups as threads.
+///
+/// Within the upper half of that cap, the size whose groups the threads share most evenly
+/// (ties: the larger): the threads take groups in equal runs, so 128 samples in groups of
+/// 40 (40 + 40 on one thread, 40 + 8 on the other) left a core idle for over a third of C1's
+/// largest layer, where groups of 32 split 64 / 64.
 fn group_size(g: &Geom) -> usize {
     let l = g.l().max(1);
     let by_cols = 1024usize.div_ceil(l);
     let by_mem = ((1usize << 20) / (g.ckk() * l).max(1)).max(1);
-    let by_threads = (g.n / rayon::current_num_threads().max(1)).max(1);
-    by_cols.min(by_mem).min(by_threads).max(1)
+    let t = rayon::current_num_threads().max(1);
+    let cap = by_cols.min(by_mem).min((g.n / t).max(1)).max(1);
+    // samples on the busiest thread when each takes ⌈groups / t⌉ consecutive groups
+    let busiest = |gs: usize| (g.n.div_ceil(gs).div_ceil(t) * gs).min(g.n);
+    (cap.div_ceil(2)..=cap)
+        .rev()
+        .min_by_key(|&gs| busiest(gs))
+        .unwrap_or(cap)
 }
 
 /// Calls `one(scratch, (group index, out chunk), gemm_parallel)` for every group's chunk of
