@@ -512,7 +512,7 @@ fn relu_in_place<T: WithDType>(y: &mut [T]) {
 fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core::Result<Vec<T>> {
     let (yl, ckk, l, gs) = (g.y_len(), g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
-    let mut y = vec![T::zero(); g.n * yl];
+    let mut y = super::zeros(g.n * yl);
     // scratch: the group's im2col, then (groups of ≥ 2) the gemm's side-by-side output
     let one = |sc: &mut Vec<T>, (t, yg): (usize, &mut [T]), par: bool| {
         let m = yg.len() / yl.max(1);
@@ -548,7 +548,7 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core
 fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
     let (xl, ckk, l, gs) = (g.x_len(), g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
-    let mut dx = vec![T::zero(); g.n * xl];
+    let mut dx = super::zeros(g.n * xl);
     // scratch: the group's column gradient, then (groups of ≥ 2) its dy side by side
     let one = |sc: &mut Vec<T>, (t, dxg): (usize, &mut [T]), par: bool| {
         let m = dxg.len() / xl.max(1);
@@ -653,7 +653,7 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
         return Ok(dw);
     }
     // dWᵀ (ckk × co) → dW (co × ckk)
-    let mut out = vec![T::zero(); wl];
+    let mut out = super::zeros(wl);
     transpose_into(&dw, ckk, g.co, &mut out);
     Ok(out)
 }

@@ -79,7 +79,7 @@ pub(super) fn min_chunks(len: usize) -> usize {
 }
 
 fn par_map<T: WithDType>(v: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); v.len()];
+    let mut out = super::zeros(v.len());
     out.par_chunks_mut(GRAIN)
         .zip(v.par_chunks(GRAIN))
         .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &i)| *o = f(i)));
@@ -116,7 +116,7 @@ impl Op1 for Relu {
 pub(super) struct ReluMask;
 
 fn mask<T: WithDType>(g: &[T], x: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); g.len()];
+    let mut out = super::zeros(g.len());
     out.par_chunks_mut(GRAIN)
         .zip(g.par_chunks(GRAIN).zip(x.par_chunks(GRAIN)))
         .for_each(|(o, (g, x))| {
@@ -156,7 +156,7 @@ pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
 
 /// t·s_c + h_c per channel c, with (s_c, h_c) = `coef(c)`. One pass.
 fn chan_map<T: WithDType>(t: &[T], ch: Chan, coef: impl Fn(usize) -> (T, T) + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); t.len()];
+    let mut out = super::zeros(t.len());
     out.par_chunks_mut(ch.l.max(1))
         .zip(t.par_chunks(ch.l.max(1)))
         .with_min_len(min_chunks(ch.l))
@@ -319,7 +319,7 @@ impl Op1 for ChanBroadcast {
     fn fwd(&self, (s, l): In) -> Out {
         let ch = Chan::of(&self.0)?;
         fn go<T: WithDType>(g: &[T], ch: Chan) -> Vec<T> {
-            let mut out = vec![T::zero(); ch.len()];
+            let mut out = super::zeros(ch.len());
             out.par_chunks_mut(ch.l.max(1))
                 .with_min_len(min_chunks(ch.l))
                 .enumerate()
@@ -483,7 +483,7 @@ impl Op2 for PoolGather {
         let idx = positions(s2, l2, olen)?;
         fn go<T: WithDType>(p: Pool, v: &[T], idx: &[u32], olen: usize) -> Vec<T> {
             let (hw, ohw) = p.planes();
-            let mut y = vec![T::zero(); olen];
+            let mut y = super::zeros(olen);
             y.par_chunks_mut(ohw)
                 .zip(v.par_chunks(hw).zip(idx.par_chunks(ohw)))
                 .with_min_len(min_chunks(hw))
@@ -522,7 +522,7 @@ impl Op2 for PoolScatter {
         let idx = positions(s2, l2, olen)?;
         fn go<T: WithDType>(p: Pool, g: &[T], idx: &[u32], len: usize) -> Vec<T> {
             let (hw, ohw) = p.planes();
-            let mut d = vec![T::zero(); len];
+            let mut d = super::zeros(len);
             d.par_chunks_mut(hw)
                 .zip(g.par_chunks(ohw).zip(idx.par_chunks(ohw)))
                 .with_min_len(min_chunks(hw))
@@ -582,7 +582,7 @@ impl Op3 for LinearFwd {
             i: usize,
             o: usize,
         ) -> candle_core::Result<Vec<T>> {
-            let mut y = vec![T::zero(); n * o];
+            let mut y = super::zeros(n * o);
             gemm(
                 n,
                 o,

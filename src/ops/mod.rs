@@ -24,6 +24,26 @@ pub fn kernel_calls() -> u64 {
     CALLS.load(Ordering::Relaxed)
 }
 
+/// A zeroed output buffer of `n` elements, zeroed by all threads when it is large. The kernels
+/// allocate every output on the thread that drives the graph; `vec![0; n]` zeroes it there
+/// while the other threads wait (C1's first convolution output is 8 MB per forward).
+pub(super) fn zeros<T: candle_core::WithDType>(n: usize) -> Vec<T> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    if n < 4 * CHUNK {
+        return vec![T::zero(); n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.spare_capacity_mut().par_chunks_mut(CHUNK).for_each(|c| {
+        for x in c {
+            x.write(T::zero());
+        }
+    });
+    // SAFETY: the loop above initialised all n elements of the capacity.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// One argument of a CPU forward: its storage and layout.
 pub(super) type In<'a> = (&'a CpuStorage, &'a Layout);
 /// The result of a CPU forward: storage and shape.
@@ -123,4 +143,16 @@ pub(super) fn if_tracked(
     f: impl FnOnce() -> candle_core::Result<Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
     candle_core::backprop::needs_grad(t).then(f).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn zeros_has_the_length_and_only_zeros_on_both_paths() {
+        for n in [0, 5, (1 << 18) - 1, (1 << 18) + 12_345] {
+            let v: Vec<f32> = super::zeros(n);
+            assert_eq!(v.len(), n);
+            assert!(v.iter().all(|&x| x.to_bits() == 0), "n = {n}");
+        }
+    }
 }
