@@ -26,6 +26,7 @@ use super::{if_tracked, op1, op2, op3, Grad1, Grads2, Grads3, In, Op1, Op2, Op3,
 use crate::Result;
 use candle_core::{CpuStorage, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+use std::hint::select_unpredictable;
 
 /// A tensor seen as (n, c, l): batch, channels (dim 1), everything after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -372,9 +373,10 @@ impl Pool {
     /// window's first maximum, written to `idx` (one entry per output pixel).
     ///
     /// Windows wholly inside the map (all of them when p = 0, all but a border ring
-    /// otherwise) take the unclipped loop, with selects instead of branches: the comparisons
-    /// are coin flips on real activations (3× faster measured for 2×2, and C1's 3×3/s2/p1
-    /// pool spent a fifth of its HVP in the clipped loop).
+    /// otherwise) take the unclipped loop; both loops select instead of branching
+    /// (`select_unpredictable`, which keeps LLVM from turning the selects back into branches):
+    /// the comparisons are coin flips on real activations (3× faster measured for 2×2; the
+    /// border ring is a quarter of C1's 8×8 pool outputs).
     fn argmax<T: WithDType>(&self, plane: &[T], idx: &mut [u32]) {
         let (oh, ow) = (self.oh(), self.ow());
         let (k, s, p, h, w) = (self.k, self.s, self.p, self.h, self.w);
@@ -390,8 +392,8 @@ impl Pool {
                         let row = base + r * w;
                         for (c, &v) in plane[row..row + k].iter().enumerate() {
                             let gt = v > bv;
-                            bi = if gt { row + c } else { bi };
-                            bv = if gt { v } else { bv };
+                            bi = select_unpredictable(gt, row + c, bi);
+                            bv = select_unpredictable(gt, v, bv);
                         }
                     }
                     bi
@@ -400,16 +402,15 @@ impl Pool {
                     let c0 = (oj * s) as isize - p as isize;
                     let (rlo, rhi) = (r0.max(0) as usize, ((r0 + k as isize) as usize).min(h));
                     let (clo, chi) = (c0.max(0) as usize, ((c0 + k as isize) as usize).min(w));
-                    let mut best = rlo * w + clo;
+                    let (mut bi, mut bv) = (rlo * w + clo, plane[rlo * w + clo]);
                     for r in rlo..rhi {
-                        for c in clo..chi {
-                            let i = r * w + c;
-                            if plane[i] > plane[best] {
-                                best = i;
-                            }
+                        for (c, &v) in plane[r * w + clo..r * w + chi].iter().enumerate() {
+                            let gt = v > bv;
+                            bi = select_unpredictable(gt, r * w + clo + c, bi);
+                            bv = select_unpredictable(gt, v, bv);
                         }
                     }
-                    best
+                    bi
                 };
                 // Plane sizes are far below 2³², checked in `max_pool2d`.
                 idx[oi * ow + oj] = best as u32;
