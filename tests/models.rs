@@ -729,3 +729,84 @@ fn resnet_batchnorm_folded_into_its_convolutions_is_exact_to_second_order() {
             > 0.0
     );
 }
+
+#[test]
+fn batchnorm_then_pool_as_one_op_equals_the_two_ops_to_second_order() {
+    // Kernels::Fused.affine_max_pool2d pools a·y + b as a·gather(y, idx) + b with idx the
+    // arg-max of a·y + b; the reference is the affine map, then the (first-maximum) pool.
+    // ReLU'd data (exact zeros: tied windows) and negative a (the pool must pick minima of y).
+    use hessian_lab::models::layers::Kernels;
+    let dev = Device::Cpu;
+    let y = Var::from_tensor(
+        &Tensor::randn(0f64, 1.0, (2, 4, 6, 6), &dev)
+            .unwrap()
+            .relu()
+            .unwrap(),
+    )
+    .unwrap();
+    let a = Var::from_tensor(&Tensor::new(&[1.5f64, -0.7, 0.3, -2.0], &dev).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::new(&[0.1f64, -0.2, 0.0, 0.4], &dev).unwrap()).unwrap();
+    let c = Tensor::randn(0f64, 1.0, (2, 4, 3, 3), &dev).unwrap();
+    let vs = [
+        Tensor::randn(0f64, 1.0, (2, 4, 6, 6), &dev).unwrap(),
+        Tensor::randn(0f64, 1.0, 4, &dev).unwrap(),
+        Tensor::randn(0f64, 1.0, 4, &dev).unwrap(),
+    ];
+    let vars = [y.as_tensor(), a.as_tensor(), b.as_tensor()];
+    for (k, s, p) in [(2, 2, 0), (3, 2, 1)] {
+        let run = |one_op: bool| -> Vec<Vec<f64>> {
+            let out = if one_op {
+                Kernels::Fused
+                    .affine_max_pool2d(vars[0], vars[1], vars[2], (k, s, p))
+                    .unwrap()
+            } else {
+                let z = vars[0]
+                    .broadcast_mul(&vars[1].reshape((1, 4, 1, 1)).unwrap())
+                    .unwrap()
+                    .broadcast_add(&vars[2].reshape((1, 4, 1, 1)).unwrap())
+                    .unwrap();
+                Kernels::Fused.max_pool2d(&z, k, s, p).unwrap()
+            };
+            // a loss with curvature in y, a and b: Σ c ⊙ out²
+            let loss = (out.sqr().unwrap() * &c).unwrap().sum_all().unwrap();
+            let g = loss.backward_with_graph(true).unwrap();
+            let mut res = vec![to_vec(&out)];
+            let mut gv = Tensor::new(0f64, &dev).unwrap();
+            for (t, v) in vars.iter().zip(&vs) {
+                let gt = g.get(t).unwrap().clone();
+                res.push(to_vec(&gt));
+                gv = (gv + (&gt * v).unwrap().sum_all().unwrap()).unwrap();
+            }
+            let h = gv.backward_with_graph(true).unwrap();
+            for t in vars {
+                res.push(to_vec(h.get(t).unwrap()));
+            }
+            res
+        };
+        let (one, two) = (run(true), run(false));
+        for (i, (u, w)) in one.iter().zip(&two).enumerate() {
+            let e = rel_err(u, w);
+            assert!(e < 1e-13, "k{k} s{s} p{p}: output {i} differs by {e:e}");
+        }
+    }
+}
+
+#[test]
+fn c2_gradient_and_hvp_match_finite_differences_in_eval_mode() {
+    // C2 in eval mode pools its bn2/bn4 outputs in one op (above); with non-trivial running
+    // statistics and negative γ on bn2, the whole model's gradient and HVP against central
+    // differences of its loss and gradient.
+    use hessian_lab::curvature::check_hvp;
+    use hessian_lab::models::{ModelConfig, Network};
+    let cfg = ModelConfig::tiny(ModelKind::C2, [3, 8, 8], 5, 6);
+    let m = Model::from_config(cfg, &rt64(), 4).unwrap();
+    let b = random_batch(3, [3, 8, 8], 5, 6, &rt64());
+    m.forward_t(&b.x, true).unwrap();
+    for (name, p) in m.params() {
+        if name == "bn2.weight" {
+            p.set(&p.as_tensor().neg().unwrap()).unwrap();
+        }
+    }
+    let c = check_hvp(&m, &b, 3).unwrap();
+    assert!(c.ok, "{c:?}");
+}

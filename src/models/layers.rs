@@ -102,6 +102,30 @@ impl Kernels {
     }
 }
 
+impl Kernels {
+    /// Eval-mode BatchNorm (the per-channel affine map x·a + b of [`bn_eval_affine`]) followed
+    /// by `MaxPool2d(k, s, p)`. On the fused kernels one op that never keeps the BatchNorm's
+    /// full-size output (see `ops::fused::affine_max_pool2d`); otherwise the affine map, then
+    /// the pool.
+    pub fn affine_max_pool2d(
+        self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        (k, s, p): (usize, usize, usize),
+    ) -> Result<Tensor> {
+        pool_input("max_pool2d", x, k, s, p)?;
+        if self.fused_on(x) {
+            return crate::ops::fused::affine_max_pool2d(x, a, b, k, s, p);
+        }
+        let c = x.dim(1)?;
+        let z = x
+            .broadcast_mul(&a.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&b.reshape((1, c, 1, 1))?)?;
+        self.max_pool2d(&z, k, s, p)
+    }
+}
+
 /// Checks a pooling's arguments (kernel and stride ≥ 1, padding ≤ k/2, input at least one
 /// window) and returns the input's (N, C, H, W).
 fn pool_input(

@@ -91,6 +91,17 @@ pub(crate) trait Net {
     fn conv_bn(&mut self, conv: &str, bn: &str, x: &Self::V, c: Conv) -> Result<Self::V> {
         conv_then_bn(self, conv, bn, x, c)
     }
+    /// BatchNorm2d `bn`, then `MaxPool2d(k, s, p)`. [`Forward`] pools an eval-mode BatchNorm's
+    /// affine map in one op, without keeping the BatchNorm's output.
+    fn bn_max_pool(
+        &mut self,
+        bn: &str,
+        x: &Self::V,
+        (k, s, p): (usize, usize, usize),
+    ) -> Result<Self::V> {
+        let y = self.bn(bn, x)?;
+        self.max_pool(&y, k, s, p)
+    }
     /// Affine layer `name` with `dout` outputs (and bias) over x's last dimension.
     fn linear(&mut self, name: &str, x: &Self::V, dout: usize) -> Result<Self::V>;
     fn act(&mut self, a: Activation, x: &Self::V) -> Result<Self::V>;
@@ -177,12 +188,13 @@ pub(crate) fn architecture<N: Net>(
                         Conv::new(co, 3).pad(1).relu(),
                     )?;
                 }
-                if with_bn {
-                    x = n.bn(&format!("bn{}", i + 1), &x)?;
-                }
-                if i == 1 || i == 3 {
-                    x = n.max_pool(&x, 2, 2, 0)?;
-                }
+                let bn = format!("bn{}", i + 1);
+                x = match (with_bn, i == 1 || i == 3) {
+                    (true, true) => n.bn_max_pool(&bn, &x, (2, 2, 0))?,
+                    (true, false) => n.bn(&bn, &x)?,
+                    (false, true) => n.max_pool(&x, 2, 2, 0)?,
+                    (false, false) => x,
+                };
             }
             let x = n.flatten(&x)?;
             let x = n.linear("fc1", &x, 256)?;
@@ -429,6 +441,21 @@ impl<L: Lookup> Net for Forward<'_, L> {
         let args = ConvArgs::new(c.stride, c.pad);
         let args = if c.relu { args.relu() } else { args };
         k.conv2d(x, &wa, Some(&b), args)
+    }
+    /// Eval mode: the pool is taken at the arg-max of the BatchNorm's affine map and the map
+    /// applied to the pooled values (exact, any order), so C2 keeps neither full-size
+    /// BatchNorm output before its pools, nor their full-size gradients in an HVP's graph.
+    fn bn_max_pool(&mut self, bn: &str, x: &Tensor, ksp: (usize, usize, usize)) -> Result<Tensor> {
+        if self.train || !self.l.kernels().fused_on(x) {
+            let y = self.bn(bn, x)?;
+            return self.max_pool(&y, ksp.0, ksp.1, ksp.2);
+        }
+        let (a, b) = layers::bn_eval_affine(
+            self.l.p(&format!("{bn}.weight"))?,
+            self.l.p(&format!("{bn}.bias"))?,
+            &self.l.bufs(bn)?,
+        )?;
+        self.l.kernels().affine_max_pool2d(x, &a, &b, ksp)
     }
     fn bn(&mut self, name: &str, x: &Tensor) -> Result<Tensor> {
         self.l.kernels().batch_norm(

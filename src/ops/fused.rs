@@ -549,16 +549,46 @@ impl Op2 for PoolScatter {
 /// checks the arguments. Cost: one pass over every window, then one gather; backward one
 /// scatter pass (the windows are not searched again).
 pub(crate) fn max_pool2d(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
+    let pool = pool_of(x, k, s, p)?;
+    let x = x.contiguous()?;
+    let idx = op1(&x.detach(), PoolArgmax(pool))?;
+    Ok(op2(&x, &idx, PoolGather(pool))?)
+}
+
+/// The window geometry of a pool over x, refusing planes whose positions overflow u32.
+fn pool_of(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Pool> {
     let (_, _, h, w) = x.dims4()?;
     if h.saturating_mul(w) > u32::MAX as usize {
         return Err(crate::Error::Shape(format!(
             "max_pool2d: a {h}×{w} plane has more than 2³² pixels"
         )));
     }
-    let pool = Pool { k, s, p, h, w };
-    let x = x.contiguous()?;
-    let idx = op1(&x.detach(), PoolArgmax(pool))?;
-    Ok(op2(&x, &idx, PoolGather(pool))?)
+    Ok(Pool { k, s, p, h, w })
+}
+
+/// MaxPool2d(k, s, p) of the per-channel affine map y·a_c + b_c (an eval-mode BatchNorm), as
+/// a_c·PoolGather(y, idx) + b_c with idx the window arg-max of y·a_c + b_c. Same values, and
+/// the same derivatives of every order (idx is piecewise constant; where a_c < 0 it is the
+/// arg-min of y), but y·a_c + b_c is only a temporary for the arg-max: the graph keeps y
+/// (which the op before it keeps anyway) and pooled tensors, not a full-size BatchNorm
+/// output, and the backward passes scatter once instead of scattering then scaling.
+/// Cost: two passes over y (affine, arg-max), then one gather and an affine on the pooled size.
+pub(crate) fn affine_max_pool2d(
+    y: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Result<Tensor> {
+    let pool = pool_of(y, k, s, p)?;
+    let y = y.contiguous()?;
+    let idx = {
+        let z = channel_affine(&y.detach(), &a.detach(), &b.detach())?;
+        op1(&z, PoolArgmax(pool))?
+    };
+    let g = op2(&y, &idx, PoolGather(pool))?;
+    channel_affine(&g, a, b)
 }
 
 // ---------------------------------------------------------------------------------------
