@@ -108,6 +108,11 @@ pub(crate) trait Net {
     fn max_pool(&mut self, x: &Self::V, k: usize, s: usize, p: usize) -> Result<Self::V>;
     fn flatten(&mut self, x: &Self::V) -> Result<Self::V>;
     fn add(&mut self, a: &Self::V, b: &Self::V) -> Result<Self::V>;
+    /// ReLU of a residual sum, relu(a + b). [`Forward`] runs it as one op on the fused kernels.
+    fn add_relu(&mut self, a: &Self::V, b: &Self::V) -> Result<Self::V> {
+        let s = self.add(a, b)?;
+        self.act(Activation::Relu, &s)
+    }
     /// Mean over the spatial dimensions: (N, C, H, W) → (N, C).
     fn global_avg_pool(&mut self, x: &Self::V) -> Result<Self::V>;
 }
@@ -229,8 +234,7 @@ pub(crate) fn architecture<N: Net>(
                 } else {
                     x
                 };
-                let s = n.add(&o, &sc)?;
-                x = n.act(relu, &s)?;
+                x = n.add_relu(&o, &sc)?;
             }
             // Global average pool (kuangliu's avg_pool2d(out, 4) on the 4x4 map).
             let x = n.global_avg_pool(&x)?;
@@ -487,6 +491,14 @@ impl<L: Lookup> Net for Forward<'_, L> {
     }
     fn add(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Ok((a + b)?)
+    }
+    /// On the fused kernels one op that never keeps the sum (train mode too: it is exact).
+    fn add_relu(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if !self.l.kernels().fused_on(a) || a.shape() != b.shape() {
+            let s = self.add(a, b)?;
+            return self.act(Activation::Relu, &s);
+        }
+        crate::ops::fused::add_relu(a, b)
     }
     fn global_avg_pool(&mut self, x: &Tensor) -> Result<Tensor> {
         Ok(x.mean(3)?.mean(2)?)

@@ -147,6 +147,47 @@ impl Op2 for ReluMask {
     }
 }
 
+/// max(a + b, 0), a residual sum and its ReLU as one op: the sum is never materialised nor
+/// kept (ResNet's graph held it as the ReLU's input, one activation per block). Backward: the
+/// mask of the output, g·1[out > 0], for both arguments — exact to any order like [`Relu`].
+pub(super) struct AddRelu;
+
+fn add_relu_kernel<T: WithDType>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut out = super::zeros(a.len());
+    out.par_chunks_mut(GRAIN)
+        .zip(a.par_chunks(GRAIN).zip(b.par_chunks(GRAIN)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = (a + b).max(T::zero());
+            }
+        });
+    out
+}
+
+impl Op2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "hessian-lab-add-relu"
+    }
+    fn fwd(&self, [(s1, l1), (s2, l2)]: [In; 2]) -> Out {
+        if l2.shape() != l1.shape() {
+            candle_core::bail!("add-relu: shapes differ");
+        }
+        let len = l1.shape().elem_count();
+        let st = binary_op!(s1, l1, len, s2, l2, len, |a, b| ok(add_relu_kernel(a, b)));
+        Ok((st, l1.shape().clone()))
+    }
+    fn bwd(&self, _args: [&Tensor; 2], res: &Tensor, g: &Tensor) -> Grads2 {
+        let m = op2(g, res, ReluMask)?;
+        Ok((Some(m.clone()), Some(m)))
+    }
+}
+
+/// max(a + b, 0) through [`AddRelu`] (CPU, f32/f64, equal shapes). Cost: one pass; its
+/// backward one pass.
+pub(crate) fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(op2(&a.contiguous()?, &b.contiguous()?, AddRelu)?)
+}
+
 /// max(x, 0) through [`Relu`] (CPU, f32/f64). Cost: one pass; its backward one pass.
 pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
     Ok(op1(x, Relu)?)
