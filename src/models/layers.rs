@@ -100,9 +100,7 @@ impl Kernels {
         }
         windows(x, k, s, p, f64::NEG_INFINITY, |a, b| Ok(a.maximum(b)?))
     }
-}
 
-impl Kernels {
     /// Eval-mode BatchNorm (the per-channel affine map x·a + b of [`bn_eval_affine`]) followed
     /// by `MaxPool2d(k, s, p)`. On the fused kernels one op that never keeps the BatchNorm's
     /// full-size output (see `ops::fused::affine_max_pool2d`); otherwise the affine map, then

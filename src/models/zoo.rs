@@ -97,10 +97,9 @@ pub(crate) trait Net {
         &mut self,
         bn: &str,
         x: &Self::V,
-        (k, s, p): (usize, usize, usize),
+        ksp: (usize, usize, usize),
     ) -> Result<Self::V> {
-        let y = self.bn(bn, x)?;
-        self.max_pool(&y, k, s, p)
+        bn_then_max_pool(self, bn, x, ksp)
     }
     /// Affine layer `name` with `dout` outputs (and bias) over x's last dimension.
     fn linear(&mut self, name: &str, x: &Self::V, dout: usize) -> Result<Self::V>;
@@ -110,8 +109,7 @@ pub(crate) trait Net {
     fn add(&mut self, a: &Self::V, b: &Self::V) -> Result<Self::V>;
     /// ReLU of a residual sum, relu(a + b). [`Forward`] runs it as one op on the fused kernels.
     fn add_relu(&mut self, a: &Self::V, b: &Self::V) -> Result<Self::V> {
-        let s = self.add(a, b)?;
-        self.act(Activation::Relu, &s)
+        add_then_relu(self, a, b)
     }
     /// Mean over the spatial dimensions: (N, C, H, W) → (N, C).
     fn global_avg_pool(&mut self, x: &Self::V) -> Result<Self::V>;
@@ -132,6 +130,23 @@ fn conv_then_bn<N: Net + ?Sized>(
     } else {
         Ok(y)
     }
+}
+
+/// [`Net::bn_max_pool`] as two layers: BatchNorm, then the pool.
+fn bn_then_max_pool<N: Net + ?Sized>(
+    n: &mut N,
+    bn: &str,
+    x: &N::V,
+    (k, s, p): (usize, usize, usize),
+) -> Result<N::V> {
+    let y = n.bn(bn, x)?;
+    n.max_pool(&y, k, s, p)
+}
+
+/// [`Net::add_relu`] as two layers: the sum, then the ReLU.
+fn add_then_relu<N: Net + ?Sized>(n: &mut N, a: &N::V, b: &N::V) -> Result<N::V> {
+    let s = n.add(a, b)?;
+    n.act(Activation::Relu, &s)
 }
 
 /// ResNet-18 stages: (name, in planes, planes, stride) of each BasicBlock.
@@ -406,6 +421,17 @@ pub(crate) struct Forward<'a, L> {
     pub train: bool,
 }
 
+impl<L: Lookup> Forward<'_, L> {
+    /// BatchNorm `bn` in eval mode as its per-channel affine map (a, b), γ and β in the graph.
+    fn bn_affine(&self, bn: &str) -> Result<(Tensor, Tensor)> {
+        layers::bn_eval_affine(
+            self.l.p(&format!("{bn}.weight"))?,
+            self.l.p(&format!("{bn}.bias"))?,
+            &self.l.bufs(bn)?,
+        )
+    }
+}
+
 impl<L: Lookup> Net for Forward<'_, L> {
     type V = Tensor;
     fn conv(&mut self, name: &str, x: &Tensor, c: Conv) -> Result<Tensor> {
@@ -431,11 +457,7 @@ impl<L: Lookup> Net for Forward<'_, L> {
             return conv_then_bn(self, conv, bn, x, c);
         }
         let w = self.l.p(&format!("{conv}.weight"))?;
-        let (a, b) = layers::bn_eval_affine(
-            self.l.p(&format!("{bn}.weight"))?,
-            self.l.p(&format!("{bn}.bias"))?,
-            &self.l.bufs(bn)?,
-        )?;
+        let (a, b) = self.bn_affine(bn)?;
         let b = if c.bias {
             (b + (self.l.p(&format!("{conv}.bias"))? * &a)?)?
         } else {
@@ -451,14 +473,9 @@ impl<L: Lookup> Net for Forward<'_, L> {
     /// BatchNorm output before its pools, nor their full-size gradients in an HVP's graph.
     fn bn_max_pool(&mut self, bn: &str, x: &Tensor, ksp: (usize, usize, usize)) -> Result<Tensor> {
         if self.train || !self.l.kernels().fused_on(x) {
-            let y = self.bn(bn, x)?;
-            return self.max_pool(&y, ksp.0, ksp.1, ksp.2);
+            return bn_then_max_pool(self, bn, x, ksp);
         }
-        let (a, b) = layers::bn_eval_affine(
-            self.l.p(&format!("{bn}.weight"))?,
-            self.l.p(&format!("{bn}.bias"))?,
-            &self.l.bufs(bn)?,
-        )?;
+        let (a, b) = self.bn_affine(bn)?;
         self.l.kernels().affine_max_pool2d(x, &a, &b, ksp)
     }
     fn bn(&mut self, name: &str, x: &Tensor) -> Result<Tensor> {
@@ -494,9 +511,8 @@ impl<L: Lookup> Net for Forward<'_, L> {
     }
     /// On the fused kernels one op that never keeps the sum (train mode too: it is exact).
     fn add_relu(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        if !self.l.kernels().fused_on(a) || a.shape() != b.shape() {
-            let s = self.add(a, b)?;
-            return self.act(Activation::Relu, &s);
+        if !self.l.kernels().fused_on(a) {
+            return add_then_relu(self, a, b);
         }
         crate::ops::fused::add_relu(a, b)
     }
