@@ -519,15 +519,8 @@ fn max_pool_gradient_goes_to_the_first_tied_maximum() {
 
 #[test]
 fn max_pool_matches_brute_force_on_ties_borders_and_wide_rows() {
-    // Values from {0, 1, 2, 3} make ties frequent; widths past 64 output columns cross the
-    // kernel's column chunks; strides 1–3 and paddings up to k/2 clip windows at every border.
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % 4) as f64
-    };
+    // Values from {0, 1, 2, 3} make ties frequent; long rows, strides 1–3 and paddings up to
+    // k/2 clip windows at every border.
     for (k, s, p, h, w) in [
         (3, 2, 1, 9, 16),
         (2, 2, 0, 6, 10),
@@ -539,7 +532,10 @@ fn max_pool_matches_brute_force_on_ties_borders_and_wide_rows() {
         (2, 1, 0, 3, 140),
     ] {
         let shape = (2, 3, h, w);
-        let vals: Vec<f64> = (0..2 * 3 * h * w).map(|_| next()).collect();
+        let vals: Vec<f64> = to_vec(&randn(&[2, 3, h, w], (k * h + w) as u64, DType::F64))
+            .iter()
+            .map(|v| (1.5 * v.abs()).floor().min(3.0))
+            .collect();
         let x = Var::from_tensor(&Tensor::from_vec(vals.clone(), shape, &Device::Cpu).unwrap())
             .unwrap();
         let y = layers::Kernels::Fused
