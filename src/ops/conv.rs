@@ -16,12 +16,18 @@
 //! candle computes and throws away, is skipped.
 //!
 //! Memory: each op keeps only its two inputs in the graph (as PyTorch does); the im2col
-//! buffer is per thread and per sample, freed when the op returns.
+//! buffer is per thread and per group of samples, in the thread's reused scratch.
+//!
+//! 3×3 stride-1 convolutions with ≥ 16 channels each way (all but the stem of ResNet18) run
+//! the same three ops by Winograd's F(2×2, 3×3) instead ([`winograd`]): 2.25× fewer
+//! multiplications, exact to rounding.
 
 use super::{if_tracked, op2, op3, Grads2, Grads3, In, Op2, Op3, Out};
 use crate::{Error, Result};
 use candle_core::{CpuStorage, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+
+mod winograd;
 
 /// Geometry of one convolution: batch n, in-channels c, input h×w, out-channels co, kernel
 /// k×k, stride s, zero padding p.
@@ -403,34 +409,81 @@ fn group_size(g: &Geom) -> usize {
     let by_mem = ((1usize << 20) / (g.ckk() * l).max(1)).max(1);
     let t = rayon::current_num_threads().max(1);
     let cap = by_cols.min(by_mem).min((g.n / t).max(1)).max(1);
+    balanced_group(g.n, cap)
+}
+
+/// The group size in `⌈cap/2⌉..=cap` whose groups of `n` samples the threads share most
+/// evenly (ties: the larger).
+fn balanced_group(n: usize, cap: usize) -> usize {
+    let t = rayon::current_num_threads().max(1);
     // samples on the busiest thread when each takes ⌈groups / t⌉ consecutive groups
-    let busiest = |gs: usize| (g.n.div_ceil(gs).div_ceil(t) * gs).min(g.n);
+    let busiest = |gs: usize| (n.div_ceil(gs).div_ceil(t) * gs).min(n);
     (cap.div_ceil(2)..=cap)
         .rev()
         .min_by_key(|&gs| busiest(gs))
         .unwrap_or(cap)
 }
 
+/// Σ over `groups` of what `one(state, group, gemm_parallel)` accumulates into the part of
+/// `state` that `acc` takes out (`len` elements): runs of consecutive groups over threads,
+/// each with its own `fresh()` state, the parts then summed; one group: a parallel gemm.
+fn sum_over_groups<T: WithDType, S: Send>(
+    groups: usize,
+    len: usize,
+    fresh: impl Fn() -> S + Sync,
+    acc: impl Fn(S) -> Vec<T> + Sync,
+    one: impl Fn(&mut S, usize, bool) -> candle_core::Result<()> + Sync,
+) -> candle_core::Result<Vec<T>> {
+    if groups < 2 {
+        let mut st = fresh();
+        for t in 0..groups {
+            one(&mut st, t, true)?;
+        }
+        return Ok(acc(st));
+    }
+    let per = groups.div_ceil(rayon::current_num_threads()).max(1);
+    let parts: Vec<Vec<T>> = (0..groups.div_ceil(per))
+        .into_par_iter()
+        .map(|p| {
+            let mut st = fresh();
+            for t in p * per..((p + 1) * per).min(groups) {
+                one(&mut st, t, false)?;
+            }
+            Ok(acc(st))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let mut it = parts.into_iter();
+    let mut sum = it.next().unwrap_or_else(|| vec![T::zero(); len]);
+    for p in it {
+        for (a, b) in sum.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    Ok(sum)
+}
+
 /// Calls `one(scratch, (group index, out chunk), gemm_parallel)` for every group's chunk of
-/// `out` (`per` elements per sample): groups over threads (each task with its own `scratch`
-/// of `scratch_len`) when there are at least two, otherwise in turn with a parallel gemm.
+/// `out` (`per` elements per sample): groups over threads when there are at least two,
+/// otherwise in turn with a parallel gemm. `scratch` is `scratch_len` elements of the
+/// running thread's [`super::with_scratch`] buffer, with whatever an earlier group left in it.
 fn per_group<T: WithDType>(
     out: &mut [T],
     per: usize,
     gs: usize,
     scratch_len: usize,
-    one: impl Fn(&mut Vec<T>, (usize, &mut [T]), bool) -> candle_core::Result<()> + Sync,
+    one: impl Fn(&mut [T], (usize, &mut [T]), bool) -> candle_core::Result<()> + Sync,
 ) -> candle_core::Result<()> {
     let chunk = (per * gs).max(1);
     if out.len() > chunk {
         out.par_chunks_mut(chunk)
             .enumerate()
-            .try_for_each_init(|| vec![T::zero(); scratch_len], |sc, t| one(sc, t, false))
+            .try_for_each(|t| super::with_scratch(scratch_len, |sc| one(sc, t, false)))
     } else {
-        let mut sc = vec![T::zero(); scratch_len];
-        out.chunks_mut(chunk)
-            .enumerate()
-            .try_for_each(|t| one(&mut sc, t, true))
+        super::with_scratch(scratch_len, |sc| {
+            out.chunks_mut(chunk)
+                .enumerate()
+                .try_for_each(|t| one(sc, t, true))
+        })
     }
 }
 
@@ -510,11 +563,14 @@ fn relu_in_place<T: WithDType>(y: &mut [T]) {
 }
 
 fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core::Result<Vec<T>> {
+    if winograd::applies(g) {
+        return winograd::fwd(x, w, g, ep);
+    }
     let (yl, ckk, l, gs) = (g.y_len(), g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
     let mut y = super::zeros(g.n * yl);
     // scratch: the group's im2col, then (groups of ≥ 2) the gemm's side-by-side output
-    let one = |sc: &mut Vec<T>, (t, yg): (usize, &mut [T]), par: bool| {
+    let one = |sc: &mut [T], (t, yg): (usize, &mut [T]), par: bool| {
         let m = yg.len() / yl.max(1);
         let (col, tmp) = sc.split_at_mut(ckk * gs * l);
         let col = &mut col[..ckk * m * l];
@@ -546,11 +602,14 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core
 }
 
 fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
+    if winograd::applies(g) {
+        return winograd::bwd_data(dy, w, g);
+    }
     let (xl, ckk, l, gs) = (g.x_len(), g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
     let mut dx = super::zeros(g.n * xl);
     // scratch: the group's column gradient, then (groups of ≥ 2) its dy side by side
-    let one = |sc: &mut Vec<T>, (t, dxg): (usize, &mut [T]), par: bool| {
+    let one = |sc: &mut [T], (t, dxg): (usize, &mut [T]), par: bool| {
         let m = dxg.len() / xl.max(1);
         let (col, dyg) = sc.split_at_mut(ckk * gs * l);
         let col = &mut col[..ckk * m * l];
@@ -584,6 +643,9 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Ve
 }
 
 fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
+    if winograd::applies(g) {
+        return winograd::bwd_filter(x, dy, g);
+    }
     let (ckk, l, gs) = (g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
     let wl = g.co * ckk;
@@ -621,34 +683,7 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
             vec![T::zero(); g.co * gs * l],
         )
     };
-    let groups = g.n.div_ceil(gs);
-    let dw = if groups >= 2 {
-        let per = groups.div_ceil(rayon::current_num_threads()).max(1);
-        let parts: Vec<Vec<T>> = (0..groups.div_ceil(per))
-            .into_par_iter()
-            .map(|p| {
-                let mut st = fresh();
-                for t in p * per..((p + 1) * per).min(groups) {
-                    one(&mut st, t, false)?;
-                }
-                Ok(st.0)
-            })
-            .collect::<candle_core::Result<_>>()?;
-        let mut it = parts.into_iter();
-        let mut dw = it.next().unwrap_or_else(|| vec![T::zero(); wl]);
-        for p in it {
-            for (a, b) in dw.iter_mut().zip(p) {
-                *a += b;
-            }
-        }
-        dw
-    } else {
-        let mut st = fresh();
-        for t in 0..groups {
-            one(&mut st, t, true)?;
-        }
-        st.0
-    };
+    let dw = sum_over_groups(g.n.div_ceil(gs), wl, fresh, |s| s.0, one)?;
     if !wt {
         return Ok(dw);
     }
