@@ -44,34 +44,6 @@ pub(super) fn zeros<T: candle_core::WithDType>(n: usize) -> Vec<T> {
     v
 }
 
-thread_local! {
-    /// This thread's kernel scratch buffer, for [`with_scratch`].
-    static SCRATCH: std::cell::Cell<Option<Box<dyn std::any::Any>>> =
-        const { std::cell::Cell::new(None) };
-}
-
-/// Runs `f` on `len` elements of this thread's scratch buffer, grown (zero-filled) as needed
-/// and kept for the next kernel. Its contents are what an earlier kernel left, so `f` must
-/// write before it reads. A fresh zeroed buffer per task was 6 % of a ResNet18 gradient
-/// (memset of megabytes, once per group of samples).
-pub(super) fn with_scratch<T: candle_core::WithDType, R>(
-    len: usize,
-    f: impl FnOnce(&mut [T]) -> R,
-) -> R {
-    let cached = SCRATCH.with(|s| s.take());
-    let mut buf = match cached.map(|b| b.downcast::<Vec<T>>()) {
-        Some(Ok(b)) => *b,
-        // empty, another dtype, or taken by an outer call on this thread
-        _ => Vec::new(),
-    };
-    if buf.len() < len {
-        buf.resize(len, T::zero());
-    }
-    let r = f(&mut buf[..len]);
-    SCRATCH.with(|s| s.set(Some(Box::new(buf))));
-    r
-}
-
 /// One argument of a CPU forward: its storage and layout.
 pub(super) type In<'a> = (&'a CpuStorage, &'a Layout);
 /// The result of a CPU forward: storage and shape.

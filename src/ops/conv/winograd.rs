@@ -28,16 +28,16 @@
 //! (error of the same order as the direct sum's in f32 and f64).
 //!
 //! Layout: the transforms run along channels, on a group of samples turned channel-last
-//! (h·w × c per sample), so their vectors are as long as the channel count for every map size
-//! (ResNet18's last stage has 2 × 2 tiles per map); V_ξ and M_ξ are tiles × channels, and the
-//! output is turned back to channels-first. Gradients in the weights' transform space (dU)
-//! accumulate per thread over its groups, like the im2col weight gradient.
+//! (h·w × c per sample), so their vectors are as long as the channel count whatever the map
+//! size (an 8 × 8 map has 4 tiles per row); V_ξ and M_ξ are tiles × channels, and the output is
+//! turned back to channels-first. The weight gradient's dU (16·in·out) is split between the
+//! threads by tile positions, not copied per thread.
 //!
 //! Cost per sample: the gemms do 16·in·out·tiles multiply-adds against im2col's 9·in·out·4·tiles
 //! (2.25× fewer); besides them, two transposes, the tile transforms (V is 4× the input, M 4×
 //! the output) and the weight transform (16·in·out, over threads). Used where gemm dominates:
 //! both channel counts ≥ [`MIN_CHANNELS`] (ResNet18's stem with 3 input channels keeps im2col)
-//! and an output of at least 2×2.
+//! and at least [`MIN_PIXELS`] output pixels per map (its last stage's 4 × 4 maps keep it too).
 
 use super::{gemm, per_group, row_major, transposed, Epilogue, Geom};
 use candle_core::WithDType;
@@ -46,6 +46,11 @@ use rayon::prelude::*;
 /// Fewer channels make the 16 gemms too thin (inner dimension = input channels) for gemm to
 /// run near its peak; im2col's inner dimension is 9× larger.
 const MIN_CHANNELS: usize = 16;
+
+/// Fewer output pixels per map leave too few tiles per sample to pay for the weight transform
+/// (16·in·out per call): on ResNet18's 4 × 4 maps Winograd was 5–15 % slower forward and no
+/// faster in gradients, at batch 32 and 128 (AMD EPYC, 2 threads).
+const MIN_PIXELS: usize = 64;
 
 /// Whether a convolution of geometry `g` runs here. Off when the environment variable
 /// `HESSIAN_LAB_WINOGRAD` is `0` (read once), which leaves every convolution on im2col + gemm,
@@ -59,6 +64,7 @@ pub(super) fn applies(g: &Geom) -> bool {
         && g.co >= MIN_CHANNELS
         && g.oh() >= 2
         && g.ow() >= 2
+        && g.l() >= MIN_PIXELS
         && *ON.get_or_init(|| std::env::var("HESSIAN_LAB_WINOGRAD").as_deref() != Ok("0"))
 }
 
@@ -83,10 +89,12 @@ fn group_size(g: &Geom) -> usize {
 /// Output channels per task of the weight transforms.
 const O_BLOCK: usize = 16;
 
-/// U (16 × co × c): U[ξ][o][i] = (G w[o, i] Gᵀ)[ξ] for a weight `w` (co × c × 3 × 3), blocks
+/// U (16 × co × c): U[ξ][o][i] = (G w[o, i] Gᵀ)[ξ] for a weight `w` (co × c × 3 × 3), or, when
+/// `rotated`, of the kernels w[i, o] (w: c × co × 3 × 3) rotated by 180° (the input gradient's
+/// convolution, without a copy of the rotated weight); blocks
 /// of output channels over threads (ResNet18's last stage: 262,144 channel pairs per call,
 /// 3 ms on one thread).
-fn weight_transform<T: WithDType>(w: &[T], co: usize, c: usize) -> Vec<T> {
+fn weight_transform<T: WithDType>(w: &[T], co: usize, c: usize, rotated: bool) -> Vec<T> {
     let half = T::from_f64(0.5);
     // G·(a, b, c) for a column (or row) of three
     let gv = move |a: T, b: T, c: T| [a, (a + b + c) * half, (a - b + c) * half, c];
@@ -101,9 +109,17 @@ fn weight_transform<T: WithDType>(w: &[T], co: usize, c: usize) -> Vec<T> {
     }
     blocks
         .into_par_iter()
-        .zip(w.par_chunks(9 * blk))
-        .for_each(|(mut planes, wb)| {
-            for (oi, k) in wb.chunks_exact(9).enumerate() {
+        .enumerate()
+        .for_each(|(bi, mut planes)| {
+            let o0 = bi * O_BLOCK;
+            for oi in 0..planes[0].len() {
+                let (o, i) = (o0 + oi / c.max(1), oi % c.max(1));
+                let k: [T; 9] = if rotated {
+                    let src = &w[(i * co + o) * 9..][..9];
+                    std::array::from_fn(|a| src[8 - a])
+                } else {
+                    std::array::from_fn(|a| w[(o * c + i) * 9 + a])
+                };
                 let cols: [[T; 4]; 3] = std::array::from_fn(|j| gv(k[j], k[3 + j], k[6 + j]));
                 for r in 0..4 {
                     let row = gv(cols[0][r], cols[1][r], cols[2][r]);
@@ -160,8 +176,8 @@ fn map3<T: Copy>(dst: &mut [T], a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -
 }
 
 /// `b` (cols × rows) = `a`ᵀ for a row-major `a` (rows × cols): strips of 16 rows, each output
-/// run of 16 written whole (writing along a's rows instead, at stride `rows`, was 7–13× slower
-/// for 1024 × 64).
+/// run of 16 written whole (16 × 16 blocks written along a's rows, at stride `rows`, were 2×
+/// slower, 13× for 1024 × 64).
 fn transpose<T: Copy>(a: &[T], rows: usize, cols: usize, b: &mut [T]) {
     const S: usize = 16;
     let full = rows / S * S;
@@ -181,8 +197,7 @@ fn transpose<T: Copy>(a: &[T], rows: usize, cols: usize, b: &mut [T]) {
 }
 
 /// Samples `i0..i0 + m` of `x` (n × c × h × w) channel-last into `xt` (m × h·w × c), so that
-/// the transforms run along channels: long vectors for every map size (ResNet18's last
-/// stage has 2 × 2 tiles per map).
+/// the transforms run along channels: long vectors whatever the map size.
 fn channel_last<T: WithDType>(x: &[T], c: usize, hw: usize, i0: usize, m: usize, xt: &mut [T]) {
     let l = c * hw;
     for j in 0..m {
@@ -203,9 +218,15 @@ fn tile_of(t: usize, g: &Geom) -> (usize, usize, usize) {
 
 /// V (16 planes of T × c, T = m·tiles) of the group's channel-last inputs `xt`: V = Bᵀ d B for
 /// every tile, the tile of output (2ti, 2tj) starting at input (2ti − p, 2tj − p), zero
-/// outside the image.
-fn input_transform<T: WithDType>(xt: &[T], g: &Geom, m: usize, v: &mut [T]) {
-    let (c, nt) = (g.c, tiles(g).2);
+/// outside the image. Only the planes of V's rows `rows` (of 4), into `v` from its start.
+fn input_transform<T: WithDType>(
+    xt: &[T],
+    g: &Geom,
+    m: usize,
+    rows: std::ops::Range<usize>,
+    v: &mut [T],
+) {
+    let (c, nt, r0) = (g.c, tiles(g).2, rows.start);
     let plane = m * nt * c;
     let zero = vec![T::zero(); c];
     // Bᵀ d of one chunk of channels: row r, column b at [4r + b]
@@ -229,16 +250,21 @@ fn input_transform<T: WithDType>(xt: &[T], g: &Geom, m: usize, v: &mut [T]) {
             let len = CH.min(c - c0);
             let d = |r: usize, b: usize| &src[4 * r + b][c0..c0 + len];
             // rows d0 − d2, d1 + d2, d2 − d1, d1 − d3
-            for b in 0..4 {
-                map2(&mut bd[b][..len], d(0, b), d(2, b), |x, y| x - y);
-                map2(&mut bd[4 + b][..len], d(1, b), d(2, b), |x, y| x + y);
-                map2(&mut bd[8 + b][..len], d(2, b), d(1, b), |x, y| x - y);
-                map2(&mut bd[12 + b][..len], d(1, b), d(3, b), |x, y| x - y);
+            for r in rows.clone() {
+                for b in 0..4 {
+                    let dst = &mut bd[4 * r + b][..len];
+                    match r {
+                        0 => map2(dst, d(0, b), d(2, b), |x, y| x - y),
+                        1 => map2(dst, d(1, b), d(2, b), |x, y| x + y),
+                        2 => map2(dst, d(2, b), d(1, b), |x, y| x - y),
+                        _ => map2(dst, d(1, b), d(3, b), |x, y| x - y),
+                    }
+                }
             }
             // then the same on the columns of each row
-            for r in 0..4 {
+            for r in rows.clone() {
                 let q = |k: usize| &bd[4 * r + k][..len];
-                let at = |xi: usize| xi * plane + t * c + c0;
+                let at = |xi: usize| (xi - 4 * r0) * plane + t * c + c0;
                 map2(&mut v[at(4 * r)..][..len], q(0), q(2), |x, y| x - y);
                 map2(&mut v[at(4 * r + 1)..][..len], q(1), q(2), |x, y| x + y);
                 map2(&mut v[at(4 * r + 2)..][..len], q(2), q(1), |x, y| x - y);
@@ -250,9 +276,15 @@ fn input_transform<T: WithDType>(xt: &[T], g: &Geom, m: usize, v: &mut [T]) {
 
 /// P (16 planes of T × co) = A dy Aᵀ for every 2×2 tile of the group's channel-last output
 /// gradient `dyt` (m × oh·ow × co; positions past the map are 0): the adjoint of
-/// [`output_transform`]'s Aᵀ M A.
-fn grad_transform<T: WithDType>(dyt: &[T], g: &Geom, m: usize, p: &mut [T]) {
-    let (co, nt, (oh, ow)) = (g.co, tiles(g).2, (g.oh(), g.ow()));
+/// [`output_transform`]'s Aᵀ M A. Only the planes of P's rows `rows`, into `p` from its start.
+fn grad_transform<T: WithDType>(
+    dyt: &[T],
+    g: &Geom,
+    m: usize,
+    rows: std::ops::Range<usize>,
+    p: &mut [T],
+) {
+    let (co, nt, (oh, ow), r0) = (g.co, tiles(g).2, (g.oh(), g.ow()), rows.start);
     let plane = m * nt * co;
     let zero = vec![T::zero(); co];
     // A dy of one chunk of channels: row r, column q at [2r + q]
@@ -272,18 +304,21 @@ fn grad_transform<T: WithDType>(dyt: &[T], g: &Geom, m: usize, p: &mut [T]) {
             let len = CH.min(co - c0);
             let y = |r: usize, q: usize| &src[2 * r + q][c0..c0 + len];
             // rows y0, y0 + y1, y0 − y1, −y1
-            for q in 0..2 {
-                ad[q][..len].copy_from_slice(y(0, q));
-                map2(&mut ad[2 + q][..len], y(0, q), y(1, q), |a, b| a + b);
-                map2(&mut ad[4 + q][..len], y(0, q), y(1, q), |a, b| a - b);
-                map2(&mut ad[6 + q][..len], y(0, q), y(1, q), |_, b| {
-                    T::zero() - b
-                });
+            for r in rows.clone() {
+                for q in 0..2 {
+                    let dst = &mut ad[2 * r + q][..len];
+                    match r {
+                        0 => dst.copy_from_slice(y(0, q)),
+                        1 => map2(dst, y(0, q), y(1, q), |a, b| a + b),
+                        2 => map2(dst, y(0, q), y(1, q), |a, b| a - b),
+                        _ => map2(dst, y(0, q), y(1, q), |_, b| T::zero() - b),
+                    }
+                }
             }
             // columns e, e + o, e − o, −o of each row
-            for r in 0..4 {
+            for r in rows.clone() {
                 let (e, o) = (&ad[2 * r][..len], &ad[2 * r + 1][..len]);
-                let at = |xi: usize| xi * plane + t * co + c0;
+                let at = |xi: usize| (xi - 4 * r0) * plane + t * co + c0;
                 p[at(4 * r)..][..len].copy_from_slice(e);
                 map2(&mut p[at(4 * r + 1)..][..len], e, o, |a, b| a + b);
                 map2(&mut p[at(4 * r + 2)..][..len], e, o, |a, b| a - b);
@@ -351,12 +386,16 @@ pub(super) fn fwd<T: WithDType>(
     g: &Geom,
     ep: Epilogue<T>,
 ) -> candle_core::Result<Vec<T>> {
-    let u = weight_transform(w, g.co, g.c);
+    fwd_u(x, &weight_transform(w, g.co, g.c, false), g, ep)
+}
+
+/// [`fwd`] with the weights already transformed.
+fn fwd_u<T: WithDType>(x: &[T], u: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core::Result<Vec<T>> {
     let (nt, gs, yl, xl) = (tiles(g).2, group_size(g), g.y_len(), g.x_len());
     let mut y = super::super::zeros(g.n * yl);
     // scratch: channel-last inputs, V, M, channel-last outputs
     let (vl, ml) = (16 * g.c * gs * nt, 16 * g.co * gs * nt);
-    let one = |sc: &mut [T], (t, yg): (usize, &mut [T]), par: bool| {
+    let one = |sc: &mut Vec<T>, (t, yg): (usize, &mut [T]), par: bool| {
         let m = yg.len() / yl.max(1);
         let tc = m * nt;
         let (xt, rest) = sc.split_at_mut(xl * gs);
@@ -364,7 +403,7 @@ pub(super) fn fwd<T: WithDType>(
         let (mm, yt) = rest.split_at_mut(ml);
         let (v, mm) = (&mut v[..16 * g.c * tc], &mut mm[..16 * g.co * tc]);
         channel_last(x, g.c, g.h * g.w, t * gs, m, xt);
-        input_transform(xt, g, m, v);
+        input_transform(xt, g, m, 0..4, v);
         for xi in 0..16 {
             // M_ξ (T × co) = V_ξ (T × c) · U_ξᵀ (c × co); U_ξ read in place would be
             // slower: gemm then skips repacking it and strides over its rows
@@ -398,17 +437,6 @@ pub(super) fn fwd<T: WithDType>(
 /// dx = conv_transpose(dy, w) as the forward convolution of dy (co channels, oh × ow) with
 /// w'[i, o] = w[o, i] rotated by 180°, at padding 2 − p: output oh + 2(2 − p) − 2 = h.
 pub(super) fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
-    let mut wr = super::super::zeros(w.len());
-    wr.par_chunks_mut((9 * g.co).max(1))
-        .enumerate()
-        .for_each(|(i, wi)| {
-            for (o, k) in wi.chunks_exact_mut(9).enumerate() {
-                let src = &w[(o * g.c + i) * 9..][..9];
-                k.iter_mut()
-                    .zip(src.iter().rev())
-                    .for_each(|(d, &v)| *d = v);
-            }
-        });
     let gt = Geom {
         c: g.co,
         co: g.c,
@@ -417,9 +445,9 @@ pub(super) fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core
         p: 2 - g.p,
         ..*g
     };
-    fwd(
+    fwd_u(
         dy,
-        &wr,
+        &weight_transform(w, gt.co, gt.c, true),
         &gt,
         Epilogue {
             bias: None,
@@ -428,43 +456,52 @@ pub(super) fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core
     )
 }
 
-/// dW = Gᵀ (Σ_groups Σ_tiles P_ξᵀ V_ξ) G: see the module docs.
+/// dW = Gᵀ (Σ_tiles P_ξᵀ V_ξ) G: see the module docs. The threads split dU by rows of the
+/// 4 × 4 tile positions (each walks every group of samples and transforms only its rows of V
+/// and P), so there is one dU and no sum of per-thread copies: a copy of dU is 16·in·out, 16 MB
+/// for ResNet18's last stage in f32. Each thread turns the group channel-last itself.
 pub(super) fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
     let (nt, gs, xl, yl) = (tiles(g).2, group_size(g), g.x_len(), g.y_len());
-    let ul = 16 * g.co * g.c;
-    // state: this run's dU; scratch: channel-last x and dy, V, P
-    let (vl, pl) = (16 * g.c * gs * nt, 16 * g.co * gs * nt);
-    let one = |du: &mut Vec<T>, t: usize, par: bool| {
-        let i0 = t * gs;
-        let m = gs.min(g.n - i0);
-        let tc = m * nt;
-        super::super::with_scratch(xl * gs + yl * gs + vl + pl, |sc: &mut [T]| {
-            let (xt, rest) = sc.split_at_mut(xl * gs);
-            let (dyt, rest) = rest.split_at_mut(yl * gs);
-            let (v, p) = rest.split_at_mut(vl);
-            let (v, p) = (&mut v[..16 * g.c * tc], &mut p[..16 * g.co * tc]);
-            channel_last(x, g.c, g.h * g.w, i0, m, xt);
-            channel_last(dy, g.co, g.l(), i0, m, dyt);
-            input_transform(xt, g, m, v);
-            grad_transform(dyt, g, m, p);
-            for xi in 0..16 {
-                // dU_ξ (co × c) += P_ξᵀ (co × T) · V_ξ (T × c)
-                gemm(
-                    g.co,
-                    g.c,
-                    tc,
-                    &mut du[xi * g.co * g.c..(xi + 1) * g.co * g.c],
-                    true,
-                    transposed(&p[xi * g.co * tc..(xi + 1) * g.co * tc], g.co),
-                    row_major(&v[xi * g.c * tc..(xi + 1) * g.c * tc], g.c),
-                    par,
-                )?;
+    let plane = g.co * g.c;
+    let tasks = rayon::current_num_threads().clamp(1, 4);
+    let rows_per = 4usize.div_ceil(tasks);
+    let mut du = super::super::zeros(16 * plane);
+    du.par_chunks_mut((4 * rows_per * plane).max(1))
+        .enumerate()
+        .try_for_each(|(k, dur)| {
+            let r0 = k * rows_per;
+            let rows = r0..(r0 + dur.len() / (4 * plane).max(1)).min(4);
+            let np = 4 * rows.len();
+            let par = tasks == 1;
+            let (vl, pl) = (np * g.c * gs * nt, np * g.co * gs * nt);
+            let mut sc = vec![T::zero(); (xl + yl) * gs + vl + pl];
+            for i0 in (0..g.n).step_by(gs.max(1)) {
+                let m = gs.min(g.n - i0);
+                let tc = m * nt;
+                let (xt, rest) = sc.split_at_mut(xl * gs);
+                let (dyt, rest) = rest.split_at_mut(yl * gs);
+                let (v, p) = rest.split_at_mut(vl);
+                let (v, p) = (&mut v[..np * g.c * tc], &mut p[..np * g.co * tc]);
+                channel_last(x, g.c, g.h * g.w, i0, m, xt);
+                channel_last(dy, g.co, g.l(), i0, m, dyt);
+                input_transform(xt, g, m, rows.clone(), v);
+                grad_transform(dyt, g, m, rows.clone(), p);
+                for xi in 0..np {
+                    // dU_ξ (co × c) += P_ξᵀ (co × T) · V_ξ (T × c)
+                    gemm(
+                        g.co,
+                        g.c,
+                        tc,
+                        &mut dur[xi * plane..(xi + 1) * plane],
+                        true,
+                        transposed(&p[xi * g.co * tc..(xi + 1) * g.co * tc], g.co),
+                        row_major(&v[xi * g.c * tc..(xi + 1) * g.c * tc], g.c),
+                        par,
+                    )?;
+                }
             }
-            Ok(())
-        })
-    };
-    let fresh = || vec![T::zero(); ul];
-    let du = super::sum_over_groups(g.n.div_ceil(gs), ul, fresh, |s| s, one)?;
+            Ok::<(), candle_core::Error>(())
+        })?;
     Ok(weight_transform_adjoint(&du, g.co, g.c))
 }
 
