@@ -67,9 +67,11 @@ pub(crate) fn tune_malloc() {}
 /// cross-checks, and is what runs on other devices either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernels {
-    /// Our custom ops (the default): convolution as im2col + gemm per sample with the bias
-    /// inside and a backward built from its own adjoint ops, never `conv_transpose2d` (see
-    /// `crate::ops`); ReLU with a one-pass backward. On other devices: candle's ops.
+    /// Our custom ops (the default): convolution as im2col + gemm per group of samples (3×3
+    /// stride-1 ones with ≥ 16 channels each way and maps of ≥ 64 pixels by Winograd's
+    /// F(2×2, 3×3)) with the bias inside and a backward built from its own adjoint ops, never
+    /// `conv_transpose2d` (see `crate::ops`); ReLU with a one-pass backward. On other devices:
+    /// candle's ops.
     Fused,
     /// candle's `conv2d` (its CPU backward uses the naive `conv_transpose2d`) and `relu`.
     Candle,

@@ -18,9 +18,10 @@
 //! Memory: each op keeps only its two inputs in the graph (as PyTorch does); the im2col
 //! buffer is per thread and per group of samples, in the thread's reused scratch.
 //!
-//! 3×3 stride-1 convolutions with ≥ 16 channels each way (all but the stem of ResNet18) run
-//! the same three ops by Winograd's F(2×2, 3×3) instead ([`winograd`]): 2.25× fewer
-//! multiplications, exact to rounding.
+//! 3×3 stride-1 convolutions with ≥ 16 channels each way and maps of ≥ 64 pixels (C2's and
+//! C3's conv2–4, ResNet18's first three stages but the stem) run the same three ops by
+//! Winograd's F(2×2, 3×3) instead ([`winograd`]): 2.25× fewer multiplications, exact to
+//! rounding.
 
 use super::{if_tracked, op2, op3, Grads2, Grads3, In, Op2, Op3, Out};
 use crate::{Error, Result};

@@ -200,6 +200,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "peak_rss_mb": peak_rss_mb(),
         "baseline_rss_mb": base_rss,
         "hvp_peak_rss_above_baseline_mb": match (hvp_peak, before_hvp) { (Some(p), Some(b)) => Some(p - b), _ => None },
+        // the two readings behind it: RSS right before the HVPs (after the forward and
+        // gradient timings) and the peak over the HVPs alone
+        "hvp_baseline_rss_mb": before_hvp,
+        "hvp_peak_rss_mb": hvp_peak,
     });
     if a.eig_compare {
         let opc = HessianOperator::new(&model, DataSource::Batch(batch.clone()))?;
