@@ -2,7 +2,8 @@
 //!
 //! Run: `RAYON_NUM_THREADS=2 cargo run --release --example profile_op -- c1 grad 200`
 //! (model: m1 c1 c2 c3 resnet18; op: forward grad hvp reuse ggn; repetitions; batch 128 or
-//! the fourth argument). Random inputs of the model's shape, untrained weights, f32.
+//! the fourth argument; f32, or f64 as the fifth). Random inputs of the model's shape,
+//! untrained weights.
 
 use hessian_lab::prelude::*;
 use std::time::Instant;
@@ -14,15 +15,20 @@ fn main() -> anyhow::Result<()> {
     let op = arg(1, "grad");
     let reps: usize = arg(2, "100").parse()?;
     let bs: usize = arg(3, "128").parse()?;
+    let f64 = arg(4, "f32") == "f64";
     hessian_lab::runtime::init();
-    let rt = Runtime::cpu_f32();
+    let rt = if f64 {
+        Runtime::cpu_f64()
+    } else {
+        Runtime::cpu_f32()
+    };
     let model = Model::from_config(
         ModelConfig::for_dataset(kind, kind.default_dataset()),
         &rt,
         0,
     )?;
     let [c, h, w] = model.config.input_shape;
-    let x = Tensor::rand(0f32, 1f32, (bs, c, h, w), &rt.device)?;
+    let x = Tensor::rand(0f32, 1f32, (bs, c, h, w), &rt.device)?.to_dtype(rt.dtype)?;
     let y = Tensor::zeros(bs, DType::U32, &rt.device)?;
     let batch = Batch::new(x, y)?;
     let sel = ParamSelection::all(&model);
