@@ -16,7 +16,7 @@
 //! candle computes and throws away, is skipped.
 //!
 //! Memory: each op keeps only its two inputs in the graph (as PyTorch does); the im2col
-//! buffer is per thread and per group of samples, in the thread's reused scratch.
+//! buffer is per task and group of samples, freed when the op returns.
 //!
 //! 3×3 stride-1 convolutions with ≥ 16 channels each way and maps of ≥ 64 pixels (C2's and
 //! C3's conv2–4, ResNet18's first three stages but the stem) run the same three ops by
@@ -425,50 +425,12 @@ fn balanced_group(n: usize, cap: usize) -> usize {
         .unwrap_or(cap)
 }
 
-/// Σ over `groups` of what `one(state, group, gemm_parallel)` accumulates into the part of
-/// `state` that `acc` takes out (`len` elements): runs of consecutive groups over threads,
-/// each with its own `fresh()` state, the parts then summed; one group: a parallel gemm.
-fn sum_over_groups<T: WithDType, S: Send>(
-    groups: usize,
-    len: usize,
-    fresh: impl Fn() -> S + Sync,
-    acc: impl Fn(S) -> Vec<T> + Sync,
-    one: impl Fn(&mut S, usize, bool) -> candle_core::Result<()> + Sync,
-) -> candle_core::Result<Vec<T>> {
-    if groups < 2 {
-        let mut st = fresh();
-        for t in 0..groups {
-            one(&mut st, t, true)?;
-        }
-        return Ok(acc(st));
-    }
-    let per = groups.div_ceil(rayon::current_num_threads()).max(1);
-    let parts: Vec<Vec<T>> = (0..groups.div_ceil(per))
-        .into_par_iter()
-        .map(|p| {
-            let mut st = fresh();
-            for t in p * per..((p + 1) * per).min(groups) {
-                one(&mut st, t, false)?;
-            }
-            Ok(acc(st))
-        })
-        .collect::<candle_core::Result<_>>()?;
-    let mut it = parts.into_iter();
-    let mut sum = it.next().unwrap_or_else(|| vec![T::zero(); len]);
-    for p in it {
-        for (a, b) in sum.iter_mut().zip(p) {
-            *a += b;
-        }
-    }
-    Ok(sum)
-}
-
 /// Calls `one(scratch, (group index, out chunk), gemm_parallel)` for every group's chunk of
 /// `out` (`per` elements per sample): groups over threads when there are at least two,
 /// otherwise in turn with a parallel gemm. `scratch` (`scratch_len` elements) is shared by the
-/// groups a task runs, so it holds whatever the previous group left in it. (A scratch cached
-/// per thread across ops saved ~5 % of a ResNet18 HVP, but the long-lived block fragmented
-/// the single malloc arena: C3's HVP peak memory +50 MB.)
+/// groups a task runs, so it holds whatever the previous group left in it. It is not kept
+/// across ops: a long-lived block fragments the single malloc arena (BENCHMARKS.md, tenth
+/// sitting).
 fn per_group<T: WithDType>(
     out: &mut [T],
     per: usize,
@@ -689,7 +651,34 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
             vec![T::zero(); g.co * gs * l],
         )
     };
-    let dw = sum_over_groups(g.n.div_ceil(gs), wl, fresh, |s| s.0, one)?;
+    let groups = g.n.div_ceil(gs);
+    let dw = if groups >= 2 {
+        let per = groups.div_ceil(rayon::current_num_threads()).max(1);
+        let parts: Vec<Vec<T>> = (0..groups.div_ceil(per))
+            .into_par_iter()
+            .map(|p| {
+                let mut st = fresh();
+                for t in p * per..((p + 1) * per).min(groups) {
+                    one(&mut st, t, false)?;
+                }
+                Ok(st.0)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let mut it = parts.into_iter();
+        let mut dw = it.next().unwrap_or_else(|| vec![T::zero(); wl]);
+        for p in it {
+            for (a, b) in dw.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        dw
+    } else {
+        let mut st = fresh();
+        for t in 0..groups {
+            one(&mut st, t, true)?;
+        }
+        st.0
+    };
     if !wt {
         return Ok(dw);
     }

@@ -91,9 +91,9 @@ const O_BLOCK: usize = 16;
 
 /// U (16 × co × c): U[ξ][o][i] = (G w[o, i] Gᵀ)[ξ] for a weight `w` (co × c × 3 × 3), or, when
 /// `rotated`, of the kernels w[i, o] (w: c × co × 3 × 3) rotated by 180° (the input gradient's
-/// convolution, without a copy of the rotated weight); blocks
-/// of output channels over threads (ResNet18's last stage: 262,144 channel pairs per call,
-/// 3 ms on one thread).
+/// convolution, without a copy of the rotated weight); blocks of output channels over threads
+/// (ResNet18's third stage: 65,536 channel pairs per call, each convolution transformed twice
+/// per gradient).
 fn weight_transform<T: WithDType>(w: &[T], co: usize, c: usize, rotated: bool) -> Vec<T> {
     let half = T::from_f64(0.5);
     // G·(a, b, c) for a column (or row) of three
@@ -458,8 +458,8 @@ pub(super) fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core
 
 /// dW = Gᵀ (Σ_tiles P_ξᵀ V_ξ) G: see the module docs. The threads split dU by rows of the
 /// 4 × 4 tile positions (each walks every group of samples and transforms only its rows of V
-/// and P), so there is one dU and no sum of per-thread copies: a copy of dU is 16·in·out, 16 MB
-/// for ResNet18's last stage in f32. Each thread turns the group channel-last itself.
+/// and P), so there is one dU and no sum of per-thread copies (16·in·out each, 16/9 of the
+/// weight). Each thread turns the group channel-last itself.
 pub(super) fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
     let (nt, gs, xl, yl) = (tiles(g).2, group_size(g), g.x_len(), g.y_len());
     let plane = g.co * g.c;
