@@ -69,7 +69,7 @@ pub(crate) fn tune_malloc() {}
 pub enum Kernels {
     /// Our custom ops (the default): convolution as im2col + gemm per group of samples (3×3
     /// stride-1 ones with ≥ 16 channels each way and maps of ≥ 64 pixels by Winograd's
-    /// F(2×2, 3×3)) with the bias inside and a backward built from its own adjoint ops, never
+    /// F(4×4, 3×3), or F(2×2, 3×3) on maps thinner than 8) with the bias inside and a backward built from its own adjoint ops, never
     /// `conv_transpose2d` (see `crate::ops`); ReLU with a one-pass backward. On other devices:
     /// candle's ops.
     Fused,

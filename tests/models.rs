@@ -340,7 +340,8 @@ fn fused_kernels_match_candle_to_second_order() {
         (7, 2, 3, 3, 1, 1, 6),
         (9, 3, 2, 5, 2, 2, 7),
         // 3×3 stride 1 with ≥ 16 channels each way and ≥ 64 output pixels: the Winograd
-        // kernels, odd and even maps, padding 0–2
+        // kernels (F(4×4, 3×3) on these square maps; F(2×2, 3×3) is checked against the
+        // definition in its module), odd and even maps, padding 0–2
         (3, 16, 16, 3, 1, 1, 9),
         (5, 16, 17, 3, 1, 0, 10),
         (2, 17, 16, 3, 1, 2, 7),

@@ -20,8 +20,8 @@
 //!
 //! 3×3 stride-1 convolutions with ≥ 16 channels each way and maps of ≥ 64 pixels (C2's and
 //! C3's conv2–4, ResNet18's first three stages but the stem) run the same three ops by
-//! Winograd's F(2×2, 3×3) instead ([`winograd`]): 2.25× fewer multiplications, exact to
-//! rounding.
+//! Winograd's minimal filtering instead ([`winograd`]): F(4×4, 3×3) on maps of ≥ 8 × 8 pixels,
+//! 4× fewer multiplications, F(2×2, 3×3) on thinner ones, 2.25× fewer; exact up to rounding.
 
 use super::{if_tracked, op2, op3, Grads2, Grads3, In, Op2, Op3, Out};
 use crate::{Error, Result};
@@ -531,8 +531,8 @@ fn relu_in_place<T: WithDType>(y: &mut [T]) {
 }
 
 fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core::Result<Vec<T>> {
-    if winograd::applies(g) {
-        return winograd::fwd(x, w, g, ep);
+    if let Some(tile) = winograd::choose(g) {
+        return winograd::fwd(x, w, g, ep, tile);
     }
     let (yl, ckk, l, gs) = (g.y_len(), g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
@@ -570,8 +570,8 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core
 }
 
 fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
-    if winograd::applies(g) {
-        return winograd::bwd_data(dy, w, g);
+    if let Some(tile) = winograd::choose(g) {
+        return winograd::bwd_data(dy, w, g, tile);
     }
     let (xl, ckk, l, gs) = (g.x_len(), g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
@@ -611,8 +611,8 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Ve
 }
 
 fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
-    if winograd::applies(g) {
-        return winograd::bwd_filter(x, dy, g);
+    if let Some(tile) = winograd::choose(g) {
+        return winograd::bwd_filter(x, dy, g, tile);
     }
     let (ckk, l, gs) = (g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
