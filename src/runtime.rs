@@ -68,8 +68,9 @@ pub(crate) fn tune_malloc() {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernels {
     /// Our custom ops (the default): convolution as im2col + gemm per group of samples (3×3
-    /// stride-1 ones with ≥ 16 channels each way and maps of ≥ 64 pixels by Winograd's
-    /// F(4×4, 3×3), or F(2×2, 3×3) on maps thinner than 8) with the bias inside and a backward built from its own adjoint ops, never
+    /// stride-1 ones with ≥ 16 channels each way and maps of ≥ 16 pixels by Winograd's
+    /// F(4×4, 3×3), or F(2×2, 3×3) on maps smaller than 8 × 8) with the bias inside and a
+    /// backward built from its own adjoint ops, never
     /// `conv_transpose2d` (see `crate::ops`); ReLU with a one-pass backward. On other devices:
     /// candle's ops.
     Fused,

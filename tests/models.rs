@@ -339,12 +339,13 @@ fn fused_kernels_match_candle_to_second_order() {
         // several samples per gemm (grouping) with a short last group, see below
         (7, 2, 3, 3, 1, 1, 6),
         (9, 3, 2, 5, 2, 2, 7),
-        // 3×3 stride 1 with ≥ 16 channels each way and ≥ 64 output pixels: the Winograd
-        // kernels (F(4×4, 3×3) on these square maps; F(2×2, 3×3) is checked against the
-        // definition in its module), odd and even maps, padding 0–2
+        // 3×3 stride 1 with ≥ 16 channels each way and ≥ 16 output pixels: the Winograd
+        // kernels (F(4×4, 3×3) on maps of ≥ 8 × 8, F(2×2, 3×3) below), odd and even maps,
+        // padding 0–2
         (3, 16, 16, 3, 1, 1, 9),
         (5, 16, 17, 3, 1, 0, 10),
         (2, 17, 16, 3, 1, 2, 7),
+        (3, 16, 16, 3, 1, 1, 5),
     ] {
         for x_is_var in [true, false] {
             let xt = randn(&[n, cin, h, h], 1, DType::F64);

@@ -18,10 +18,10 @@
 //! Memory: each op keeps only its two inputs in the graph (as PyTorch does); the im2col
 //! buffer is per task and group of samples, freed when the op returns.
 //!
-//! 3×3 stride-1 convolutions with ≥ 16 channels each way and maps of ≥ 64 pixels (C2's and
-//! C3's conv2–4, ResNet18's first three stages but the stem) run the same three ops by
-//! Winograd's minimal filtering instead ([`winograd`]): F(4×4, 3×3) on maps of ≥ 8 × 8 pixels,
-//! 4× fewer multiplications, F(2×2, 3×3) on thinner ones, 2.25× fewer; exact up to rounding.
+//! 3×3 stride-1 convolutions with ≥ 16 channels each way and maps of ≥ 16 pixels (C2's and
+//! C3's conv2–4, ResNet18's but the stem) run the same three ops by Winograd's minimal
+//! filtering instead ([`winograd`]): F(4×4, 3×3) on maps of ≥ 8 × 8 pixels, 4× fewer
+//! multiplications, F(2×2, 3×3) on smaller ones, 2.25× fewer; exact up to rounding.
 
 use super::{if_tracked, op2, op3, Grads2, Grads3, In, Op2, Op3, Out};
 use crate::{Error, Result};

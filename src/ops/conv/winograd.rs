@@ -53,8 +53,13 @@
 //! transforms (V is α²/m² times the input: 4× for F(2×2), 2.25× for F(4×4); M alike for the
 //! output) and the weight transform (α²·in·out, over threads). Used where gemm dominates: both
 //! channel counts ≥ [`MIN_CHANNELS`] (ResNet18's stem with 3 input channels keeps im2col) and
-//! at least [`MIN_PIXELS`] output pixels per map (its last stage's 4 × 4 maps keep it too);
-//! F(4×4) where both sides of the map are ≥ [`F4_MIN_SIDE`].
+//! at least [`MIN_PIXELS`] output pixels per map; F(4×4) where both sides of the map are
+//! ≥ [`F4_MIN_SIDE`] (C2, C3, ResNet18's first three stages), F(2×2) on smaller maps
+//! (ResNet18's 4 × 4 last stage).
+//!
+//! Threads: per group of samples, or, when the whole batch has few tiles (ResNet18's last two
+//! stages at batch 32), the whole batch at once with the tile positions split between the
+//! threads, so that each gemm has all the batch's tiles as rows.
 
 use super::{gemm, per_group, row_major, transposed, Epilogue, Geom};
 use candle_core::WithDType;
@@ -65,9 +70,11 @@ use rayon::prelude::*;
 const MIN_CHANNELS: usize = 16;
 
 /// Fewer output pixels per map leave too few tiles per sample to pay for the weight transform
-/// (α²·in·out per call): on ResNet18's 4 × 4 maps Winograd was slower forward and no faster
-/// in gradients (BENCHMARKS.md, tenth sitting).
-const MIN_PIXELS: usize = 64;
+/// (α²·in·out per call). ResNet18's 4 × 4 maps (last stage) gain with F(2×2, 3×3) since the
+/// weight transform runs on vectors and small batches are multiplied whole
+/// ([`fwd_u_wide`]); F(4×4, 3×3) there, one tile per sample, was slower (BENCHMARKS.md,
+/// eleventh sitting).
+const MIN_PIXELS: usize = 16;
 
 /// F(4×4, 3×3) where both sides of the output map are at least this long (two whole tiles
 /// each way); smaller maps keep F(2×2, 3×3).
@@ -548,14 +555,15 @@ fn grad_transform<T: WithDType>(
     }
 }
 
-/// The group's outputs channel-last, `yt` (m × oh·ow × co) = Aᵀ M A for every tile of `mm` (α²
-/// planes of T × co, as the gemms leave them), cropped to oh × ow, then the epilogue (bias,
-/// ReLU).
+/// The outputs channel-last of the group's samples `samples` (of `m`), `yt` (samples × oh·ow ×
+/// co) = Aᵀ M A for each of their tiles in `mm` (α² planes of T × co, T = m·tiles, as the gemms
+/// leave them), cropped to oh × ow, then the epilogue (bias, ReLU).
 fn output_transform<T: WithDType>(
     mm: &[T],
     g: &Geom,
     tile: Tile,
     m: usize,
+    samples: std::ops::Range<usize>,
     yt: &mut [T],
     ep: &Epilogue<T>,
 ) {
@@ -564,8 +572,9 @@ fn output_transform<T: WithDType>(
     let plane = m * nt * co;
     // Aᵀ M of one chunk of channels: row r, column c at [α·r + c]
     let mut am = [[T::zero(); CH]; 24];
-    for t in 0..m * nt {
+    for t in samples.start * nt..samples.end * nt {
         let (j, ti, tj) = tile_of(t, g, tile);
+        let j = j - samples.start;
         for c0 in (0..co).step_by(CH) {
             let len = CH.min(co - c0);
             for c in 0..al {
@@ -617,6 +626,9 @@ fn fwd_u<T: WithDType>(
 ) -> candle_core::Result<Vec<T>> {
     let (nt, gs, yl, xl) = (tiles(g, tile).2, group_size(g, tile), g.y_len(), g.x_len());
     let np = tile.planes();
+    if g.n * nt <= WIDE_TILES && np * (g.c + g.co) * g.n * nt <= WIDE_ELEMS {
+        return fwd_u_wide(x, u, g, ep, tile);
+    }
     let mut y = super::super::zeros(g.n * yl);
     // scratch: channel-last inputs, V, M, channel-last outputs
     let (vl, ml) = (np * g.c * gs * nt, np * g.co * gs * nt);
@@ -643,7 +655,7 @@ fn fwd_u<T: WithDType>(
                 par,
             )?;
         }
-        output_transform(mm, g, tile, m, yt, &ep);
+        output_transform(mm, g, tile, m, 0..m, yt, &ep);
         let l = g.l();
         for j in 0..m {
             transpose(
@@ -656,6 +668,70 @@ fn fwd_u<T: WithDType>(
         Ok(())
     };
     per_group(&mut y, yl, gs, xl * gs + vl + ml + yl * gs, one)?;
+    Ok(y)
+}
+
+/// At most this many tiles in the whole batch, [`fwd_u`] transforms and multiplies the batch at
+/// once, the threads splitting the α² gemms (as [`bwd_filter`] does) instead of the samples:
+/// per-sample groups would give each gemm only a few dozen rows (ResNet18's third stage at
+/// batch 32: 4 tiles per sample), too few to amortise packing the c × co operand U_ξ.
+const WIDE_TILES: usize = 512;
+
+/// ... and at most this many elements of V and M together.
+const WIDE_ELEMS: usize = 1 << 22;
+
+/// [`fwd_u`] for the whole batch at once, the α × α tile positions split between threads by
+/// rows: each transforms its rows of V for every tile and runs its gemms, with all tiles of
+/// the batch as rows; then the output transform over samples.
+fn fwd_u_wide<T: WithDType>(
+    x: &[T],
+    u: &[T],
+    g: &Geom,
+    ep: Epilogue<T>,
+    tile: Tile,
+) -> candle_core::Result<Vec<T>> {
+    let (n, nt, yl, xl, al) = (g.n, tiles(g, tile).2, g.y_len(), g.x_len(), tile.alpha());
+    let tc = n * nt;
+    let (pv, pm) = (g.c * tc, g.co * tc);
+    let mut xt = super::super::zeros(n * xl);
+    xt.par_chunks_mut(xl.max(1))
+        .enumerate()
+        .for_each(|(j, d)| transpose(&x[j * xl..(j + 1) * xl], g.c, g.h * g.w, d));
+    let mut v = super::super::zeros(tile.planes() * pv);
+    let mut mm = super::super::zeros(tile.planes() * pm);
+    let tasks = rayon::current_num_threads().clamp(1, al);
+    let rows_per = al.div_ceil(tasks);
+    v.par_chunks_mut((al * rows_per * pv).max(1))
+        .zip(mm.par_chunks_mut((al * rows_per * pm).max(1)))
+        .enumerate()
+        .try_for_each(|(k, (vr, mr))| {
+            let r0 = k * rows_per;
+            let rows = r0..(r0 + vr.len() / (al * pv).max(1)).min(al);
+            input_transform(&xt, g, tile, n, rows.clone(), vr);
+            for xi in 0..al * rows.len() {
+                let ux = (al * r0 + xi) * g.co * g.c;
+                gemm(
+                    tc,
+                    g.co,
+                    g.c,
+                    &mut mr[xi * pm..(xi + 1) * pm],
+                    false,
+                    row_major(&vr[xi * pv..(xi + 1) * pv], g.c),
+                    transposed(&u[ux..ux + g.co * g.c], g.c),
+                    tasks == 1,
+                )?;
+            }
+            Ok::<(), candle_core::Error>(())
+        })?;
+    drop(v);
+    let mut y = super::super::zeros(n * yl);
+    y.par_chunks_mut(yl.max(1)).enumerate().for_each_init(
+        || vec![T::zero(); yl],
+        |yt, (j, yj)| {
+            output_transform(&mm, g, tile, n, j..j + 1, yt, &ep);
+            transpose(yt, g.l(), g.co, yj);
+        },
+    );
     Ok(y)
 }
 
@@ -835,6 +911,9 @@ mod tests {
             (2, 17, 16, 4, 4, 1),
             (3, 5, 4, 11, 10, 1),
             (2, 3, 2, 13, 8, 0),
+            // more tiles than WIDE_TILES: the forward per group of samples (the rest run the
+            // whole batch at once)
+            (4, 2, 3, 50, 48, 1),
             // output channels in blocks of the weight transform plus a partial block
             (2, 3, 37, 5, 4, 1),
         ] {
