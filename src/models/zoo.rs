@@ -432,6 +432,18 @@ impl<L: Lookup> Forward<'_, L> {
     }
 }
 
+/// Whether a convolution's weight has more than twice as many elements as its output
+/// (ResNet18's last stage at batch 32 and 128): there folding BatchNorm into the weight would
+/// keep a weight-sized a⊙W, and in an HVP's graph its weight-sized gradients, to save two
+/// output-sized tensors (the convolution's and the BatchNorm's outputs).
+fn weight_dominated(x: &Tensor, w: &Tensor, c: Conv) -> Result<bool> {
+    let (n, _, h, wd) = x.dims4()?;
+    let co = w.dim(0)?;
+    let k = w.dim(2)?;
+    let out = n * co * out_len(h, k, c.stride, c.pad) * out_len(wd, k, c.stride, c.pad);
+    Ok(2 * out < w.elem_count())
+}
+
 impl<L: Lookup> Net for Forward<'_, L> {
     type V = Tensor;
     fn conv(&mut self, name: &str, x: &Tensor, c: Conv) -> Result<Tensor> {
@@ -450,7 +462,10 @@ impl<L: Lookup> Net for Forward<'_, L> {
     /// BatchNorm's (and the ReLU's, when `c.relu`). The fold is part of the graph (a⊙W is a
     /// differentiable product), so gradients reach W, γ and β exactly, to any order; the
     /// convolution's own output is never materialised or kept (ResNet18 keeps two activations
-    /// per conv–BN–ReLU instead of three, and skips BatchNorm's passes).
+    /// per conv–BN–ReLU instead of three, and skips BatchNorm's passes). Where the weight
+    /// outweighs the output ([`weight_dominated`]) it is not folded: convolution, the affine
+    /// map and the ReLU as three ops (the HVP memory this saves: BENCHMARKS.md, eleventh
+    /// sitting).
     fn conv_bn(&mut self, conv: &str, bn: &str, x: &Tensor, c: Conv) -> Result<Tensor> {
         let k = self.l.kernels();
         if self.train || !k.fused_on(x) {
@@ -458,6 +473,16 @@ impl<L: Lookup> Net for Forward<'_, L> {
         }
         let w = self.l.p(&format!("{conv}.weight"))?;
         let (a, b) = self.bn_affine(bn)?;
+        if weight_dominated(x, w, c)? {
+            let cb = if c.bias {
+                Some(self.l.p(&format!("{conv}.bias"))?)
+            } else {
+                None
+            };
+            let y = k.conv2d(x, w, cb, ConvArgs::new(c.stride, c.pad))?;
+            let y = crate::ops::fused::channel_affine(&y, &a, &b)?;
+            return if c.relu { k.relu(&y) } else { Ok(y) };
+        }
         let b = if c.bias {
             (b + (self.l.p(&format!("{conv}.bias"))? * &a)?)?
         } else {
