@@ -463,26 +463,16 @@ impl<L: Lookup> Net for Forward<'_, L> {
     /// differentiable product), so gradients reach W, γ and β exactly, to any order; the
     /// convolution's own output is never materialised or kept (ResNet18 keeps two activations
     /// per conv–BN–ReLU instead of three, and skips BatchNorm's passes). Where the weight
-    /// outweighs the output ([`weight_dominated`]) it is not folded: convolution, the affine
-    /// map and the ReLU as three ops (the HVP memory this saves: BENCHMARKS.md, eleventh
-    /// sitting).
+    /// outweighs the output ([`weight_dominated`]) it is not folded: convolution, BatchNorm
+    /// (its eval-mode affine map) and ReLU as three layers, as in train mode (the HVP memory
+    /// this saves: BENCHMARKS.md, eleventh sitting).
     fn conv_bn(&mut self, conv: &str, bn: &str, x: &Tensor, c: Conv) -> Result<Tensor> {
         let k = self.l.kernels();
-        if self.train || !k.fused_on(x) {
+        let w = self.l.p(&format!("{conv}.weight"))?;
+        if self.train || !k.fused_on(x) || weight_dominated(x, w, c)? {
             return conv_then_bn(self, conv, bn, x, c);
         }
-        let w = self.l.p(&format!("{conv}.weight"))?;
         let (a, b) = self.bn_affine(bn)?;
-        if weight_dominated(x, w, c)? {
-            let cb = if c.bias {
-                Some(self.l.p(&format!("{conv}.bias"))?)
-            } else {
-                None
-            };
-            let y = k.conv2d(x, w, cb, ConvArgs::new(c.stride, c.pad))?;
-            let y = crate::ops::fused::channel_affine(&y, &a, &b)?;
-            return if c.relu { k.relu(&y) } else { Ok(y) };
-        }
         let b = if c.bias {
             (b + (self.l.p(&format!("{conv}.bias"))? * &a)?)?
         } else {
