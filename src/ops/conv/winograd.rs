@@ -242,6 +242,21 @@ impl Tile {
         }
     }
 
+    /// Row r of Bᵀ or A (see [`Side`]).
+    #[inline(always)]
+    fn one_d<'a, T: WithDType>(
+        self,
+        side: Side,
+        r: usize,
+        x: impl Fn(usize) -> &'a [T],
+        dst: &mut [T],
+    ) {
+        match side {
+            Side::Bt => self.bt(r, x, dst),
+            Side::A => self.a(r, x, dst),
+        }
+    }
+
     /// dst = row r of G applied to the three vectors k (rows r < α).
     #[inline(always)]
     fn g<T: WithDType>(self, r: usize, k: [&[T]; 3], dst: &mut [T], f: &Frac<T>) {
@@ -455,6 +470,45 @@ fn tile_of(t: usize, g: &Geom, tile: Tile) -> (usize, usize, usize) {
     (t / nt, (t % nt) / tw, t % tw)
 }
 
+/// The 1-D transform of a two-sided tile transform: Bᵀ (α → α, inputs) or A (m → α, output
+/// gradients).
+#[derive(Clone, Copy)]
+enum Side {
+    Bt,
+    A,
+}
+
+/// Rows `rows` of S s Sᵀ (α × α) for one tile s (`n` × `n` channel vectors, row-major in `src`,
+/// channels `c0..c0 + len`), S = Bᵀ or A: the 1-D transform on the columns into `tmp`, then on
+/// the rows of the result; position ξ = α·r + b goes to `out[(ξ − α·rows.start)·plane..][..len]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn two_sided<T: WithDType>(
+    tile: Tile,
+    side: Side,
+    src: &[&[T]],
+    n: usize,
+    (c0, len): (usize, usize),
+    rows: std::ops::Range<usize>,
+    tmp: &mut [[T; CH]; 36],
+    (out, plane): (&mut [T], usize),
+) {
+    let al = tile.alpha();
+    // row r, column q of S s at [n·r + q]
+    for r in rows.clone() {
+        for q in 0..n {
+            let x = |k: usize| &src[n * k + q][c0..c0 + len];
+            tile.one_d(side, r, x, &mut tmp[n * r + q][..len]);
+        }
+    }
+    for r in rows.clone() {
+        for b in 0..al {
+            let at = (al * (r - rows.start) + b) * plane;
+            tile.one_d(side, b, |k| &tmp[n * r + k][..len], &mut out[at..][..len]);
+        }
+    }
+}
+
 /// V (α² planes of T × c, T = m·tiles) of the group's channel-last inputs `xt` (`m` samples):
 /// V = Bᵀ d B for every tile, the tile of output (m·ti, m·tj) starting at input
 /// (m·ti − p, m·tj − p), zero outside the image. Only the planes of V's rows `rows` (of α),
@@ -467,11 +521,10 @@ fn input_transform<T: WithDType>(
     rows: std::ops::Range<usize>,
     v: &mut [T],
 ) {
-    let (c, nt, r0, al, tm) = (g.c, tiles(g, tile).2, rows.start, tile.alpha(), tile.m());
+    let (c, nt, al, tm) = (g.c, tiles(g, tile).2, tile.alpha(), tile.m());
     let plane = m * nt * c;
     let zero = vec![T::zero(); c];
-    // Bᵀ d of one chunk of channels: row r, column b at [α·r + b]
-    let mut bd = [[T::zero(); CH]; 36];
+    let mut tmp = [[T::zero(); CH]; 36];
     for t in 0..m * nt {
         let (j, ti, tj) = tile_of(t, g, tile);
         let xs = &xt[j * g.h * g.w * c..(j + 1) * g.h * g.w * c];
@@ -488,22 +541,9 @@ fn input_transform<T: WithDType>(
             }
         });
         for c0 in (0..c).step_by(CH) {
-            let len = CH.min(c - c0);
-            // columns of d, for column b: rows 0..α (the rest unused)
-            for r in rows.clone() {
-                for b in 0..al {
-                    let d = |k: usize| &src[al * k + b][c0..c0 + len];
-                    tile.bt(r, d, &mut bd[al * r + b][..len]);
-                }
-            }
-            // then the same on the columns of each row
-            for r in rows.clone() {
-                let q = |k: usize| &bd[al * r + k][..len];
-                for b in 0..al {
-                    let at = (al * r + b - al * r0) * plane + t * c + c0;
-                    tile.bt(b, q, &mut v[at..][..len]);
-                }
-            }
+            let ch = (c0, CH.min(c - c0));
+            let out = (&mut v[t * c + c0..], plane);
+            two_sided(tile, Side::Bt, &src, al, ch, rows.clone(), &mut tmp, out);
         }
     }
 }
@@ -519,12 +559,10 @@ fn grad_transform<T: WithDType>(
     rows: std::ops::Range<usize>,
     p: &mut [T],
 ) {
-    let (co, nt, (oh, ow), r0) = (g.co, tiles(g, tile).2, (g.oh(), g.ow()), rows.start);
-    let (al, tm) = (tile.alpha(), tile.m());
+    let (co, nt, (oh, ow), tm) = (g.co, tiles(g, tile).2, (g.oh(), g.ow()), tile.m());
     let plane = m * nt * co;
     let zero = vec![T::zero(); co];
-    // A dy of one chunk of channels: row r, column q at [m·r + q]
-    let mut ad = [[T::zero(); CH]; 24];
+    let mut tmp = [[T::zero(); CH]; 36];
     for t in 0..m * nt {
         let (j, ti, tj) = tile_of(t, g, tile);
         let ys = &dyt[j * oh * ow * co..(j + 1) * oh * ow * co];
@@ -537,20 +575,9 @@ fn grad_transform<T: WithDType>(
             }
         });
         for c0 in (0..co).step_by(CH) {
-            let len = CH.min(co - c0);
-            for r in rows.clone() {
-                for q in 0..tm {
-                    let y = |k: usize| &src[tm * k + q][c0..c0 + len];
-                    tile.a(r, y, &mut ad[tm * r + q][..len]);
-                }
-            }
-            for r in rows.clone() {
-                let e = |k: usize| &ad[tm * r + k][..len];
-                for b in 0..al {
-                    let at = (al * r + b - al * r0) * plane + t * co + c0;
-                    tile.a(b, e, &mut p[at..][..len]);
-                }
-            }
+            let ch = (c0, CH.min(co - c0));
+            let out = (&mut p[t * co + c0..], plane);
+            two_sided(tile, Side::A, &src, tm, ch, rows.clone(), &mut tmp, out);
         }
     }
 }
@@ -605,6 +632,33 @@ fn output_transform<T: WithDType>(
     }
 }
 
+/// M_ξ (T × co) = V_ξ (T × c) · U_ξᵀ (c × co) for the planes of `v` (each T × c; `u` and `mm`
+/// from the same plane on). U_ξ read in place would be slower: gemm then skips repacking it and
+/// strides over its rows.
+fn forward_gemms<T: WithDType>(
+    v: &[T],
+    u: &[T],
+    mm: &mut [T],
+    tc: usize,
+    g: &Geom,
+    par: bool,
+) -> candle_core::Result<()> {
+    let (pv, pu, pm) = (g.c * tc, g.co * g.c, g.co * tc);
+    for xi in 0..v.len() / pv.max(1) {
+        gemm(
+            tc,
+            g.co,
+            g.c,
+            &mut mm[xi * pm..(xi + 1) * pm],
+            false,
+            row_major(&v[xi * pv..(xi + 1) * pv], g.c),
+            transposed(&u[xi * pu..(xi + 1) * pu], g.c),
+            par,
+        )?;
+    }
+    Ok(())
+}
+
 /// y = conv(x, w) (+ bias, ReLU): see the module docs.
 pub(super) fn fwd<T: WithDType>(
     x: &[T],
@@ -641,20 +695,7 @@ fn fwd_u<T: WithDType>(
         let (v, mm) = (&mut v[..np * g.c * tc], &mut mm[..np * g.co * tc]);
         channel_last(x, g.c, g.h * g.w, t * gs, m, xt);
         input_transform(xt, g, tile, m, 0..tile.alpha(), v);
-        for xi in 0..np {
-            // M_ξ (T × co) = V_ξ (T × c) · U_ξᵀ (c × co); U_ξ read in place would be
-            // slower: gemm then skips repacking it and strides over its rows
-            gemm(
-                tc,
-                g.co,
-                g.c,
-                &mut mm[xi * g.co * tc..(xi + 1) * g.co * tc],
-                false,
-                row_major(&v[xi * g.c * tc..(xi + 1) * g.c * tc], g.c),
-                transposed(&u[xi * g.co * g.c..(xi + 1) * g.co * g.c], g.c),
-                par,
-            )?;
-        }
+        forward_gemms(v, u, mm, tc, g, par)?;
         output_transform(mm, g, tile, m, 0..m, yt, &ep);
         let l = g.l();
         for j in 0..m {
@@ -708,19 +749,8 @@ fn fwd_u_wide<T: WithDType>(
             let r0 = k * rows_per;
             let rows = r0..(r0 + vr.len() / (al * pv).max(1)).min(al);
             input_transform(&xt, g, tile, n, rows.clone(), vr);
-            for xi in 0..al * rows.len() {
-                let ux = (al * r0 + xi) * g.co * g.c;
-                gemm(
-                    tc,
-                    g.co,
-                    g.c,
-                    &mut mr[xi * pm..(xi + 1) * pm],
-                    false,
-                    row_major(&vr[xi * pv..(xi + 1) * pv], g.c),
-                    transposed(&u[ux..ux + g.co * g.c], g.c),
-                    tasks == 1,
-                )?;
-            }
+            let ur = &u[al * r0 * g.co * g.c..];
+            forward_gemms(vr, ur, mr, tc, g, tasks == 1)?;
             Ok::<(), candle_core::Error>(())
         })?;
     drop(v);
