@@ -13,15 +13,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    static CALLS_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 fn count_call() {
     CALLS.fetch_add(1, Ordering::Relaxed);
+    CALLS_HERE.with(|c| c.set(c.get() + 1));
 }
 
 /// How many times a kernel of this module has run on the CPU in this process (forward and
 /// backward ops alike). It lets a test prove which kernels a whole model ran: the count moves
 /// under [`crate::models::layers::Kernels::Fused`] and stands still under `Candle`.
+/// Process-wide: other threads' work (tests running in parallel) moves it too.
 pub fn kernel_calls() -> u64 {
     CALLS.load(Ordering::Relaxed)
+}
+
+/// [`kernel_calls`] counted on the calling thread only: candle runs an op's CPU forward on
+/// the thread that builds the graph or drives the backward pass (the kernels' own worker
+/// threads are inside that call), so this counts exactly the kernels this thread's work ran,
+/// whatever other threads do meanwhile.
+pub fn kernel_calls_on_this_thread() -> u64 {
+    CALLS_HERE.with(|c| c.get())
 }
 
 /// A zeroed output buffer of `n` elements, zeroed by all threads when it is large. The kernels
