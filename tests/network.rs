@@ -519,3 +519,69 @@ fn three_verbs_are_the_solvers_they_name() {
     assert!((c.series[0].loss[1] - l0).abs() < 1e-12);
     assert!(c.plot().is_ok());
 }
+
+/// A user's network on the crate's own kernels that uses one convolution weight twice and a
+/// fused linear layer. A fresh HVP's first backward replaces each use's weight gradient by a
+/// projection onto v (`curvature::hvp`, `hvp_closure`); with the weight shared the two
+/// projections add up, and H v stays exact: equal to the graph-reused HVP (the plain gradient
+/// graph) and to central differences of gradients.
+#[test]
+fn shared_weights_on_the_crates_kernels_keep_the_fresh_hvp_exact() {
+    use hessian_lab::models::layers::{ConvArgs, Kernels};
+    let varmap = VarMap::new();
+    let vb = vb(&varmap);
+    let init = candle_nn::init::DEFAULT_KAIMING_NORMAL;
+    let w = vb
+        .get_with_hints((3, 3, 3, 3), "conv.weight", init)
+        .unwrap();
+    let cb = vb.get_with_hints(3, "conv.bias", init).unwrap();
+    let fw = vb
+        .get_with_hints((4, 3 * 6 * 6), "fc.weight", init)
+        .unwrap();
+    let fb = vb.get_with_hints(4, "fc.bias", init).unwrap();
+    let net = CandleNet::from_fn(&varmap, 4, move |x, _| {
+        let k = Kernels::Fused;
+        let e = |e: hessian_lab::Error| candle_core::Error::msg(e);
+        let h = k
+            .conv2d(x, &w, Some(&cb), ConvArgs::new(1, 1).relu())
+            .map_err(e)?;
+        // the same weight again, on a 6 × 6 map (3 × 3 maps need no Winograd)
+        let h = k
+            .conv2d(&h, &w, Some(&cb), ConvArgs::new(1, 1))
+            .map_err(e)?;
+        k.linear(&h.flatten_from(1)?, &fw, Some(&fb)).map_err(e)
+    })
+    .unwrap()
+    // deterministic weights (candle's initialisers are not seeded)
+    .with_seed(4)
+    .unwrap();
+    let b = random_batch(5, [3, 6, 6], 4, 2, &rt64());
+    let sel = ParamSelection::all(&net);
+    let v = ParamVec::randn_like(&sel.tensors(&net), 9).unwrap();
+    let fresh = hvp(&net, &b, &v).unwrap();
+    let reused = HessianOperator::new(&net, DataSource::Batch(b.clone()))
+        .unwrap()
+        .apply(&v)
+        .unwrap();
+    let fd = hvp_fd(&net, &b, &sel, &v, None).unwrap();
+    let rel =
+        |a: &ParamVec, c: &ParamVec| a.axpy(-1.0, c).unwrap().norm().unwrap() / c.norm().unwrap();
+    assert!(
+        rel(&fresh, &reused) < 1e-12,
+        "fresh vs reused {}",
+        rel(&fresh, &reused)
+    );
+    assert!(
+        rel(&fresh, &fd) < 1e-6,
+        "fresh vs differences {}",
+        rel(&fresh, &fd)
+    );
+    // the same loss as a closure over the variables
+    let vars: Vec<candle_core::Var> = net.params().iter().map(|(_, p)| p.clone()).collect();
+    let closure = hvp_closure(&vars, || net.loss(&b), &v).unwrap();
+    assert!(
+        rel(&closure, &reused) < 1e-12,
+        "closure {}",
+        rel(&closure, &reused)
+    );
+}

@@ -131,11 +131,7 @@ pub fn hvp_from_graph(
     sel: &ParamSelection,
     v: &ParamVec,
 ) -> Result<ParamVec> {
-    if grads.len() != v.0.len() || grads.iter().zip(&v.0).any(|(a, b)| a.dims() != b.dims()) {
-        return Err(Error::Shape(
-            "vector does not match the selected parameters".into(),
-        ));
-    }
+    check_shapes(grads, v)?;
     on_pool(model.device(), || {
         Ok(ParamVec(autodiff::grads(
             &graph_dot(grads, v)?,
@@ -145,16 +141,62 @@ pub fn hvp_from_graph(
     })
 }
 
+fn check_shapes(like: &[Tensor], v: &ParamVec) -> Result<()> {
+    if like.len() != v.0.len() || like.iter().zip(&v.0).any(|(a, b)| a.dims() != b.dims()) {
+        return Err(Error::Shape(
+            "vector does not match the selected parameters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// H v by double backward with a graph built for this v alone: the first backward's weight
+/// gradients of the crate's convolution and linear kernels are projected onto v
+/// ([`projected_grads`]). Cost: 1 forward + 2 backward passes, the first without weight
+/// gradients and the second without their second derivatives.
+pub(crate) fn fresh_hvp(
+    model: &dyn Network,
+    batch: &Batch,
+    sel: &ParamSelection,
+    v: &ParamVec,
+) -> Result<ParamVec> {
+    let params = sel.tensors(model);
+    check_shapes(&params, v)?;
+    on_pool(model.device(), || {
+        let (loss, _) = finite_loss(model, batch)?;
+        let g = projected_grads(&loss, &params, v)?;
+        hvp_from_graph(model, &g, sel, v)
+    })
+}
+
+/// The first backward of a fresh HVP: ∂loss/∂params with the graph kept, where the crate's
+/// convolution and linear kernels project their weight gradients onto v
+/// (`ops::with_directions`): only ⟨g, v⟩ is right, and so ∇θ⟨g, v⟩, one weight-gradient op
+/// per layer fewer. Directions are set for this backward pass only, not around the user's
+/// forward. `HESSIAN_LAB_PROJECTED_HVP=0` (read once) builds the plain gradient graph
+/// instead, for A/B measurements.
+fn projected_grads(loss: &Tensor, params: &[Tensor], v: &ParamVec) -> Result<Vec<Tensor>> {
+    static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let plain =
+        *PLAIN.get_or_init(|| std::env::var("HESSIAN_LAB_PROJECTED_HVP").is_ok_and(|s| s == "0"));
+    let dirs: Vec<(&Tensor, &Tensor)> = if plain {
+        vec![]
+    } else {
+        params.iter().zip(&v.0).collect()
+    };
+    crate::ops::with_directions(&dirs, || autodiff::grads(loss, params, Graph::Keep))
+}
+
 /// Exact Hessian-vector product H v, H = ∇²θ (1/N)Σᵢ ℓᵢ over the selected parameters, by
-/// double backward (eval mode). Cost: 1 forward + 2 backward passes.
+/// double backward (eval mode). Cost: 1 forward + 2 backward passes (for many v on one
+/// batch, [`super::HessianOperator`] keeps the first backward's graph: 1 backward each).
 pub fn hvp_selected(
     model: &dyn Network,
     batch: &Batch,
     sel: &ParamSelection,
     v: &ParamVec,
 ) -> Result<ParamVec> {
-    let (_, g) = gradient_with_graph(model, batch, sel)?;
-    let hv = hvp_from_graph(model, &g, sel, v)?;
+    let hv = fresh_hvp(model, batch, sel, v)?;
     // Checked here, for the caller; the eigen, trace and density solvers, which run this in
     // their loops through the operators, check the scalars they build from it instead.
     hv.check_finite("Hessian-vector product")?;
@@ -384,9 +426,85 @@ pub fn hvp_closure(
         )));
     }
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let g = autodiff::grads(&l.sum_all()?, &ts, Graph::Keep)?;
+    let g = projected_grads(&l.sum_all()?, &ts, v)?;
     let hv = autodiff::grads(&graph_dot(&g, v)?, &ts, Graph::Drop)?;
     let hv = ParamVec(hv);
     hv.check_finite("Hessian-vector product")?;
     Ok(hv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{Model, ModelConfig, ModelKind};
+
+    fn max_abs(t: &Tensor) -> f64 {
+        t.abs()
+            .and_then(|a| a.max_all())
+            .and_then(|a| a.to_scalar::<f64>())
+            .unwrap_or(f64::NAN)
+    }
+
+    /// A fresh HVP's first backward ([`projected_grads`]) replaces exactly the gradients of
+    /// weights the crate's convolution and linear kernels use directly by placeholders (zero
+    /// values: the projection's coefficient is never evaluated), leaves every other gradient
+    /// as it is, and ∇θ⟨g, v⟩ through it is the full gradient graph's H v — on every model of
+    /// the zoo (ResNet18 with both folded and unfolded BatchNorm: a folded weight, a⊙W, is not
+    /// a parameter and keeps its true gradient).
+    #[test]
+    fn projected_first_backward_replaces_kernel_weight_gradients_only_and_keeps_hv() {
+        let rt = crate::Runtime::cpu_f64();
+        for (kind, shape) in [
+            (ModelKind::M1, [1, 12, 12]),
+            (ModelKind::C1, [3, 16, 16]),
+            (ModelKind::C2, [3, 8, 8]),
+            (ModelKind::C3, [3, 8, 8]),
+            (ModelKind::ResNet18, [3, 8, 8]),
+        ] {
+            let m = Model::from_config(ModelConfig::tiny(kind, shape, 4, 0), &rt, 3).unwrap();
+            let n = 3;
+            let d: usize = shape.iter().product();
+            let x: Vec<f64> = (0..n * d).map(|i| (i as f64 * 0.37).sin().abs()).collect();
+            let x = Tensor::from_vec(x, (n, shape[0], shape[1], shape[2]), &rt.device).unwrap();
+            let y = Tensor::from_vec(vec![0u32, 3, 1], n, &rt.device).unwrap();
+            let b = Batch::new(x, y).unwrap();
+            let sel = ParamSelection::all(&m);
+            let params = sel.tensors(&m);
+            let v = ParamVec::randn_like(&params, 5).unwrap();
+            let loss = m.loss(&b).unwrap();
+            let full = autodiff::grads(&loss, &params, Graph::Keep).unwrap();
+            let proj = projected_grads(&loss, &params, &v).unwrap();
+            let mut projected = vec![];
+            for (((name, _), f), p) in m.params().iter().zip(&full).zip(&proj) {
+                if max_abs(&(f - p).unwrap()) == 0.0 {
+                    continue;
+                }
+                assert!(
+                    name.ends_with(".weight") && p.rank() >= 2 && max_abs(p) == 0.0,
+                    "{kind:?} {name}: changed but not a kernel weight's placeholder"
+                );
+                projected.push(name.clone());
+            }
+            let convs_and_linears = m
+                .params()
+                .iter()
+                .filter(|(n, p)| n.ends_with(".weight") && p.rank() >= 2)
+                .count();
+            match kind {
+                // no BatchNorm: every weight is the kernels' own
+                ModelKind::M1 => assert_eq!(projected.len(), convs_and_linears),
+                _ => assert!(!projected.is_empty(), "{kind:?}: nothing projected"),
+            }
+            let hv = |g: &[Tensor]| {
+                ParamVec(autodiff::grads(&graph_dot(g, &v).unwrap(), &params, Graph::Drop).unwrap())
+            };
+            let (hf, hp) = (hv(&full), hv(&proj));
+            let err = hf.axpy(-1.0, &hp).unwrap().norm().unwrap() / hf.norm().unwrap();
+            assert!(err < 1e-12, "{kind:?}: H v {err} ({projected:?} projected)");
+            eprintln!(
+                "{kind:?}: {} of {convs_and_linears} projected",
+                projected.len()
+            );
+        }
+    }
 }

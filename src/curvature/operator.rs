@@ -2,7 +2,9 @@
 //! dense matrix operator for tests and small problems. Eigen solvers, trace and density
 //! estimators take any [`CurvatureOperator`].
 
-use super::hvp::{gradient, gradient_with_graph, graph_dot, hvp_from_graph, ParamSelection};
+use super::hvp::{
+    fresh_hvp, gradient, gradient_with_graph, graph_dot, hvp_from_graph, ParamSelection,
+};
 use super::vector::ParamVec;
 use crate::autodiff::{self, Graph};
 use crate::data::{Batch, Split};
@@ -239,8 +241,7 @@ impl CurvatureOperator for HessianOperator {
             return hvp_from_graph(&*self.o.model, g, &self.o.sel, v);
         }
         self.o.source.weighted_sum(self.o.model.runtime(), |b| {
-            let (_, g) = gradient_with_graph(&*self.o.model, b, &self.o.sel)?;
-            hvp_from_graph(&*self.o.model, &g, &self.o.sel, v)
+            fresh_hvp(&*self.o.model, b, &self.o.sel, v)
         })
     }
     over_accessors!();

@@ -772,10 +772,23 @@ impl Op2 for ConvOp {
             Role::Data => ((g, b, Role::Fwd), (g, a, Role::Filter)),
             Role::Filter => ((b, g, Role::Data), (a, g, Role::Fwd)),
         };
-        Ok((
-            if_tracked(a, || op2(a1, a2, op(ra)))?,
-            if_tracked(b, || op2(b1, b2, op(rb)))?,
-        ))
+        let db = if self.1 == Role::Fwd {
+            // W's gradient, projected in a fresh HVP's first backward (Fwd is linear in W)
+            super::weight_grad(b, g, a, self.0, || op2(b1, b2, op(rb)))?
+        } else {
+            if_tracked(b, || op2(b1, b2, op(rb)))?
+        };
+        Ok((if_tracked(a, || op2(a1, a2, op(ra)))?, db))
+    }
+}
+
+/// The convolution as a linear map of its weight: tangent Fwd(x, v), adjoint Data(ḡ, v).
+impl super::LinearIn for Geom {
+    fn tangent(&self, x: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+        op2(x, v, ConvOp(*self, Role::Fwd))
+    }
+    fn adjoint(&self, g: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+        op2(g, v, ConvOp(*self, Role::Data))
     }
 }
 

@@ -685,9 +685,20 @@ impl Op3 for LinearFwd {
     fn bwd(&self, [x, w, b]: [&Tensor; 3], _res: &Tensor, dy: &Tensor) -> Grads3 {
         Ok((
             if_tracked(x, || dy.matmul(w))?,
-            if_tracked(w, || dy.t()?.matmul(x))?,
+            // projected in a fresh HVP's first backward: x Wᵀ is linear in W
+            super::weight_grad(w, dy, x, LinearFwd, || dy.t()?.matmul(x))?,
             if_tracked(b, || dy.sum(0))?,
         ))
+    }
+}
+
+/// x Wᵀ as a linear map of W: tangent x vᵀ, adjoint ḡ v.
+impl super::LinearIn for LinearFwd {
+    fn tangent(&self, x: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&v.t()?)
+    }
+    fn adjoint(&self, g: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+        g.matmul(v)
     }
 }
 

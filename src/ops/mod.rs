@@ -159,8 +159,159 @@ pub(super) fn if_tracked(
     candle_core::backprop::needs_grad(t).then(f).transpose()
 }
 
+/// One parameter's direction during a projected first backward: (the parameter's id, v, ‖v‖²).
+type Direction = (candle_core::TensorId, Tensor, f64);
+
+thread_local! {
+    static DIRECTIONS: std::cell::RefCell<Vec<Direction>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` (a forward and first backward pass of a Hessian-vector product) with a direction
+/// `v` registered for each parameter of `dirs`, on this thread.
+///
+/// Why: an HVP is ∇θ⟨g, v⟩ and uses the first backward's weight gradient g_W only through
+/// ⟨g_W, v_W⟩. For an op y = op(x, W) linear in W, ⟨g_W, v_W⟩ = ⟨ḡ, op(x, v_W)⟩ (ḡ the
+/// gradient of y), so the kernels here return (s / ‖v_W‖²)·v_W in place of g_W, where s is a
+/// node [`DirDot`] standing for ⟨ḡ, op(x, v_W)⟩: its inner product with v_W, as a function of
+/// everything upstream, is the same, so ∇θ⟨g, v⟩ — the HVP — is exact. s's derivatives are
+/// op(x, v_W) (for ḡ) and the adjoint of op(·, v_W) applied to ḡ (for x): the two products
+/// the second backward differentiated the weight gradient into before, so per convolution
+/// the fresh HVP runs one weight-gradient (Filter) op fewer and keeps no weight-sized tensor.
+/// Inside `f` the "gradients" are **not** the gradient (their values are not computed; only
+/// their inner products with the directions, as functions, are right): nothing but a fresh
+/// HVP may run inside. Restored on return and on unwind; a zero or non-finite direction, or
+/// one whose shape differs from its parameter's, is not registered (that parameter gets its
+/// true gradient).
+pub(crate) fn with_directions<R>(dirs: &[(&Tensor, &Tensor)], f: impl FnOnce() -> R) -> R {
+    struct Restore(Vec<Direction>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = std::mem::take(&mut self.0);
+            DIRECTIONS.with(|d| *d.borrow_mut() = prev);
+        }
+    }
+    let mut reg = Vec::with_capacity(dirs.len());
+    for (p, v) in dirs {
+        let n2 = v
+            .sqr()
+            .and_then(|q| q.sum_all())
+            .and_then(|q| q.to_dtype(candle_core::DType::F64))
+            .and_then(|q| q.to_scalar::<f64>());
+        if let Ok(n2) = n2 {
+            if n2 > 0.0 && n2.is_finite() && p.dims() == v.dims() && p.dtype() == v.dtype() {
+                reg.push((p.id(), v.detach(), n2));
+            }
+        }
+    }
+    let prev = DIRECTIONS.with(|d| std::mem::replace(&mut *d.borrow_mut(), reg));
+    let _restore = Restore(prev);
+    f()
+}
+
+/// An op y = op(x, W) as a linear map of its weight, for [`DirDot`].
+pub(super) trait LinearIn: Send + Sync + 'static {
+    /// op(x, v): y's derivative along W = v.
+    fn tangent(&self, x: &Tensor, v: &Tensor) -> candle_core::Result<Tensor>;
+    /// The adjoint of x ↦ op(x, v) applied to ḡ: ⟨ḡ, op(x, v)⟩ = ⟨adjoint(ḡ, v), x⟩.
+    fn adjoint(&self, g: &Tensor, v: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+/// s(ḡ, x) = ⟨ḡ, op(x, v)⟩ for a constant v, as a graph node whose **value is not computed**
+/// (it is 0: only its derivatives are used, see [`with_directions`]). Backward:
+/// ∂s/∂ḡ = op(x, v), ∂s/∂x = adjointᵥ(ḡ), each times the upstream scalar — ops of the same
+/// differentiable families, so exact to any order.
+struct DirDot<L> {
+    op: L,
+    v: Tensor,
+}
+
+impl<L: LinearIn> Op2 for DirDot<L> {
+    fn name(&self) -> &'static str {
+        "hessian-lab-directional-dot"
+    }
+    fn fwd(&self, [(s, _), _]: [In; 2]) -> Out {
+        let zero = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(vec![0.0]),
+            CpuStorage::F64(_) => CpuStorage::F64(vec![0.0]),
+            _ => candle_core::bail!("directional dot: f32 or f64 only"),
+        };
+        Ok((zero, Shape::from(())))
+    }
+    fn bwd(&self, [g, x]: [&Tensor; 2], _res: &Tensor, c: &Tensor) -> Grads2 {
+        Ok((
+            if_tracked(g, || self.op.tangent(x, &self.v)?.broadcast_mul(c))?,
+            if_tracked(x, || self.op.adjoint(g, &self.v)?.broadcast_mul(c))?,
+        ))
+    }
+}
+
+/// The gradient of the weight `w` of y = op(x, w) where the running backward pass needs it,
+/// given ḡ = ∂/∂y: (⟨ḡ, op(x, v)⟩ / ‖v‖²)·v through [`DirDot`] when `w` has a direction v
+/// (see [`with_directions`]), else `full()`.
+pub(super) fn weight_grad<L: LinearIn>(
+    w: &Tensor,
+    g: &Tensor,
+    x: &Tensor,
+    op: L,
+    full: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    if !candle_core::backprop::needs_grad(w) {
+        return Ok(None);
+    }
+    let dir = DIRECTIONS.with(|d| {
+        d.borrow()
+            .iter()
+            .find(|(id, _, _)| *id == w.id())
+            .map(|(_, v, n2)| (v.clone(), *n2))
+    });
+    let Some((v, n2)) = dir else {
+        return full().map(Some);
+    };
+    let s = op2(g, x, DirDot { op, v: v.clone() })?;
+    Ok(Some(v.broadcast_mul(&(s / n2)?)?))
+}
+
 #[cfg(test)]
 mod tests {
+    use super::DIRECTIONS;
+    use candle_core::{Device, Tensor};
+
+    fn registered() -> usize {
+        DIRECTIONS.with(|d| d.borrow().len())
+    }
+
+    #[test]
+    fn directions_register_only_usable_vectors_and_are_restored_on_unwind() {
+        let p = Tensor::ones((2, 3), candle_core::DType::F64, &Device::Cpu).unwrap();
+        let good = (&p * 2.0).unwrap();
+        let zero = p.zeros_like().unwrap();
+        let nan = (&p * f64::NAN).unwrap();
+        let wrong_shape = Tensor::ones(6, candle_core::DType::F64, &Device::Cpu).unwrap();
+        let wrong_dtype = p.to_dtype(candle_core::DType::F32).unwrap();
+        let dirs = [
+            (&p, &good),
+            (&p, &zero),
+            (&p, &nan),
+            (&p, &wrong_shape),
+            (&p, &wrong_dtype),
+        ];
+        assert_eq!(super::with_directions(&dirs, registered), 1);
+        assert_eq!(registered(), 0);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            super::with_directions(&dirs[..1], || {
+                assert_eq!(
+                    super::with_directions(&[], registered),
+                    0,
+                    "nested: replaced"
+                );
+                assert_eq!(registered(), 1, "nested: restored");
+                panic!("inside");
+            })
+        }));
+        assert!(caught.is_err());
+        assert_eq!(registered(), 0, "restored on unwind");
+    }
+
     #[test]
     fn zeros_has_the_length_and_only_zeros_on_both_paths() {
         for n in [0, 5, (1 << 18) - 1, (1 << 18) + 12_345] {
