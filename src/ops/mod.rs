@@ -166,8 +166,8 @@ thread_local! {
     static DIRECTIONS: std::cell::RefCell<Vec<Direction>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` (a forward and first backward pass of a Hessian-vector product) with a direction
-/// `v` registered for each parameter of `dirs`, on this thread.
+/// Runs `f` (the first backward pass of a Hessian-vector product) with a direction `v`
+/// registered for each parameter of `dirs`, on this thread.
 ///
 /// Why: an HVP is ∇θ⟨g, v⟩ and uses the first backward's weight gradient g_W only through
 /// ⟨g_W, v_W⟩. For an op y = op(x, W) linear in W, ⟨g_W, v_W⟩ = ⟨ḡ, op(x, v_W)⟩ (ḡ the
@@ -176,12 +176,12 @@ thread_local! {
 /// everything upstream, is the same, so ∇θ⟨g, v⟩ — the HVP — is exact. s's derivatives are
 /// op(x, v_W) (for ḡ) and the adjoint of op(·, v_W) applied to ḡ (for x): the two products
 /// the second backward differentiated the weight gradient into before, so per convolution
-/// the fresh HVP runs one weight-gradient (Filter) op fewer and keeps no weight-sized tensor.
+/// the fresh HVP runs one weight-gradient (Filter) op fewer.
 /// Inside `f` the "gradients" are **not** the gradient (their values are not computed; only
 /// their inner products with the directions, as functions, are right): nothing but a fresh
 /// HVP may run inside. Restored on return and on unwind; a zero or non-finite direction, or
-/// one whose shape differs from its parameter's, is not registered (that parameter gets its
-/// true gradient).
+/// one whose shape or dtype differs from its parameter's, is not registered (that parameter
+/// gets its true gradient).
 pub(crate) fn with_directions<R>(dirs: &[(&Tensor, &Tensor)], f: impl FnOnce() -> R) -> R {
     struct Restore(Vec<Direction>);
     impl Drop for Restore {
