@@ -448,9 +448,10 @@ mod tests {
     /// A fresh HVP's first backward ([`projected_grads`]) replaces exactly the gradients of
     /// weights the crate's convolution and linear kernels use directly by placeholders (zero
     /// values: the projection's coefficient is never evaluated), leaves every other gradient
-    /// as it is (none is zero here, so a placeholder cannot hide), and ∇θ⟨g, v⟩ through it is the full gradient graph's H v — on every model of
-    /// the zoo (ResNet18 with both folded and unfolded BatchNorm: a folded weight, a⊙W, is not
-    /// a parameter and keeps its true gradient).
+    /// as it is (none is zero here, so a placeholder cannot hide), and ∇θ⟨g, v⟩ through it is
+    /// the full gradient graph's H v — on every model of the zoo (ResNet18 with both folded and
+    /// unfolded BatchNorm: a folded weight, a⊙W, is not a parameter and keeps its true
+    /// gradient).
     #[test]
     fn projected_first_backward_replaces_kernel_weight_gradients_only_and_keeps_hv() {
         let rt = crate::Runtime::cpu_f64();

@@ -970,6 +970,8 @@ pub(super) fn bwd_filter<T: WithDType>(
 
 #[cfg(test)]
 mod tests {
+    use super::{bwd_data, bwd_filter, fwd, Epilogue, Geom, Tile};
+
     #[test]
     fn transpose_is_the_transpose_on_every_path() {
         // wide and tall, whole blocks and remainders on both sides, one row or column
@@ -1010,8 +1012,6 @@ mod tests {
             }
         }
     }
-
-    use super::{bwd_data, bwd_filter, fwd, Epilogue, Geom, Tile};
 
     /// Deterministic values in (−1, 1).
     fn vals(n: usize, seed: u64) -> Vec<f64> {
