@@ -164,6 +164,27 @@ type Direction = (candle_core::TensorId, Tensor, f64);
 
 thread_local! {
     static DIRECTIONS: std::cell::RefCell<Vec<Direction>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The placeholders [`weight_grad`] made during the running projected backward.
+    static PROJECTED: std::cell::RefCell<Vec<(candle_core::TensorId, Tensor)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The weight gradients a projected first backward replaced ([`with_directions`]): each
+/// placeholder's id with s = ⟨ḡ, op(x, v)⟩, which is ⟨placeholder, v⟩ as a function.
+#[derive(Default)]
+pub(crate) struct Projections(Vec<(candle_core::TensorId, Tensor)>);
+
+impl Projections {
+    /// ⟨g, v⟩ as a graph node without touching a weight-sized tensor, when `g` is a
+    /// placeholder as it came out of the backward pass (one use of the weight; a weight used
+    /// twice gets the sum of two placeholders, a new tensor, and `None`).
+    pub(crate) fn dot(&self, g: &Tensor) -> Option<&Tensor> {
+        self.0.iter().find(|(id, _)| *id == g.id()).map(|(_, s)| s)
+    }
+    /// How many placeholders were made.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// Runs `f` (the first backward pass of a Hessian-vector product) with a direction `v`
@@ -181,13 +202,19 @@ thread_local! {
 /// their inner products with the directions, as functions, are right): nothing but a fresh
 /// HVP may run inside. Restored on return and on unwind; a zero or non-finite direction, or
 /// one whose shape or dtype differs from its parameter's, is not registered (that parameter
-/// gets its true gradient).
-pub(crate) fn with_directions<R>(dirs: &[(&Tensor, &Tensor)], f: impl FnOnce() -> R) -> R {
-    struct Restore(Vec<Direction>);
+/// gets its true gradient). Also returns the placeholders made ([`Projections`]), so that
+/// ⟨g, v⟩ can use s itself rather than a weight-sized product with v and its backward.
+pub(crate) fn with_directions<R>(
+    dirs: &[(&Tensor, &Tensor)],
+    f: impl FnOnce() -> R,
+) -> (R, Projections) {
+    struct Restore(Vec<Direction>, Vec<(candle_core::TensorId, Tensor)>);
     impl Drop for Restore {
         fn drop(&mut self) {
             let prev = std::mem::take(&mut self.0);
             DIRECTIONS.with(|d| *d.borrow_mut() = prev);
+            let prev = std::mem::take(&mut self.1);
+            PROJECTED.with(|d| *d.borrow_mut() = prev);
         }
     }
     let mut reg = Vec::with_capacity(dirs.len());
@@ -204,8 +231,11 @@ pub(crate) fn with_directions<R>(dirs: &[(&Tensor, &Tensor)], f: impl FnOnce() -
         }
     }
     let prev = DIRECTIONS.with(|d| std::mem::replace(&mut *d.borrow_mut(), reg));
-    let _restore = Restore(prev);
-    f()
+    let prev_made = PROJECTED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    let _restore = Restore(prev, prev_made);
+    let r = f();
+    let made = PROJECTED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    (r, Projections(made))
 }
 
 /// An op y = op(x, W) as a linear map of its weight, for [`DirDot`].
@@ -268,7 +298,9 @@ pub(super) fn weight_grad<L: LinearIn>(
         return full().map(Some);
     };
     let s = op2(g, x, DirDot { op, v: v.clone() })?;
-    Ok(Some(v.broadcast_mul(&(s / n2)?)?))
+    let placeholder = v.broadcast_mul(&(&s / n2)?)?;
+    PROJECTED.with(|d| d.borrow_mut().push((placeholder.id(), s)));
+    Ok(Some(placeholder))
 }
 
 #[cfg(test)]
@@ -295,12 +327,12 @@ mod tests {
             (&p, &wrong_shape),
             (&p, &wrong_dtype),
         ];
-        assert_eq!(super::with_directions(&dirs, registered), 1);
+        assert_eq!(super::with_directions(&dirs, registered).0, 1);
         assert_eq!(registered(), 0);
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             super::with_directions(&dirs[..1], || {
                 assert_eq!(
-                    super::with_directions(&[], registered),
+                    super::with_directions(&[], registered).0,
                     0,
                     "nested: replaced"
                 );
