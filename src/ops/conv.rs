@@ -79,15 +79,15 @@ impl Geom {
     fn w_shape(&self) -> Shape {
         Shape::from((self.co, self.c, self.k, self.k))
     }
-    /// For kernel offset `d` along an axis of length `len` with `out` outputs (stride 1): the
-    /// range of output indices o whose input index o + d − p lies inside [0, len).
+    /// For kernel offset `d` along an axis of length `len` with `out` outputs: the range of
+    /// output indices o whose input index o·s + d − p lies inside [0, len).
     #[inline]
-    fn valid1(&self, d: usize, len: usize, out: usize) -> (usize, usize) {
-        let p = self.p;
+    fn valid(&self, d: usize, len: usize, out: usize) -> (usize, usize) {
+        let (s, p) = (self.s, self.p);
         // clamped: with padding ≥ half the kernel a window can lie wholly in the padding
-        let lo = p.saturating_sub(d).min(out);
+        let lo = p.saturating_sub(d).div_ceil(s).min(out);
         let hi = if len + p > d {
-            (len + p - d).min(out)
+            (len + p - d).div_ceil(s).min(out)
         } else {
             0
         };
@@ -139,8 +139,8 @@ fn im2col_index(g: &Geom) -> GatherIndex {
 
 /// The gather index of a strided im2col: every entry of `v` is < `bound` (= one image plus the
 /// padding zero), by construction in [`im2col_index`], the only place that builds one. The
-/// gather and scatter loops check their buffer against `bound` once and then index without
-/// per-element bounds checks (which kept them from vectorising: 15 % of an M1 gradient).
+/// gather loop checks its buffer against `bound` once and then indexes without per-element
+/// bounds checks (which kept it from vectorising: 15 % of an M1 gradient).
 struct GatherIndex {
     v: Vec<u32>,
     bound: usize,
@@ -163,9 +163,9 @@ fn im2col_into<T: WithDType>(
     if g.s == 1 {
         for ci in 0..g.c {
             for di in 0..k {
-                let (ilo, ihi) = g.valid1(di, g.h, g.oh());
+                let (ilo, ihi) = g.valid(di, g.h, g.oh());
                 for dj in 0..k {
-                    let (jlo, jhi) = g.valid1(dj, g.w, ow);
+                    let (jlo, jhi) = g.valid(dj, g.w, ow);
                     let row = ((ci * k + di) * k + dj) * ld + off;
                     let dst = &mut col[row..row + l];
                     dst[..ilo * ow].fill(T::zero());
@@ -204,56 +204,40 @@ fn im2col_into<T: WithDType>(
 }
 
 /// xᵢ += col2im(columns `off..off + L` of `col`, row stride `ld`): the adjoint of
-/// [`im2col_into`] (row segments added whole for stride 1, otherwise a scatter-add through
-/// the same index with `xz` as scratch).
-#[allow(clippy::too_many_arguments)]
-fn col2im_from<T: WithDType>(
-    col: &[T],
-    idx: &GatherIndex,
-    xz: &mut Vec<T>,
-    ld: usize,
-    off: usize,
-    x: &mut [T],
-    g: &Geom,
-) {
-    let (l, k, ow) = (g.l(), g.k, g.ow());
-    if g.s == 1 {
-        for ci in 0..g.c {
-            for di in 0..k {
-                let (ilo, ihi) = g.valid1(di, g.h, g.oh());
-                for dj in 0..k {
-                    let (jlo, jhi) = g.valid1(dj, g.w, ow);
-                    if jhi == jlo {
-                        continue; // this kernel column only ever sees padding
-                    }
-                    let row = ((ci * k + di) * k + dj) * ld + off;
-                    for oi in ilo..ihi {
-                        let ii = oi + di - g.p;
-                        let xrow = &mut x[(ci * g.h + ii) * g.w..(ci * g.h + ii + 1) * g.w];
-                        let src = &col[row + oi * ow + jlo..row + oi * ow + jhi];
-                        let j0 = jlo + dj - g.p;
-                        let d = &mut xrow[j0..j0 + (jhi - jlo)];
+/// [`im2col_into`]. Each row of Cᵢ (one channel and kernel offset) is added, output row by
+/// output row, to the input positions it was gathered from: whole segments for stride 1,
+/// every s-th input for stride s. Strided, this is 1.4–1.5× faster than a scatter-add through
+/// [`im2col_index`] on LeNet's and C1's second layers (no index loads, no scratch image, and
+/// consecutive adds never hit one address).
+fn col2im_from<T: WithDType>(col: &[T], ld: usize, off: usize, x: &mut [T], g: &Geom) {
+    let (k, s, ow) = (g.k, g.s, g.ow());
+    for ci in 0..g.c {
+        for di in 0..k {
+            let (ilo, ihi) = g.valid(di, g.h, g.oh());
+            for dj in 0..k {
+                let (jlo, jhi) = g.valid(dj, g.w, ow);
+                if jhi == jlo {
+                    continue; // this kernel column only ever sees padding
+                }
+                let row = ((ci * k + di) * k + dj) * ld + off;
+                for oi in ilo..ihi {
+                    let ii = oi * s + di - g.p;
+                    let xrow = &mut x[(ci * g.h + ii) * g.w..(ci * g.h + ii + 1) * g.w];
+                    let src = &col[row + oi * ow + jlo..row + oi * ow + jhi];
+                    let j0 = jlo * s + dj - g.p;
+                    if s == 1 {
+                        let d = &mut xrow[j0..j0 + src.len()];
                         d.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
+                    } else {
+                        // the last input index, j0 + (len − 1)·s, is < w (Geom::valid)
+                        for (t, &v) in src.iter().enumerate() {
+                            xrow[j0 + t * s] += v;
+                        }
                     }
                 }
             }
         }
-        return;
     }
-    xz.clear();
-    xz.resize(x.len() + 1, T::zero());
-    assert!(
-        xz.len() >= idx.bound,
-        "col2im: index built for another geometry"
-    );
-    for (r, ir) in idx.v.chunks_exact(l.max(1)).enumerate() {
-        let src = &col[r * ld + off..r * ld + off + l];
-        for (&v, &i) in src.iter().zip(ir) {
-            // SAFETY: i < idx.bound ≤ xz.len() (GatherIndex invariant, checked above)
-            unsafe { *xz.get_unchecked_mut(i as usize) += v };
-        }
-    }
-    x.iter_mut().zip(xz.iter()).for_each(|(d, &v)| *d += v);
 }
 
 /// A row-major matrix view for [`gemm`]: element (r, c) at `r * rs + c * cs`.
@@ -574,7 +558,6 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Ve
         return winograd::bwd_data(dy, w, g, tile);
     }
     let (xl, ckk, l, gs) = (g.x_len(), g.ckk(), g.l(), group_size(g));
-    let idx = im2col_index(g);
     let mut dx = super::zeros(g.n * xl);
     // scratch: the group's column gradient, then (groups of ≥ 2) its dy side by side
     let one = |sc: &mut Vec<T>, (t, dxg): (usize, &mut [T]), par: bool| {
@@ -592,17 +575,8 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Ve
             row_major(b, m * l),
             par,
         )?;
-        let mut xz = Vec::with_capacity(xl + 1);
         for j in 0..m {
-            col2im_from(
-                col,
-                &idx,
-                &mut xz,
-                m * l,
-                j * l,
-                &mut dxg[j * xl..(j + 1) * xl],
-                g,
-            );
+            col2im_from(col, m * l, j * l, &mut dxg[j * xl..(j + 1) * xl], g);
         }
         Ok(())
     };
