@@ -292,6 +292,32 @@ pub(super) fn gemm<T: WithDType>(
         }
         return Ok(());
     }
+    let t = rayon::current_num_threads();
+    if par && t > 1 && b.rs == 1 && b.cs > 1 && n >= 32 * t {
+        // b column-major (x Wᵀ of a linear layer): gemm's own split of this case scales badly
+        // (C2's fc1 at 2 threads 4.3 ms, against 2.6 ms as two single-threaded halves of the
+        // columns; BENCHMARKS.md), so the columns are split here, in multiples of 16
+        let cols = n.div_ceil(t).next_multiple_of(16);
+        let ptrs = Shared((dst.as_mut_ptr(), a.v.as_ptr(), b.v.as_ptr()));
+        (0..n.div_ceil(cols)).into_par_iter().for_each(|j| {
+            let (c0, c1) = (j * cols, ((j + 1) * cols).min(n));
+            let (d, av, bv) = ptrs.get();
+            // SAFETY: as below, on columns c0..c1 of dst and of b; the tasks write disjoint
+            // columns of dst.
+            unsafe {
+                raw_gemm::<T>(
+                    (m, c1 - c0, kk),
+                    d.add(c0),
+                    n,
+                    acc,
+                    (av, a.cs, a.rs),
+                    (bv.add(c0 * b.cs), b.cs, b.rs),
+                    gemm::Parallelism::None,
+                )
+            }
+        });
+        return Ok(());
+    }
     let par = if par {
         gemm::Parallelism::Rayon(0)
     } else {
@@ -300,29 +326,67 @@ pub(super) fn gemm<T: WithDType>(
     // SAFETY: every index gemm touches is inside the slices (checked above); dst does not
     // alias a or b (distinct borrows).
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            kk,
+        raw_gemm::<T>(
+            (m, n, kk),
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            n,
             acc,
-            a.v.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.v.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
+            (a.v.as_ptr(), a.cs, a.rs),
+            (b.v.as_ptr(), b.cs, b.rs),
             par,
         );
     }
     Ok(())
+}
+
+/// Pointers into buffers that tasks share, each task writing a disjoint part (see [`gemm`]).
+struct Shared<P>(P);
+// SAFETY: the tasks only read the operands and write disjoint elements of the output.
+unsafe impl<P> Send for Shared<P> {}
+unsafe impl<P> Sync for Shared<P> {}
+
+impl<P: Copy> Shared<P> {
+    fn get(&self) -> P {
+        self.0
+    }
+}
+
+/// gemm::gemm on row-major dst (row stride `ld`) and (pointer, column stride, row stride)
+/// operands.
+///
+/// # Safety
+/// Every element the product touches must lie in live allocations, dst aliasing neither
+/// operand.
+unsafe fn raw_gemm<T: WithDType>(
+    (m, n, kk): (usize, usize, usize),
+    dst: *mut T,
+    ld: usize,
+    acc: bool,
+    (a, acs, ars): (*const T, usize, usize),
+    (b, bcs, brs): (*const T, usize, usize),
+    par: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        kk,
+        dst,
+        1,
+        ld as isize,
+        acc,
+        a,
+        acs as isize,
+        ars as isize,
+        b,
+        bcs as isize,
+        brs as isize,
+        T::one(),
+        T::one(),
+        false,
+        false,
+        false,
+        par,
+    )
 }
 
 pub(super) fn slice<'a, T: WithDType>(
