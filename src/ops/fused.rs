@@ -12,7 +12,10 @@
 //! | [`ChanDot`]`(u, v)` | Σ_{n,pixels} u·v per channel | `ChanScale(v, ḡ)`, `ChanScale(u, ḡ)` |
 //! | [`ChanSum`]`(t)` | Σ_{n,pixels} t per channel | `ChanBroadcast(ḡ)` |
 //! | [`ChanBroadcast`]`(g)` | g_c at every sample and pixel of channel c | `ChanSum(ḡ)` |
-//! | [`LinearFwd`]`(x, W, b)` | x Wᵀ + b | ḡ W, ḡᵀ x, Σₙ ḡ (candle matmuls) |
+//! | [`LinearFwd`]`(x, W, b)` | x Wᵀ + b | `Data(ḡ, W)`, `Filter(ḡ, x)`, Σₙ ḡ |
+//! | [`LinearOp`] `Fwd(x, W)` | x Wᵀ | `Data(ḡ, W)`, `Filter(ḡ, x)` |
+//! | `Data(dy, W)` | dy W | `Fwd(ḡ, W)`, `Filter(dy, ḡ)` |
+//! | `Filter(dy, x)` | dyᵀ x | `Fwd(x, ḡ)`, `Data(dy, ḡ)` |
 //! | [`PoolArgmax`]`(x)` | each window's arg-max (u32) | none (piecewise constant) |
 //! | [`PoolGather`]`(v, i)` | v at the positions i | `PoolScatter(ḡ, i)`; none for i |
 //! | [`PoolScatter`]`(g, i)` | g added at the positions i | `PoolGather(ḡ, i)`; none for i |
@@ -633,9 +636,8 @@ pub(crate) fn affine_max_pool2d(
 // Linear
 
 /// y = x Wᵀ + b for x (n, in), W (out, in), b (out): one gemm plus the bias; backward
-/// dx = dy W, dW = dyᵀ x, db = Σₙ dy with candle's (differentiable) matmul and sum, so W's
-/// gradient comes out in W's layout with no transpose copy and the bias costs no broadcast
-/// buffers.
+/// dx = Data(dy, W) = dy W, dW = Filter(dy, x) = dyᵀ x (W's gradient in W's layout, no
+/// transpose copy) and db = Σₙ dy (a candle sum: no broadcast buffers).
 pub(super) struct LinearFwd;
 
 impl Op3 for LinearFwd {
@@ -647,21 +649,9 @@ impl Op3 for LinearFwd {
             x: &[T],
             w: &[T],
             b: &[T],
-            n: usize,
-            i: usize,
-            o: usize,
+            (n, i, o): (usize, usize, usize),
         ) -> candle_core::Result<Vec<T>> {
-            let mut y = super::zeros(n * o);
-            gemm(
-                n,
-                o,
-                i,
-                &mut y,
-                false,
-                row_major(x, i),
-                transposed(w, i),
-                n * o * i > 1 << 16,
-            )?;
+            let mut y = Lin::Fwd.product(x, w, (n, i, o))?;
             for row in y.chunks_mut(o) {
                 row.iter_mut().zip(b).for_each(|(v, &bb)| *v += bb);
             }
@@ -678,27 +668,116 @@ impl Op3 for LinearFwd {
             );
         }
         let st = ternary_op!(s1, l1, n * i, s2, l2, o * i, s3, l3, o, |x, w, b| go(
-            x, w, b, n, i, o
+            x,
+            w,
+            b,
+            (n, i, o)
         ));
         Ok((st, Shape::from((n, o))))
     }
     fn bwd(&self, [x, w, b]: [&Tensor; 3], _res: &Tensor, dy: &Tensor) -> Grads3 {
         Ok((
-            if_tracked(x, || dy.matmul(w))?,
+            if_tracked(x, || op2(dy, w, LinearOp(Lin::Data)))?,
             // projected in a fresh HVP's first backward: x Wᵀ is linear in W
-            super::weight_grad(w, dy, x, LinearFwd, || dy.t()?.matmul(x))?,
+            super::weight_grad(w, dy, x, LinearFwd, || op2(dy, x, LinearOp(Lin::Filter)))?,
             if_tracked(b, || dy.sum(0))?,
         ))
     }
 }
 
-/// x Wᵀ as a linear map of W: tangent x vᵀ, adjoint ḡ v.
+/// x Wᵀ as a linear map of W: tangent Fwd(x, v) = x vᵀ, adjoint Data(ḡ, v) = ḡ v.
 impl super::LinearIn for LinearFwd {
     fn tangent(&self, x: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&v.t()?)
+        op2(x, v, LinearOp(Lin::Fwd))
     }
     fn adjoint(&self, g: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-        g.matmul(v)
+        op2(g, v, LinearOp(Lin::Data))
+    }
+}
+
+/// Which product of a linear layer y = x Wᵀ (x: n × in, W: out × in) a [`LinearOp`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lin {
+    /// x Wᵀ (n × out)
+    Fwd,
+    /// dy W (n × in), dy: n × out
+    Data,
+    /// dyᵀ x (out × in)
+    Filter,
+}
+
+impl Lin {
+    /// The product on contiguous row-major operands (first, second) for sizes (n, in, out),
+    /// through the crate's gemm (which splits x Wᵀ's columns over the threads itself).
+    fn product<T: WithDType>(
+        self,
+        a: &[T],
+        b: &[T],
+        (n, i, o): (usize, usize, usize),
+    ) -> candle_core::Result<Vec<T>> {
+        let ((rows, cols, k), lhs, rhs) = match self {
+            Lin::Fwd => ((n, o, i), row_major(a, i), transposed(b, i)),
+            Lin::Data => ((n, i, o), row_major(a, o), row_major(b, i)),
+            Lin::Filter => ((o, i, n), transposed(a, o), row_major(b, i)),
+        };
+        let mut y = super::zeros(rows * cols);
+        gemm(
+            rows,
+            cols,
+            k,
+            &mut y,
+            false,
+            lhs,
+            rhs,
+            rows * cols * k > 1 << 16,
+        )?;
+        Ok(y)
+    }
+}
+
+/// The three products of a linear layer as ops of one family (like the convolution's
+/// `ConvOp`): each one's backward is two others, so derivatives of any order stay exact and
+/// every product runs on the crate's gemm (candle's matmul backward would form x Wᵀ-shaped
+/// products through gemm's own thread split, which scales badly on that layout).
+pub(super) struct LinearOp(pub(super) Lin);
+
+impl Op2 for LinearOp {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Lin::Fwd => "hessian-lab-linear-fwd",
+            Lin::Data => "hessian-lab-linear-data",
+            Lin::Filter => "hessian-lab-linear-filter",
+        }
+    }
+    fn fwd(&self, [(s1, l1), (s2, l2)]: [In; 2]) -> Out {
+        let (d1, d2) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        // sizes (n, in, out) from the operands, which must agree
+        let ((n, i, o), ok, out) = match self.0 {
+            Lin::Fwd => ((d1.0, d1.1, d2.0), d1.1 == d2.1, (d1.0, d2.0)),
+            Lin::Data => ((d1.0, d2.1, d1.1), d1.1 == d2.0, (d1.0, d2.1)),
+            Lin::Filter => ((d1.0, d2.1, d1.1), d1.0 == d2.0, (d1.1, d2.1)),
+        };
+        if !ok {
+            candle_core::bail!("{}: operands {d1:?} and {d2:?}", self.name());
+        }
+        let st = binary_op!(s1, l1, d1.0 * d1.1, s2, l2, d2.0 * d2.1, |a, b| self
+            .0
+            .product(a, b, (n, i, o)));
+        Ok((st, Shape::from(out)))
+    }
+    /// Fwd(x, W): dx = Data(ḡ, W), dW = Filter(ḡ, x); Data(dy, W): d(dy) = Fwd(ḡ, W),
+    /// dW = Filter(dy, ḡ); Filter(dy, x): d(dy) = Fwd(x, ḡ), dx = Data(dy, ḡ).
+    fn bwd(&self, [a, b]: [&Tensor; 2], _res: &Tensor, g: &Tensor) -> Grads2 {
+        let op = LinearOp;
+        let ((a1, a2, ra), (b1, b2, rb)) = match self.0 {
+            Lin::Fwd => ((g, b, Lin::Data), (g, a, Lin::Filter)),
+            Lin::Data => ((g, b, Lin::Fwd), (a, g, Lin::Filter)),
+            Lin::Filter => ((b, g, Lin::Fwd), (a, g, Lin::Data)),
+        };
+        Ok((
+            if_tracked(a, || op2(a1, a2, op(ra)))?,
+            if_tracked(b, || op2(b1, b2, op(rb)))?,
+        ))
     }
 }
 
