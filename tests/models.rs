@@ -487,6 +487,95 @@ fn fused_kernels_match_candle_to_second_order() {
     }
 }
 
+/// Linear layers with and without a bias on the fused kernels (three mutually adjoint
+/// products, each one's backward built from the others) against candle's matmul: the value,
+/// the gradient, a Hessian-vector product and a third derivative (the gradient of ⟨H v, u⟩),
+/// through two layers and a tanh so that every third derivative is non-zero. Wide enough
+/// (x Wᵀ with 70 output columns) that two threads split x Wᵀ by columns.
+#[test]
+fn linear_layers_on_the_fused_kernels_match_candle_to_third_order() {
+    use hessian_lab::models::layers::Kernels;
+    let (n, i, h, o) = (40, 50, 70, 3);
+    let x = Var::from_tensor(&randn(&[n, i], 31, DType::F64)).unwrap();
+    let w1 = Var::from_tensor(&(randn(&[h, i], 32, DType::F64) * 0.2).unwrap()).unwrap();
+    let b1 = Var::from_tensor(&randn(&[h], 33, DType::F64)).unwrap();
+    let w2 = Var::from_tensor(&(randn(&[o, h], 34, DType::F64) * 0.2).unwrap()).unwrap();
+    let vars = [&x, &w1, &b1, &w2];
+    let u: Vec<Tensor> = vars
+        .iter()
+        .enumerate()
+        .map(|(j, v)| randn(v.dims(), 40 + j as u64, DType::F64))
+        .collect();
+    let u2: Vec<Tensor> = vars
+        .iter()
+        .enumerate()
+        .map(|(j, v)| randn(v.dims(), 50 + j as u64, DType::F64))
+        .collect();
+    let dot = |g: &candle_core::backprop::GradStore, u: &[Tensor]| {
+        let mut acc = Tensor::new(0f64, &Device::Cpu).unwrap();
+        for (v, u) in vars.iter().zip(u) {
+            if let Some(gv) = g.get(v.as_tensor()) {
+                acc = (acc + (gv * u).unwrap().sum_all().unwrap()).unwrap();
+            }
+        }
+        acc
+    };
+    for bias in [true, false] {
+        let run = |k: Kernels| -> Vec<Vec<f64>> {
+            let z = k
+                .linear(
+                    x.as_tensor(),
+                    w1.as_tensor(),
+                    bias.then_some(b1.as_tensor()),
+                )
+                .unwrap();
+            let out = k.linear(&z.tanh().unwrap(), w2.as_tensor(), None).unwrap();
+            let l = (out.powf(3.0).unwrap().sum_all().unwrap()
+                + (z.sqr().unwrap().sum_all().unwrap() * 0.1).unwrap())
+            .unwrap();
+            let g = l.backward_with_graph(true).unwrap();
+            let g2 = dot(&g, &u).backward_with_graph(true).unwrap();
+            let g3 = dot(&g2, &u2).backward_with_graph(true).unwrap();
+            let mut r = vec![to_vec(&out)];
+            for store in [&g, &g2, &g3] {
+                for (j, v) in vars.iter().enumerate() {
+                    if j == 2 && !bias {
+                        assert!(store.get(v.as_tensor()).is_none());
+                        continue;
+                    }
+                    r.push(to_vec(store.get(v.as_tensor()).unwrap()));
+                }
+            }
+            r
+        };
+        let a = run(Kernels::Candle);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (f, calls) = pool.install(|| {
+                let before = hessian_lab::ops::kernel_calls_on_this_thread();
+                let f = run(Kernels::Fused);
+                (f, hessian_lab::ops::kernel_calls_on_this_thread() - before)
+            });
+            assert!(calls > 0, "the fused linear kernels did not run");
+            assert_eq!(a.len(), f.len());
+            for (j, (a, f)) in a.iter().zip(&f).enumerate() {
+                assert!(
+                    a.iter().any(|v| *v != 0.0),
+                    "bias {bias}: output {j} is zero"
+                );
+                let e = rel_err(f, a);
+                assert!(
+                    e < 1e-12,
+                    "bias {bias}, threads {threads}: output {j} differs by {e:e}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn max_pool_gradient_goes_to_the_first_tied_maximum() {
     // PyTorch's rule: within a window the first maximum in row-major order takes the whole

@@ -73,10 +73,8 @@ impl Kernels {
 
     /// Affine map y = x wᵀ + b, PyTorch semantics (weight [out, in]).
     pub fn linear(self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        if let Some(b) = b {
-            if self.fused_on(x) && x.rank() == 2 {
-                return crate::ops::fused::linear(x, w, b);
-            }
+        if self.fused_on(x) && x.rank() == 2 && w.rank() == 2 {
+            return crate::ops::fused::linear(x, w, b);
         }
         let y = x.matmul(&w.t()?)?;
         match b {

@@ -781,17 +781,21 @@ impl Op2 for LinearOp {
     }
 }
 
-/// y = x Wᵀ + b through [`LinearFwd`] (x 2-D). Cost: one gemm; backward two.
-pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// y = x Wᵀ + b through [`LinearFwd`], or x Wᵀ through [`LinearOp`] without a bias (x 2-D).
+/// Cost: one gemm; backward two.
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (_, i) = x.dims2()?;
     let (o, i2) = w.dims2()?;
-    if i2 != i || b.dims() != [o] {
+    if i2 != i || b.is_some_and(|b| b.dims() != [o]) {
         return Err(crate::Error::Shape(format!(
             "linear: input {:?}, weight {:?}, bias {:?}",
             x.dims(),
             w.dims(),
-            b.dims()
+            b.map(|b| b.dims())
         )));
     }
-    Ok(op3(x, w, b, LinearFwd)?)
+    Ok(match b {
+        Some(b) => op3(x, w, b, LinearFwd)?,
+        None => op2(x, w, LinearOp(Lin::Fwd))?,
+    })
 }
