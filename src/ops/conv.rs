@@ -206,9 +206,8 @@ fn im2col_into<T: WithDType>(
 /// xᵢ += col2im(columns `off..off + L` of `col`, row stride `ld`): the adjoint of
 /// [`im2col_into`]. Each row of Cᵢ (one channel and kernel offset) is added, output row by
 /// output row, to the input positions it was gathered from: whole segments for stride 1,
-/// every s-th input for stride s. Strided, this is 1.4–1.5× faster than a scatter-add through
-/// [`im2col_index`] on LeNet's and C1's second layers (no index loads, no scratch image, and
-/// consecutive adds never hit one address).
+/// every s-th input for stride s — unlike a scatter-add through [`im2col_index`], no index
+/// loads and no scratch image (BENCHMARKS.md, thirteenth sitting).
 fn col2im_from<T: WithDType>(col: &[T], ld: usize, off: usize, x: &mut [T], g: &Geom) {
     let (k, s, ow) = (g.k, g.s, g.ow());
     for ci in 0..g.c {
@@ -294,9 +293,9 @@ pub(super) fn gemm<T: WithDType>(
     }
     let t = rayon::current_num_threads();
     if par && t > 1 && b.rs == 1 && b.cs > 1 && n >= 32 * t {
-        // b column-major (x Wᵀ of a linear layer): gemm's own split of this case scales badly
-        // (C2's fc1 at 2 threads 4.3 ms, against 2.6 ms as two single-threaded halves of the
-        // columns; BENCHMARKS.md), so the columns are split here, in multiples of 16
+        // b column-major (x Wᵀ of a linear layer): gemm's own thread split of this layout
+        // scales badly (BENCHMARKS.md, thirteenth sitting), so the columns are split here, in
+        // multiples of 16, each part a single-threaded gemm
         let cols = n.div_ceil(t).next_multiple_of(16);
         let ptrs = Shared((dst.as_mut_ptr(), a.v.as_ptr(), b.v.as_ptr()));
         (0..n.div_ceil(cols)).into_par_iter().for_each(|j| {
