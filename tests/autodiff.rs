@@ -125,6 +125,57 @@ fn a_users_closure_loss_gets_the_closed_form_hessian() {
     .unwrap();
 }
 
+/// Least squares through the crate's linear kernels, whose weight gradients a fresh HVP
+/// projects onto v: L(W, b) = ½‖X Wᵀ + 1 bᵀ − Y‖², so with R = X V_Wᵀ + 1 v_bᵀ the Hessian
+/// applied to (V_W, v_b) is (Rᵀ X, Rᵀ 1); without a bias, V_W XᵀX. A variable listed twice
+/// with directions v₁, v₂ is the same variable: both entries get H (v₁ + v₂).
+#[test]
+fn hvp_closure_through_the_linear_kernels_is_the_closed_form_also_for_a_variable_listed_twice() {
+    use hessian_lab::models::layers::Kernels;
+    let dt = candle_core::DType::F64;
+    let (n, i, o) = (9, 4, 3);
+    let xm = randn(&[n, i], 11, dt);
+    let y = randn(&[n, o], 12, dt);
+    let w = Var::from_tensor(&randn(&[o, i], 13, dt)).unwrap();
+    let b = Var::from_tensor(&randn(&[o], 14, dt)).unwrap();
+    let (vw, vb, vw2) = (
+        randn(&[o, i], 15, dt),
+        randn(&[o], 16, dt),
+        randn(&[o, i], 17, dt),
+    );
+    let ones = Tensor::ones((n, 1), dt, &Device::Cpu).unwrap();
+    let close = |got: &Tensor, want: &Tensor| {
+        let e = max_abs_diff(&to_vec(got), &to_vec(want));
+        assert!(e < 1e-10, "off by {e}");
+    };
+    // with a bias
+    let loss = || -> hessian_lab::Result<Tensor> {
+        let r = (Kernels::Fused.linear(&xm, w.as_tensor(), Some(b.as_tensor()))? - &y)?;
+        Ok((r.sqr()?.sum_all()? * 0.5)?)
+    };
+    let v = ParamVec(vec![vw.clone(), vb.clone()]);
+    let hv = curvature::hvp_closure(&[w.clone(), b.clone()], loss, &v).unwrap();
+    let r = (xm.matmul(&vw.t().unwrap()).unwrap()
+        + ones.matmul(&vb.unsqueeze(0).unwrap()).unwrap())
+    .unwrap();
+    close(&hv.0[0], &r.t().unwrap().matmul(&xm).unwrap());
+    close(&hv.0[1], &r.sum(0).unwrap());
+    // without a bias; then W listed twice
+    let loss = || -> hessian_lab::Result<Tensor> {
+        let r = (Kernels::Fused.linear(&xm, w.as_tensor(), None)? - &y)?;
+        Ok((r.sqr()?.sum_all()? * 0.5)?)
+    };
+    let xtx = xm.t().unwrap().matmul(&xm).unwrap();
+    let hv = curvature::hvp_closure(std::slice::from_ref(&w), loss, &ParamVec(vec![vw.clone()]))
+        .unwrap();
+    close(&hv.0[0], &vw.matmul(&xtx).unwrap());
+    let v = ParamVec(vec![vw.clone(), vw2.clone()]);
+    let hv = curvature::hvp_closure(&[w.clone(), w.clone()], loss, &v).unwrap();
+    let want = (&vw + &vw2).unwrap().matmul(&xtx).unwrap();
+    close(&hv.0[0], &want);
+    close(&hv.0[1], &want);
+}
+
 #[test]
 fn the_crate_runs_on_its_vendored_candle_and_nothing_else() {
     // The marker exists only in the vendored candle-core (vendor/candle-core/PATCH.md).

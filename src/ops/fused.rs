@@ -774,10 +774,13 @@ impl Op2 for LinearOp {
             Lin::Data => ((g, b, Lin::Fwd), (a, g, Lin::Filter)),
             Lin::Filter => ((b, g, Lin::Fwd), (a, g, Lin::Data)),
         };
-        Ok((
-            if_tracked(a, || op2(a1, a2, op(ra)))?,
-            if_tracked(b, || op2(b1, b2, op(rb)))?,
-        ))
+        let db = if self.0 == Lin::Fwd {
+            // W's gradient, projected in a fresh HVP's first backward (x Wᵀ is linear in W)
+            super::weight_grad(b, g, a, LinearFwd, || op2(b1, b2, op(rb)))?
+        } else {
+            if_tracked(b, || op2(b1, b2, op(rb)))?
+        };
+        Ok((if_tracked(a, || op2(a1, a2, op(ra)))?, db))
     }
 }
 

@@ -200,9 +200,9 @@ impl Projections {
 /// the fresh HVP runs one weight-gradient (Filter) op fewer.
 /// Inside `f` the "gradients" are **not** the gradient (their values are not computed; only
 /// their inner products with the directions, as functions, are right): nothing but a fresh
-/// HVP may run inside. Restored on return and on unwind; a zero or non-finite direction, or
-/// one whose shape or dtype differs from its parameter's, is not registered (that parameter
-/// gets its true gradient). Also returns the placeholders made ([`Projections`]), so that
+/// HVP may run inside. Restored on return and on unwind; a zero or non-finite direction, one
+/// whose shape or dtype differs from its parameter's, or one of a parameter listed twice is
+/// not registered (that parameter gets its true gradient). Also returns the placeholders made ([`Projections`]), so that
 /// ⟨g, v⟩ can use s itself rather than a weight-sized product with v and its backward.
 pub(crate) fn with_directions<R>(
     dirs: &[(&Tensor, &Tensor)],
@@ -219,6 +219,11 @@ pub(crate) fn with_directions<R>(
     }
     let mut reg = Vec::with_capacity(dirs.len());
     for (p, v) in dirs {
+        // A parameter listed twice (with two directions) gets its true gradient: the
+        // placeholder would be right along one of them only.
+        if dirs.iter().filter(|(q, _)| q.id() == p.id()).count() > 1 {
+            continue;
+        }
         let n2 = v
             .sqr()
             .and_then(|q| q.sum_all())
@@ -320,14 +325,20 @@ mod tests {
         let nan = (&p * f64::NAN).unwrap();
         let wrong_shape = Tensor::ones(6, candle_core::DType::F64, &Device::Cpu).unwrap();
         let wrong_dtype = p.to_dtype(candle_core::DType::F32).unwrap();
+        // one parameter each (a parameter listed twice registers neither, see below)
+        let ps: Vec<Tensor> = (0..5).map(|_| p.copy().unwrap()).collect();
+        let q = &ps[0];
         let dirs = [
-            (&p, &good),
-            (&p, &zero),
-            (&p, &nan),
-            (&p, &wrong_shape),
-            (&p, &wrong_dtype),
+            (q, &good),
+            (&ps[1], &zero),
+            (&ps[2], &nan),
+            (&ps[3], &wrong_shape),
+            (&ps[4], &wrong_dtype),
         ];
         assert_eq!(super::with_directions(&dirs, registered).0, 1);
+        // a parameter listed twice: neither direction
+        let twice = [(q, &good), (q, &good)];
+        assert_eq!(super::with_directions(&twice, registered).0, 0);
         assert_eq!(registered(), 0);
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             super::with_directions(&dirs[..1], || {
