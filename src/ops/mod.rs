@@ -162,10 +162,18 @@ pub(super) fn if_tracked(
 /// One parameter's direction during a projected first backward: (the parameter's id, v, ‖v‖²).
 type Direction = (candle_core::TensorId, Tensor, f64);
 
+/// This thread's projected backward pass, if one is running: the registered directions and
+/// the placeholders [`weight_grad`] has made so far.
+#[derive(Default)]
+struct Projecting {
+    dirs: Vec<Direction>,
+    made: Vec<(candle_core::TensorId, Tensor)>,
+}
+
 thread_local! {
-    static DIRECTIONS: std::cell::RefCell<Vec<Direction>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// The placeholders [`weight_grad`] made during the running projected backward.
-    static PROJECTED: std::cell::RefCell<Vec<(candle_core::TensorId, Tensor)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PROJECTING: std::cell::RefCell<Projecting> = const {
+        std::cell::RefCell::new(Projecting { dirs: Vec::new(), made: Vec::new() })
+    };
 }
 
 /// The weight gradients a projected first backward replaced ([`with_directions`]): each
@@ -202,19 +210,18 @@ impl Projections {
 /// their inner products with the directions, as functions, are right): nothing but a fresh
 /// HVP may run inside. Restored on return and on unwind; a zero or non-finite direction, one
 /// whose shape or dtype differs from its parameter's, or one of a parameter listed twice is
-/// not registered (that parameter gets its true gradient). Also returns the placeholders made ([`Projections`]), so that
-/// ⟨g, v⟩ can use s itself rather than a weight-sized product with v and its backward.
+/// not registered (that parameter gets its true gradient). Also returns the placeholders
+/// made ([`Projections`]), so that ⟨g, v⟩ can use s itself rather than a weight-sized
+/// product with v and its backward.
 pub(crate) fn with_directions<R>(
     dirs: &[(&Tensor, &Tensor)],
     f: impl FnOnce() -> R,
 ) -> (R, Projections) {
-    struct Restore(Vec<Direction>, Vec<(candle_core::TensorId, Tensor)>);
+    struct Restore(Projecting);
     impl Drop for Restore {
         fn drop(&mut self) {
             let prev = std::mem::take(&mut self.0);
-            DIRECTIONS.with(|d| *d.borrow_mut() = prev);
-            let prev = std::mem::take(&mut self.1);
-            PROJECTED.with(|d| *d.borrow_mut() = prev);
+            PROJECTING.with(|p| *p.borrow_mut() = prev);
         }
     }
     let mut reg = Vec::with_capacity(dirs.len());
@@ -235,11 +242,13 @@ pub(crate) fn with_directions<R>(
             }
         }
     }
-    let prev = DIRECTIONS.with(|d| std::mem::replace(&mut *d.borrow_mut(), reg));
-    let prev_made = PROJECTED.with(|d| std::mem::take(&mut *d.borrow_mut()));
-    let _restore = Restore(prev, prev_made);
+    let ours = Projecting {
+        dirs: reg,
+        made: vec![],
+    };
+    let _restore = Restore(PROJECTING.with(|p| p.replace(ours)));
     let r = f();
-    let made = PROJECTED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    let made = PROJECTING.with(|p| std::mem::take(&mut p.borrow_mut().made));
     (r, Projections(made))
 }
 
@@ -293,8 +302,9 @@ pub(super) fn weight_grad<L: LinearIn>(
     if !candle_core::backprop::needs_grad(w) {
         return Ok(None);
     }
-    let dir = DIRECTIONS.with(|d| {
-        d.borrow()
+    let dir = PROJECTING.with(|p| {
+        p.borrow()
+            .dirs
             .iter()
             .find(|(id, _, _)| *id == w.id())
             .map(|(_, v, n2)| (v.clone(), *n2))
@@ -304,17 +314,17 @@ pub(super) fn weight_grad<L: LinearIn>(
     };
     let s = op2(g, x, DirDot { op, v: v.clone() })?;
     let placeholder = v.broadcast_mul(&(&s / n2)?)?;
-    PROJECTED.with(|d| d.borrow_mut().push((placeholder.id(), s)));
+    PROJECTING.with(|p| p.borrow_mut().made.push((placeholder.id(), s)));
     Ok(Some(placeholder))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::DIRECTIONS;
+    use super::PROJECTING;
     use candle_core::{Device, Tensor};
 
     fn registered() -> usize {
-        DIRECTIONS.with(|d| d.borrow().len())
+        PROJECTING.with(|p| p.borrow().dirs.len())
     }
 
     #[test]
