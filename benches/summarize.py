@@ -8,7 +8,7 @@ import sys
 from collections import defaultdict
 
 KEYS = ["forward_ms", "grad_ms", "hvp_ms", "hvp_reuse_graph_ms", "hvp_grad_ratio", "hvp_reuse_grad_ratio",
-        "ggn_ms", "ggn_grad_ratio", "power20_ms", "power20_hvp_grad_ratio",
+        "ggn_ms", "ggn_grad_ratio", "ggn_reuse_graph_ms", "ggn_reuse_grad_ratio", "power20_ms", "power20_hvp_grad_ratio",
         "peak_rss_mb", "hvp_peak_rss_above_baseline_mb"]
 
 

@@ -1,8 +1,8 @@
 //! One operation of `bench`, repeated, for a profiler: `perf record -g` this while it loops.
 //!
 //! Run: `RAYON_NUM_THREADS=2 cargo run --release --example profile_op -- c1 grad 200`
-//! (model: m1 c1 c2 c3 resnet18; op: forward grad hvp reuse ggn; repetitions; batch 128 or
-//! the fourth argument; f32, or f64 as the fifth). Random inputs of the model's shape,
+//! (model: m1 c1 c2 c3 resnet18; op: forward grad hvp reuse ggn ggnreuse; repetitions; batch
+//! 128 or the fourth argument; f32, or f64 as the fifth). Random inputs of the model's shape,
 //! untrained weights.
 
 use hessian_lab::prelude::*;
@@ -41,7 +41,8 @@ fn main() -> anyhow::Result<()> {
             "grad" => drop(curvature::gradient(&model, &batch, &sel)?),
             "hvp" => drop(curvature::hvp(&model, &batch, &v)?),
             "reuse" => drop(hop.apply(&v)?),
-            "ggn" => drop(ggn.apply(&v)?),
+            "ggn" => drop(curvature::ggn_vector_product(&model, &batch, &v)?),
+            "ggnreuse" => drop(ggn.apply(&v)?),
             o => anyhow::bail!("unknown op {o}"),
         }
         Ok(())

@@ -261,14 +261,16 @@ fn gradients_restricted_to_the_input_are_the_full_passes_and_skip_the_weights() 
 fn gauss_newton_product_on_a_conv_net_is_jt_a_j_v() {
     // G v = Jᵀ A J v, A = blockdiag(diag pᵢ − pᵢpᵢᵀ)/N, with J built row by row from the
     // gradients of single logits (independent of the operator's double-backward Jv, which
-    // differentiates only the paths to its dummy variable u).
+    // differentiates only the paths to its dummy variable u). Three ways to the product: the
+    // operator on one batch (its Jᵀu graph built once, reused for a second v), on the batch
+    // in two chunks, and `ggn_vector_product` — the last two build Jᵀu for each v with its
+    // weight gradients projected onto v.
     no_setup();
-    use hessian_lab::curvature::{CurvatureOperator, DataSource, GgnOperator};
+    use hessian_lab::curvature::{ggn_vector_product, CurvatureOperator, DataSource, GgnOperator};
     use hessian_lab::models::Network;
     let (m, b) = tiny_c1();
     let sel = ParamSelection::all(&m);
     let ts = sel.tensors(&m);
-    let v = ParamVec::randn_like(&ts, 9).unwrap();
     let z = m.forward(&b.x).unwrap();
     let (n, k) = z.dims2().unwrap();
     let zv = to_vec(&z);
@@ -279,20 +281,37 @@ fn gauss_newton_product_on_a_conv_net_is_jt_a_j_v() {
             rows.push(ParamVec(grads(&zic, &ts, Graph::Drop).unwrap()));
         }
     }
-    let jv: Vec<f64> = rows.iter().map(|r| r.dot(&v).unwrap()).collect();
-    let mut gv = ParamVec::zeros_like(&ts).unwrap();
-    for i in 0..n {
-        let e: Vec<f64> = zv[i * k..(i + 1) * k].iter().map(|a| a.exp()).collect();
-        let s: f64 = e.iter().sum();
-        let p: Vec<f64> = e.iter().map(|a| a / s).collect();
-        let pjv: f64 = (0..k).map(|c| p[c] * jv[i * k + c]).sum();
-        for c in 0..k {
-            let r = (p[c] * jv[i * k + c] - p[c] * pjv) / n as f64;
-            gv = gv.axpy(r, &rows[i * k + c]).unwrap();
+    let want = |v: &ParamVec| {
+        let jv: Vec<f64> = rows.iter().map(|r| r.dot(v).unwrap()).collect();
+        let mut gv = ParamVec::zeros_like(&ts).unwrap();
+        for i in 0..n {
+            let e: Vec<f64> = zv[i * k..(i + 1) * k].iter().map(|a| a.exp()).collect();
+            let s: f64 = e.iter().sum();
+            let p: Vec<f64> = e.iter().map(|a| a / s).collect();
+            let pjv: f64 = (0..k).map(|c| p[c] * jv[i * k + c]).sum();
+            for c in 0..k {
+                let r = (p[c] * jv[i * k + c] - p[c] * pjv) / n as f64;
+                gv = gv.axpy(r, &rows[i * k + c]).unwrap();
+            }
         }
+        gv
+    };
+    let check = |what: &str, got: &ParamVec, v: &ParamVec| {
+        let gv = want(v);
+        let rel = got.axpy(-1.0, &gv).unwrap().norm().unwrap() / gv.norm().unwrap();
+        assert!(rel < 1e-12, "{what}: GGN product vs Jᵀ A J v: {rel}");
+    };
+    let one = GgnOperator::new(&m, DataSource::Batch(b.clone())).unwrap();
+    let chunks = GgnOperator::new(
+        &m,
+        DataSource::Batches(vec![b.narrow(0, 1).unwrap(), b.narrow(1, 2).unwrap()]),
+    )
+    .unwrap();
+    for seed in [9, 10] {
+        let v = ParamVec::randn_like(&ts, seed).unwrap();
+        check("one batch", &one.apply(&v).unwrap(), &v);
+        check("two chunks", &chunks.apply(&v).unwrap(), &v);
+        check("fresh", &ggn_vector_product(&m, &b, &v).unwrap(), &v);
     }
-    let op = GgnOperator::new(&m, DataSource::Batch(b.clone())).unwrap();
-    let got = op.apply(&v).unwrap();
-    let rel = got.axpy(-1.0, &gv).unwrap().norm().unwrap() / gv.norm().unwrap();
-    assert!(rel < 1e-12, "GGN product vs Jᵀ A J v: {rel}");
+    assert_eq!(one.matvecs(), 2);
 }

@@ -111,17 +111,14 @@ fn finite_loss(model: &dyn Network, batch: &Batch) -> Result<(Tensor, f64)> {
     Ok((loss, lv))
 }
 
-/// ⟨g, v⟩ = Σᵢ Σ gᵢ⊙vᵢ as a graph node (g keeps its graph, v is a constant).
-pub(crate) fn graph_dot(grads: &[Tensor], v: &ParamVec) -> Result<Tensor> {
-    projected_dot(grads, v, &Projections::default())
-}
-
-/// [`graph_dot`] where the gradients in `proj` are placeholders of a projected first
-/// backward: for those ⟨gᵢ, vᵢ⟩ is the node s the placeholder was made from, so neither this
+/// ⟨g, v⟩ = Σᵢ Σ gᵢ⊙vᵢ as a graph node (g keeps its graph, v is a constant), where the
+/// gradients in `proj` are placeholders of a projected first backward
+/// ([`projected_grads`]; `Projections::default()` for none): for those ⟨gᵢ, vᵢ⟩ is the node s
+/// the placeholder was made from, so neither this
 /// sum nor the second backward forms a weight-sized product (for M1's fc1, 1.2 M values:
 /// the product here, and in the backward pass v times the upstream scalar and the sum of its
 /// product with v).
-fn projected_dot(grads: &[Tensor], v: &ParamVec, proj: &Projections) -> Result<Tensor> {
+pub(crate) fn projected_dot(grads: &[Tensor], v: &ParamVec, proj: &Projections) -> Result<Tensor> {
     let mut acc: Option<Tensor> = None;
     for (g, vi) in grads.iter().zip(&v.0) {
         let t = match proj.dot(g) {
@@ -165,7 +162,7 @@ fn hvp_projected(
     })
 }
 
-fn check_shapes(like: &[Tensor], v: &ParamVec) -> Result<()> {
+pub(crate) fn check_shapes(like: &[Tensor], v: &ParamVec) -> Result<()> {
     if like.len() != v.0.len() || like.iter().zip(&v.0).any(|(a, b)| a.dims() != b.dims()) {
         return Err(Error::Shape(
             "vector does not match the selected parameters".into(),
@@ -193,14 +190,14 @@ pub(crate) fn fresh_hvp(
     })
 }
 
-/// The first backward of a fresh HVP: ∂loss/∂params with the graph kept, where the crate's
-/// convolution and linear kernels project their weight gradients onto v
-/// (`ops::with_directions`): only ⟨g, v⟩ is right, and so ∇θ⟨g, v⟩, one weight-gradient op
-/// per layer fewer. Directions are set for this backward pass only, not around the user's
-/// forward. `HESSIAN_LAB_PROJECTED_HVP=0` (read once) builds the plain gradient graph
-/// instead, for A/B measurements. Also returns the placeholders made, for
-/// [`projected_dot`].
-fn projected_grads(
+/// The first backward of a fresh HVP (or of a fresh Gauss–Newton product's Jᵀu):
+/// ∂loss/∂params with the graph kept, where the crate's convolution and linear kernels
+/// project their weight gradients onto v (`ops::with_directions`): only ⟨g, v⟩ is right, and
+/// so its derivatives, one weight-gradient op per layer fewer. Directions are set for this
+/// backward pass only, not around the user's forward. `HESSIAN_LAB_PROJECTED_HVP=0` (read
+/// once) builds the plain gradient graph instead, for A/B measurements. Also returns the
+/// placeholders made, for [`projected_dot`].
+pub(crate) fn projected_grads(
     loss: &Tensor,
     params: &[Tensor],
     v: &ParamVec,

@@ -25,7 +25,8 @@ pub use input::{
     InputHessianSummary,
 };
 pub use operator::{
-    CurvatureOperator, DataSource, DenseOperator, GgnOperator, HessianOperator, WithProgress,
+    ggn_vector_product, CurvatureOperator, DataSource, DenseOperator, GgnOperator, HessianOperator,
+    WithProgress,
 };
 pub use trace::{trace, trace_exact, TraceExact, TraceMethod, TraceOpts, TraceResult};
 pub use vector::ParamVec;

@@ -3,12 +3,14 @@
 //! estimators take any [`CurvatureOperator`].
 
 use super::hvp::{
-    fresh_hvp, gradient, gradient_with_graph, graph_dot, hvp_from_graph, ParamSelection,
+    check_shapes, fresh_hvp, gradient, gradient_with_graph, hvp_from_graph, projected_dot,
+    projected_grads, ParamSelection,
 };
 use super::vector::ParamVec;
 use crate::autodiff::{self, Graph};
 use crate::data::{Batch, Split};
 use crate::models::{layers, Network};
+use crate::ops::Projections;
 use crate::{Error, Result, Runtime};
 use candle_core::{DType, Device, Tensor, Var};
 use std::cell::{Cell, RefCell};
@@ -249,61 +251,121 @@ impl CurvatureOperator for HessianOperator {
 
 /// The generalised Gauss–Newton matrix G = (1/N) Σᵢ Jᵢᵀ (diag pᵢ − pᵢpᵢᵀ) Jᵢ of the mean
 /// cross-entropy (Jᵢ = ∂logitsᵢ/∂θ), model in eval mode. PSD; equal to H for linear models.
+///
+/// Jv comes from the double-backward trick (Jv = ∇ᵤ⟨Jᵀu, v⟩ for a dummy u, Jᵀu = ∇θ⟨z, u⟩
+/// with its graph kept). On a single batch that graph does not depend on v and is built once
+/// and reused, as [`HessianOperator`] reuses its gradient graph (call
+/// [`GgnOperator::invalidate`] after changing the parameters); on several batches or a
+/// streamed split each product builds it again, with the weight gradients of Jᵀu projected
+/// onto v (they are used only through ⟨Jᵀu, v⟩).
 pub struct GgnOperator {
     o: Over,
+    cached: RefCell<Option<JtuGraph>>,
+}
+
+/// A batch's logits z with their graph, the dummy u, Jᵀu = ∇θ⟨z, u⟩ with its graph, and the
+/// softmax p of z: everything of a Gauss–Newton product that does not depend on v.
+struct JtuGraph {
+    z: Tensor,
+    u: Var,
+    jtu: Vec<Tensor>,
+    proj: Projections,
+    p: Tensor,
+}
+
+impl JtuGraph {
+    /// Cost: 1 forward + 1 backward (whose weight gradients are projected onto `v` when given:
+    /// the graph is then good for that v only).
+    fn new(
+        model: &dyn Network,
+        sel: &ParamSelection,
+        b: &Batch,
+        v: Option<&ParamVec>,
+    ) -> Result<Self> {
+        let z = model.forward(&b.x)?;
+        let u = Var::from_tensor(&z.zeros_like()?.detach())?;
+        let s = (&z * u.as_tensor())?.sum_all()?;
+        let ts = sel.tensors(model);
+        // ∇θ⟨z, u⟩ = Jᵀu keeps its graph, so ∇ᵤ⟨Jᵀu, v⟩ = Jv
+        let (jtu, proj) = match v {
+            Some(v) => projected_grads(&s, &ts, v)?,
+            None => (
+                autodiff::grads(&s, &ts, Graph::Keep)?,
+                Projections::default(),
+            ),
+        };
+        let p = layers::softmax(&z.detach())?;
+        Ok(JtuGraph { z, u, jtu, proj, p })
+    }
+
+    /// G_b v = Jᵀ r, r = (p⊙Jv − p(pᵀJv))/|b|. Cost: 2 backward passes, the first restricted
+    /// to the paths to u (about one backward's work); the graph is kept for the next v.
+    fn apply(&self, model: &dyn Network, sel: &ParamSelection, v: &ParamVec) -> Result<ParamVec> {
+        let t = projected_dot(&self.jtu, v, &self.proj)?;
+        // restricted to u: Jᵀu's weight-gradient branches, and the forward graph below them, lead
+        // to no u and are not differentiated (as PyTorch's autograd.grad prunes; BENCHMARKS.md)
+        let jv = autodiff::grads(&t, &[self.u.as_tensor()], Graph::Drop)?.remove(0);
+        let pjv = (&self.p * &jv)?;
+        let r = ((&pjv - self.p.broadcast_mul(&pjv.sum_keepdim(1)?)?)? / self.z.dim(0)? as f64)?;
+        // not checked for NaN here: the solvers check the scalars they build from it
+        Ok(ParamVec(autodiff::grads(
+            &(&self.z * r.detach())?.sum_all()?,
+            &sel.tensors(model),
+            Graph::Drop,
+        )?))
+    }
 }
 
 impl GgnOperator {
     pub fn new(model: &dyn Network, source: DataSource) -> Result<Self> {
         Ok(GgnOperator {
             o: Over::new(model, source, ParamSelection::all(model))?,
+            cached: RefCell::new(None),
         })
     }
 
-    /// G_b v for one batch: Jv by the double-backward trick (Jv = ∇ᵤ⟨∇θ⟨z,u⟩, v⟩), then
-    /// r = (p⊙Jv − p(pᵀJv))/|b|, then Jᵀr. Cost: 1 forward + 3 backward passes, the second
-    /// restricted to the paths to u (about one backward's work: 2.0–3.0 gradients in all).
-    fn apply_batch(&self, b: &Batch, v: &ParamVec) -> Result<ParamVec> {
-        let (model, sel) = (&*self.o.model, &self.o.sel);
-        crate::autodiff::on_pool(model.device(), || ggn_batch(model, sel, b, v))
+    /// Forgets the cached Jᵀu graph of a single batch (call after changing the parameters).
+    pub fn invalidate(&self) {
+        *self.cached.borrow_mut() = None;
     }
 }
 
-/// G_b v for one batch (see [`GgnOperator::apply_batch`]).
-fn ggn_batch(
-    model: &dyn Network,
-    sel: &ParamSelection,
-    b: &Batch,
-    v: &ParamVec,
-) -> Result<ParamVec> {
-    let z = model.forward(&b.x)?;
-    let u = Var::from_tensor(&z.zeros_like()?.detach())?;
-    let s = (&z * u.as_tensor())?.sum_all()?;
-    let ts = sel.tensors(model);
-    // ∇θ⟨z, u⟩ = Jᵀu keeps its graph, so ∇ᵤ⟨Jᵀu, v⟩ = Jv
-    let jtu = autodiff::grads(&s, &ts, Graph::Keep)?;
-    let t = graph_dot(&jtu, v)?;
-    // restricted to u: Jᵀu's weight-gradient branches, and the forward graph below them, lead
-    // to no u and are not differentiated (as PyTorch's autograd.grad prunes; BENCHMARKS.md)
-    let jv = autodiff::grads(&t, &[u.as_tensor()], Graph::Drop)?.remove(0);
-    let p = layers::softmax(&z.detach())?;
-    let pjv = (&p * &jv)?;
-    let r = ((&pjv - p.broadcast_mul(&pjv.sum_keepdim(1)?)?)? / b.len() as f64)?;
-    // not checked for NaN here: the solvers check the scalars they build from it
-    Ok(ParamVec(autodiff::grads(
-        &(&z * r.detach())?.sum_all()?,
-        &ts,
-        Graph::Drop,
-    )?))
+/// The Gauss–Newton product G_b v on one batch with a graph built for this v alone (Jᵀu's
+/// weight gradients projected onto v). Cost: 1 forward + 3 backward passes, the second
+/// restricted to the paths to u; the first without weight gradients (about 2 gradients in
+/// all for convolutional nets).
+pub fn ggn_vector_product(model: &dyn Network, batch: &Batch, v: &ParamVec) -> Result<ParamVec> {
+    let sel = ParamSelection::all(model);
+    check_shapes(&sel.tensors(model), v)?;
+    crate::autodiff::on_pool(model.device(), || {
+        JtuGraph::new(model, &sel, batch, Some(v))?.apply(model, &sel, v)
+    })
 }
 
 impl CurvatureOperator for GgnOperator {
-    /// Gv = Σ_b |b|/N · G_b v. Cost: 1 forward + 3 backward passes per chunk.
+    /// Gv = Σ_b |b|/N · G_b v. Cost: 2 backward passes (single batch, the Jᵀu graph reused)
+    /// or 1 forward + 3 backward per chunk.
     fn apply(&self, v: &ParamVec) -> Result<ParamVec> {
         self.o.tick();
-        self.o
-            .source
-            .weighted_sum(self.o.model.runtime(), |b| self.apply_batch(b, v))
+        let (model, sel) = (&*self.o.model, &self.o.sel);
+        check_shapes(&self.o.like, v)?;
+        if let DataSource::Batch(b) = &self.o.source {
+            let dev = model.device();
+            if self.cached.borrow().is_none() {
+                let g = crate::autodiff::on_pool(dev, || JtuGraph::new(model, sel, b, None))?;
+                *self.cached.borrow_mut() = Some(g);
+            }
+            let cache = self.cached.borrow();
+            let g = cache
+                .as_ref()
+                .ok_or_else(|| Error::Empty("Jᵀu cache".into()))?;
+            return crate::autodiff::on_pool(dev, || g.apply(model, sel, v));
+        }
+        self.o.source.weighted_sum(model.runtime(), |b| {
+            crate::autodiff::on_pool(model.device(), || {
+                JtuGraph::new(model, sel, b, Some(v))?.apply(model, sel, v)
+            })
+        })
     }
     over_accessors!();
 }

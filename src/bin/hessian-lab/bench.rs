@@ -153,11 +153,18 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         op.apply(&v)?;
         Ok(())
     })?;
-    let ggn = curvature::GgnOperator::new(&model, DataSource::Batch(batch.clone()))?;
+    // fresh: 1 forward + 3 backward passes for each v, as pytorch_reference.py's `ggn`
     let ggn_ms = time_ms(r, || {
+        curvature::ggn_vector_product(&model, &batch, &v)?;
+        Ok(())
+    })?;
+    let ggn = curvature::GgnOperator::new(&model, DataSource::Batch(batch.clone()))?;
+    ggn.apply(&v)?;
+    let ggn_reuse_ms = time_ms(r, || {
         ggn.apply(&v)?;
         Ok(())
     })?;
+    drop(ggn);
     let t = Instant::now();
     let op2 = HessianOperator::new(&model, DataSource::Batch(batch.clone()))?;
     curvature::top_eigen(
@@ -188,6 +195,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "hvp_reuse_grad_ratio": hvp_reuse_ms / grad_ms,
         "ggn_ms": ggn_ms,
         "ggn_grad_ratio": ggn_ms / grad_ms,
+        "ggn_reuse_graph_ms": ggn_reuse_ms,
+        "ggn_reuse_grad_ratio": ggn_reuse_ms / grad_ms,
         "cpu": cpu_model(),
         "simd": simd_level(),
         // gemm's AVX-512 microkernels compiled in (the `avx512` feature); they run only where
