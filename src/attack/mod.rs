@@ -6,7 +6,7 @@
 //! | attack | Δx |
 //! |---|---|
 //! | `fgsm` | ε·sign(g) |
-//! | `ifgsm` (FGSM-k) | k steps of ε/k·sign(g), each projected onto the L∞ ball of radius ε and [0,1] |
+//! | `ifgsm` (FGSM-k) | k steps of ε/k·sign(g), each projected onto the L∞ ball of radius ε and \[0,1\] |
 //! | `l2_grad` | ε·g/‖g‖ |
 //! | `fhsm` | ε·sign(H⁺g), oriented so that gᵀΔx ≥ 0 |
 //! | `l2_hess` | ε·H⁺g/‖H⁺g‖ |

@@ -14,7 +14,8 @@ use crate::ops::Projections;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var};
 
-/// Which parameters a curvature computation is over: indices into [`Model::params`].
+/// Which parameters a curvature computation is over: indices into
+/// [`crate::models::Network::params`].
 #[derive(Clone, Debug)]
 pub struct ParamSelection {
     pub indices: Vec<usize>,

@@ -45,7 +45,7 @@ impl Kernels {
     /// 2-D convolution y = w ⋆ x + b, PyTorch semantics (weight [out, in, k, k], zero padding),
     /// then max(y, 0) when `c.relu`: on the fused CPU kernels one op (the bias and the clamp are
     /// applied to each output block inside the convolution; no pre-activation tensor is kept).
-    /// Cost: see [`crate::ops::conv::conv2d_gemm`] (or candle's `conv2d`); the ReLU adds no
+    /// Cost: see `ops::conv::conv2d_gemm` (or candle's `conv2d`); the ReLU adds no
     /// pass forward and one in its backward.
     pub fn conv2d(self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: ConvArgs) -> Result<Tensor> {
         if self.fused_on(x) {
@@ -99,7 +99,7 @@ impl Kernels {
         windows(x, k, s, p, f64::NEG_INFINITY, |a, b| Ok(a.maximum(b)?))
     }
 
-    /// Eval-mode BatchNorm (the per-channel affine map x·a + b of [`bn_eval_affine`]) followed
+    /// Eval-mode BatchNorm (the per-channel affine map x·a + b of `bn_eval_affine`) followed
     /// by `MaxPool2d(k, s, p)`. On the fused kernels one op that never keeps the BatchNorm's
     /// full-size output (see `ops::fused::affine_max_pool2d`); otherwise the affine map, then
     /// the pool.

@@ -208,7 +208,7 @@ impl std::fmt::Debug for Model {
 struct View<'a>(&'a Model);
 
 impl Network for Model {
-    /// Logits z = f(normalise(x); θ) of inputs in [0,1]; `train`: BN batch statistics, running
+    /// Logits z = f(normalise(x); θ) of inputs in \[0,1\]; `train`: BN batch statistics, running
     /// statistics updated.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;

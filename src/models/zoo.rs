@@ -1,7 +1,7 @@
 //! The paper's architectures (Table 8) plus two small test models, each defined once, by
-//! [`architecture`], over the [`Net`] trait. Run with [`Shapes`] it yields the parameter and
+//! `architecture`, over the crate's `Net` trait. Run with `Shapes` it yields the parameter and
 //! buffer specs (names, shapes, initialisation) from the input shape alone; run with
-//! [`Forward`] it computes the logits. Names are exactly PyTorch `state_dict` names, and a
+//! `Forward` it computes the logits. Names are exactly PyTorch `state_dict` names, and a
 //! layer's input width is read from its input, so the two runs cannot disagree.
 //!
 //! Note on C2: the seed table says 63 channels and omits the pools; the authors' code
