@@ -315,3 +315,27 @@ fn gauss_newton_product_on_a_conv_net_is_jt_a_j_v() {
     }
     assert_eq!(one.matvecs(), 2);
 }
+
+#[test]
+fn gauss_newton_products_refuse_a_vector_of_other_shapes_and_report_a_non_finite_result() {
+    no_setup();
+    use hessian_lab::curvature::{ggn_vector_product, CurvatureOperator, DataSource, GgnOperator};
+    use hessian_lab::Error;
+    let (m, b) = tiny_c1();
+    let ts = ParamSelection::all(&m).tensors(&m);
+    let short = ParamVec(ParamVec::randn_like(&ts, 1).unwrap().0[1..].to_vec());
+    assert!(matches!(
+        ggn_vector_product(&m, &b, &short),
+        Err(Error::Shape(_))
+    ));
+    let op = GgnOperator::new(&m, DataSource::Batch(b.clone())).unwrap();
+    assert!(matches!(op.apply(&short), Err(Error::Shape(_))));
+    let nan = ParamVec::randn_like(&ts, 1)
+        .unwrap()
+        .scale(f64::NAN)
+        .unwrap();
+    assert!(matches!(
+        ggn_vector_product(&m, &b, &nan),
+        Err(Error::NonFinite(_))
+    ));
+}

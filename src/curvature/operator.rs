@@ -333,13 +333,16 @@ impl GgnOperator {
 /// The Gauss–Newton product G_b v on one batch with a graph built for this v alone (Jᵀu's
 /// weight gradients projected onto v). Cost: 1 forward + 3 backward passes, the second
 /// restricted to the paths to u; the first without weight gradients (about 2 gradients in
-/// all for convolutional nets).
+/// all for convolutional nets). A `v` of other shapes than the parameters' is a
+/// [`Error::Shape`], a non-finite result an [`Error::NonFinite`].
 pub fn ggn_vector_product(model: &dyn Network, batch: &Batch, v: &ParamVec) -> Result<ParamVec> {
     let sel = ParamSelection::all(model);
     check_shapes(&sel.tensors(model), v)?;
-    crate::autodiff::on_pool(model.device(), || {
+    let gv = crate::autodiff::on_pool(model.device(), || {
         JtuGraph::new(model, &sel, batch, Some(v))?.apply(model, &sel, v)
-    })
+    })?;
+    gv.check_finite("Gauss–Newton-vector product")?;
+    Ok(gv)
 }
 
 impl CurvatureOperator for GgnOperator {
