@@ -66,7 +66,8 @@ impl From<&Split> for Data {
 
 impl Data {
     /// As a [`DataSource`] for `net`: a split of up to 500 samples becomes one batch (its
-    /// gradient graph reused across HVPs), a larger one is streamed in chunks of 500.
+    /// gradient graph, or Jᵀu graph, reused across products), a larger one is streamed in
+    /// chunks of 500.
     pub fn into_source(self, net: &dyn Network) -> Result<DataSource> {
         match self {
             Data::Source(s) => Ok(s),
@@ -85,7 +86,8 @@ impl Hessian {
         })
     }
     /// The generalised Gauss–Newton matrix Jᵀ(diag p − ppᵀ)J instead (PSD; = H for linear
-    /// models).
+    /// models). On one batch its Jᵀu graph is built once and reused, as the Hessian's gradient
+    /// graph is ([`GgnOperator`]).
     pub fn gauss_newton(net: &dyn Network, data: impl Into<Data>) -> Result<Self> {
         let src = data.into().into_source(net)?;
         Ok(Hessian {
