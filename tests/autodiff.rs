@@ -339,3 +339,34 @@ fn gauss_newton_products_refuse_a_vector_of_other_shapes_and_report_a_non_finite
         Err(Error::NonFinite(_))
     ));
 }
+
+#[test]
+fn operators_on_one_batch_follow_changed_parameters_after_invalidate() {
+    // Both operators keep a graph of the batch (the gradient's, Jᵀu's); after the parameters
+    // change, `invalidate` must make the next product that of the new parameters, equal to a
+    // freshly built one.
+    no_setup();
+    use hessian_lab::curvature::{
+        ggn_vector_product, CurvatureOperator, DataSource, GgnOperator, HessianOperator,
+    };
+    use hessian_lab::models::Network;
+    let (m, b) = tiny_c1();
+    let ts = ParamSelection::all(&m).tensors(&m);
+    let v = ParamVec::randn_like(&ts, 3).unwrap();
+    let h = HessianOperator::new(&m, DataSource::Batch(b.clone())).unwrap();
+    let g = GgnOperator::new(&m, DataSource::Batch(b.clone())).unwrap();
+    h.apply(&v).unwrap();
+    g.apply(&v).unwrap();
+    for (_, p) in m.params() {
+        let t = p.as_tensor();
+        p.set(&((t * 1.3).unwrap() + 0.01).unwrap()).unwrap();
+    }
+    h.invalidate();
+    g.invalidate();
+    let rel =
+        |a: &ParamVec, b: &ParamVec| a.axpy(-1.0, b).unwrap().norm().unwrap() / b.norm().unwrap();
+    let hv = curvature::hvp(&m, &b, &v).unwrap();
+    let gv = ggn_vector_product(&m, &b, &v).unwrap();
+    assert!(rel(&h.apply(&v).unwrap(), &hv) < 1e-12);
+    assert!(rel(&g.apply(&v).unwrap(), &gv) < 1e-12);
+}
