@@ -112,13 +112,12 @@ fn finite_loss(model: &dyn Network, batch: &Batch) -> Result<(Tensor, f64)> {
     Ok((loss, lv))
 }
 
-/// ⟨g, v⟩ = Σᵢ Σ gᵢ⊙vᵢ as a graph node (g keeps its graph, v is a constant), where the
-/// gradients in `proj` are placeholders of a projected first backward
-/// ([`projected_grads`]; `Projections::default()` for none): for those ⟨gᵢ, vᵢ⟩ is the node s
-/// the placeholder was made from, so neither this
-/// sum nor the second backward forms a weight-sized product (for M1's fc1, 1.2 M values:
-/// the product here, and in the backward pass v times the upstream scalar and the sum of its
-/// product with v).
+/// ⟨g, v⟩ = Σᵢ Σ gᵢ⊙vᵢ as a graph node (g keeps its graph, v is a constant). For the
+/// gradients in `proj`, placeholders of a projected first backward ([`projected_grads`];
+/// `Projections::default()` for none), ⟨gᵢ, vᵢ⟩ is the node s the placeholder was made from,
+/// so neither this sum nor the second backward forms a weight-sized product (for M1's fc1,
+/// 1.2 M values: the product here, and in the backward pass v times the upstream scalar and
+/// the sum of its product with v).
 pub(crate) fn projected_dot(grads: &[Tensor], v: &ParamVec, proj: &Projections) -> Result<Tensor> {
     let mut acc: Option<Tensor> = None;
     for (g, vi) in grads.iter().zip(&v.0) {

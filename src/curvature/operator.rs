@@ -338,11 +338,21 @@ impl GgnOperator {
 pub fn ggn_vector_product(model: &dyn Network, batch: &Batch, v: &ParamVec) -> Result<ParamVec> {
     let sel = ParamSelection::all(model);
     check_shapes(&sel.tensors(model), v)?;
-    let gv = crate::autodiff::on_pool(model.device(), || {
-        JtuGraph::new(model, &sel, batch, Some(v))?.apply(model, &sel, v)
-    })?;
+    let gv = fresh_ggn(model, &sel, batch, v)?;
     gv.check_finite("Gauss–Newton-vector product")?;
     Ok(gv)
+}
+
+/// G_b v with a Jᵀu graph projected onto this v (unchecked: see [`ggn_vector_product`]).
+fn fresh_ggn(
+    model: &dyn Network,
+    sel: &ParamSelection,
+    b: &Batch,
+    v: &ParamVec,
+) -> Result<ParamVec> {
+    crate::autodiff::on_pool(model.device(), || {
+        JtuGraph::new(model, sel, b, Some(v))?.apply(model, sel, v)
+    })
 }
 
 impl CurvatureOperator for GgnOperator {
@@ -364,11 +374,9 @@ impl CurvatureOperator for GgnOperator {
                 .ok_or_else(|| Error::Empty("Jᵀu cache".into()))?;
             return crate::autodiff::on_pool(dev, || g.apply(model, sel, v));
         }
-        self.o.source.weighted_sum(model.runtime(), |b| {
-            crate::autodiff::on_pool(model.device(), || {
-                JtuGraph::new(model, sel, b, Some(v))?.apply(model, sel, v)
-            })
-        })
+        self.o
+            .source
+            .weighted_sum(model.runtime(), |b| fresh_ggn(model, sel, b, v))
     }
     over_accessors!();
 }
