@@ -7,7 +7,7 @@
 # Usage: benches/cpu_table.sh [python-with-torch] [rounds] [out-dir]
 # Environment: THREADS (default "1 2"), DTYPES (default "f32 f64"), MODELS (default
 # "m1 c1 c2 c3 resnet18"), BUILD_FLAGS as for compare.sh.
-# One round of everything takes about 2 h 40 min on the 2-core AMD EPYC VM (ResNet18 at 128 in
+# One round of everything takes two to three hours on the 2-core AMD EPYC VM (ResNet18 at 128 in
 # f64 is half of it); more rounds make the medians steadier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
