@@ -14,13 +14,13 @@ cd "$(dirname "$0")/.."
 PY="${1:-/tmp/torchenv/bin/python}"
 ROUNDS="${2:-1}"
 OUT="${3:-bench-$(date +%Y%m%d-%H%M)}"
+MODELS="${MODELS:-m1 c1 c2 c3 resnet18}"
 mkdir -p "$OUT"
 lscpu > "$OUT/lscpu.txt" 2>/dev/null || true
 for dtype in ${DTYPES:-f32 f64}; do
   for t in ${THREADS:-1 2}; do
-    DTYPE=$dtype BATCH=128 benches/compare.sh "$t" "$PY" "${MODELS:-m1 c1 c2 c3 resnet18}" "$ROUNDS" \
-      >> "$OUT/$dtype-$t-128.jsonl"
-    case " ${MODELS:-resnet18} " in *" resnet18 "*)
+    DTYPE=$dtype BATCH=128 benches/compare.sh "$t" "$PY" "$MODELS" "$ROUNDS" >> "$OUT/$dtype-$t-128.jsonl"
+    case " $MODELS " in *" resnet18 "*)
       DTYPE=$dtype BATCH=32 benches/compare.sh "$t" "$PY" resnet18 "$ROUNDS" >> "$OUT/$dtype-$t-32.jsonl" ;;
     esac
   done

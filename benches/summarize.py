@@ -33,7 +33,6 @@ for fi, path in enumerate(args):
             runs[(d["model"], d.get("batch_size", 128), d.get("dtype", "f32"), d["threads"])].append(d)
 
 
-
 def paired(ds):
     """(fused, torch) runs of the same file and round."""
     fused = {d["_pair"]: d for d in ds if impl(d) == "fused"}
@@ -95,10 +94,9 @@ for (model, batch, dtype, threads), ds in sorted(runs.items()):
     for d in ds:
         by[impl(d)].append(d)
     for name, xs in by.items():
-        vals = [[x[k] for x in xs if x.get(k) is not None] for k in KEYS]
-        med = [statistics.median(v) if v else None for v in vals]  # None: key added later
+        medians = [med(xs, k) for k in KEYS]  # None: key added later
         cell = lambda v: "–" if v is None else f"{v:.1f}" if v >= 10 else f"{v:.2f}"  # noqa: E731
-        print(f"| {name} | {len(xs)} | " + " | ".join(cell(v) for v in med) + " |")
+        print(f"| {name} | {len(xs)} | " + " | ".join(cell(v) for v in medians) + " |")
     pairs = paired(ds)
     if pairs:
         print(f"\nfused / torch, median of {len(pairs)} paired rounds (each round's ratios in brackets):")

@@ -1,8 +1,9 @@
 //! # hessian-lab
 //!
-//! Second-order analysis of neural networks on [candle](https://github.com/huggingface/candle): Hessian-vector products, top
-//! eigenvalues, input Hessians, adversarial attacks and loss landscapes, following Yao, Gholami,
-//! Lei, Keutzer & Mahoney, *Hessian-based Analysis of Large Batch Training and Robustness to
+//! Second-order analysis of neural networks on
+//! [candle](https://github.com/huggingface/candle): Hessian-vector products, top eigenvalues,
+//! input Hessians, adversarial attacks and loss landscapes, following Yao, Gholami, Lei,
+//! Keutzer & Mahoney, *Hessian-based Analysis of Large Batch Training and Robustness to
 //! Adversaries* (NeurIPS 2018).
 //!
 //! Nothing needs to be called first: every backward pass goes through [`autodiff`], where

@@ -211,9 +211,9 @@ impl Projections {
 /// backward of a fresh HVP (or of a fresh Gauss–Newton product's Jᵀu, used only through
 /// ⟨Jᵀu, v⟩ likewise) may run inside. Restored on return and on unwind; a zero or non-finite
 /// direction, one whose shape or dtype differs from its parameter's, or one of a parameter
-/// listed twice is not registered (that parameter gets its true gradient). Also returns the placeholders
-/// made ([`Projections`]), so that ⟨g, v⟩ can use s itself rather than a weight-sized
-/// product with v and its backward.
+/// listed twice is not registered (that parameter gets its true gradient). Also returns the
+/// placeholders made ([`Projections`]), so that ⟨g, v⟩ can use s itself rather than a
+/// weight-sized product with v and its backward.
 pub(crate) fn with_directions<R>(
     dirs: &[(&Tensor, &Tensor)],
     f: impl FnOnce() -> R,
