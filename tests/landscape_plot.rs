@@ -255,3 +255,30 @@ fn figures_render_to_png_of_the_requested_size_and_svg() {
         .save(dir.join("density.png"))
         .unwrap();
 }
+
+#[test]
+fn a_caption_of_two_lines_is_drawn_as_two_rows_under_the_plot() {
+    let f = Figure::lines(
+        "t",
+        "x",
+        "y",
+        vec![Line::new("a", vec![0.0, 1.0], vec![0.0, 1.0])],
+        false,
+    )
+    .unwrap()
+    .with_caption("first line of small print\nsecond line of small print");
+    let svg = f.to_svg().unwrap();
+    // each line its own <text> element, the second below the first
+    let y_of = |needle: &str| -> f64 {
+        let at = svg
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle} not in the SVG"));
+        let open = svg[..at].rfind("<text").unwrap();
+        let tag = &svg[open..at];
+        let y = tag.split(" y=\"").nth(1).unwrap();
+        y[..y.find('"').unwrap()].parse().unwrap()
+    };
+    let (y1, y2) = (y_of("first line"), y_of("second line"));
+    assert!(y2 > y1 + 5.0 && y2 < f.height as f64, "{y1} {y2}");
+    assert!(!svg.contains("first line of small print\nsecond"));
+}

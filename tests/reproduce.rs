@@ -49,7 +49,8 @@ fn tiny_table9_has_the_papers_shape_and_sane_numbers() {
     );
     // one epoch cannot reach 99.9 % train accuracy: both rows are marked, never mixed in
     assert!(
-        stdout.contains("| 32 † |") && stdout.contains("† did not reach 99.9% train accuracy"),
+        stdout.contains("| 32 † |")
+            && stdout.contains("† B = 32, B = 128 did not reach 99.9% train accuracy"),
         "{stdout}"
     );
     assert!(stdout.contains("settings:"));
@@ -307,7 +308,10 @@ fn table9_with_scaling_and_a_diverged_row() {
     );
     let o = run(&["--epochs", "2", "--fixed-epochs", "--lr", "1e4"]);
     let stdout = stdout_of(&o);
-    assert!(stdout.contains("‡ training diverged"), "{stdout}");
+    assert!(
+        stdout.contains("| 16 ‡ |") && stdout.contains("‡ B = 16, B = 32: training diverged"),
+        "{stdout}"
+    );
     let v: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("table9.json")).unwrap()).unwrap();
     assert!(v["rows"][0]["diverged"].is_string(), "{}", v["rows"][0]);

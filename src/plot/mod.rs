@@ -142,7 +142,7 @@ pub struct Figure {
     /// Size in figure units (PNG pixels ÷ [`PNG_SCALE`]).
     pub width: u32,
     pub height: u32,
-    /// A line of small print under the plot: the settings it was computed with.
+    /// Small print under the plot, a row per line: the settings it was computed with.
     pub caption: Option<String>,
     pub(crate) spec: Spec,
 }
@@ -290,7 +290,8 @@ impl Figure {
         }
         self
     }
-    /// A line of small print under the plot (data, samples, epochs, seed).
+    /// Small print under the plot (data, samples, epochs, seed): a row per line (`\n`), in a
+    /// font small enough for the longest line to fit the width.
     pub fn with_caption(mut self, caption: impl Into<String>) -> Figure {
         self.caption = Some(caption.into());
         self

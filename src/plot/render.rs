@@ -102,22 +102,34 @@ fn draw<DB: DrawingBackend>(fig: &Figure, area: &DrawingArea<DB, Shift>, k: f64)
     let area = match &fig.caption {
         Some(c) => {
             let (pw, ph) = area.dim_in_pixel();
-            let (top, bottom) = area.split_vertically(ph.saturating_sub(px(k, 20.0) as u32));
-            // a long caption gets a smaller font rather than running off the figure (DejaVu
-            // Sans averages ~0.56 em per character)
-            let chars = c.chars().count().max(1) as f64;
+            // one row of small print per line of the caption
+            let lines: Vec<&str> = c.lines().collect();
+            let rows = lines.len().max(1);
+            let row_h = 14.0;
+            let strip = px(k, 20.0 + row_h * (rows - 1) as f64) as u32;
+            let (top, bottom) = area.split_vertically(ph.saturating_sub(strip));
+            // a long line gets a smaller font rather than running off the figure (DejaVu
+            // Sans averages ~0.56 em per character); all lines share the smallest
+            let chars = lines
+                .iter()
+                .map(|l| l.chars().count())
+                .max()
+                .unwrap_or(1)
+                .max(1) as f64;
             let size = (k * 11.0)
                 .min((pw as f64 - k * 20.0) / (0.56 * chars))
                 .max(k * 6.0);
-            bottom
-                .draw(&Text::new(
-                    pretty(c),
-                    (px(k, 10.0), px(k, 4.0)),
-                    ("sans-serif", size)
-                        .into_font()
-                        .color(&RGBColor(90, 90, 90)),
-                ))
-                .map_err(perr)?;
+            for (i, line) in lines.iter().enumerate() {
+                bottom
+                    .draw(&Text::new(
+                        pretty(line),
+                        (px(k, 10.0), px(k, 4.0 + row_h * i as f64)),
+                        ("sans-serif", size)
+                            .into_font()
+                            .color(&RGBColor(90, 90, 90)),
+                    ))
+                    .map_err(perr)?;
+            }
             top
         }
         None => area.clone(),

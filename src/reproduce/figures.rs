@@ -393,7 +393,8 @@ pub const PAPER_TABLE9: [(usize, f64, f64, f64, f64, f64, f64); 6] = [
 ];
 
 /// Table 9's two figures: λ₁^θ vs batch size (train, test; log-log) and FGSM accuracy vs batch
-/// size (on [0, 1]), batch sizes on a log₂ axis, the paper's values dashed.
+/// size (on [0, 1]), batch sizes on a log₂ axis, the paper's values dashed; the caption carries
+/// the table's footnotes (rows that missed the train-accuracy target or diverged).
 pub fn table9_figures(t: &Table9) -> Result<[Figure; 2]> {
     use plot::colors::{TEST, TRAIN};
     let bs: Vec<f64> = t.rows.iter().map(|r| r.batch_size as f64).collect();
@@ -409,7 +410,12 @@ pub fn table9_figures(t: &Table9) -> Result<[Figure; 2]> {
             .dashed()
             .color(c)
     };
-    let caption = t.settings.caption();
+    // rows unlike the others are drawn like them, so the caption says which they are (a line
+    // each)
+    let caption = std::iter::once(t.settings.caption())
+        .chain(t.footnotes())
+        .collect::<Vec<_>>()
+        .join("\n");
     Ok([
         Figure::lines(
             "M1: λ₁^θ vs batch size",

@@ -99,11 +99,11 @@ impl Table9Settings {
     pub fn stopping(&self) -> String {
         match self.target_train_accuracy {
             Some(t) => format!(
-                "trained to {}% train accuracy (≤ {} epochs)",
+                "trained to {}% train accuracy (≤ {})",
                 t * 100.0,
-                self.epochs
+                epochs(self.epochs)
             ),
-            None => format!("{} epochs", self.epochs),
+            None => epochs(self.epochs),
         }
     }
     /// One line that says what the run does (printed above the table).
@@ -147,6 +147,11 @@ impl Table9Settings {
         }
         Ok(())
     }
+}
+
+/// "1 epoch", "n epochs".
+fn epochs(n: usize) -> String {
+    format!("{n} epoch{}", if n == 1 { "" } else { "s" })
 }
 
 /// A (train, test) pair of numbers.
@@ -412,6 +417,48 @@ pub fn eps_key(eps: f64) -> String {
 }
 
 impl Table9 {
+    /// The batch sizes that are not comparable with the other rows: those that missed the
+    /// target train accuracy (marked †) and those whose training diverged (‡, no measurements).
+    pub fn not_comparable(&self) -> (Vec<usize>, Vec<usize>) {
+        let missed = self
+            .rows
+            .iter()
+            .filter(|r| !r.converged && r.diverged.is_none());
+        let diverged = self.rows.iter().filter(|r| r.diverged.is_some());
+        (
+            missed.map(|r| r.batch_size).collect(),
+            diverged.map(|r| r.batch_size).collect(),
+        )
+    }
+
+    /// One line per mark the table uses (†, ‡), naming its batch sizes; none when every row
+    /// trained to the target. The Markdown table and both figures carry them.
+    pub fn footnotes(&self) -> Vec<String> {
+        let (missed, diverged) = self.not_comparable();
+        let list = |b: &[usize]| {
+            b.iter()
+                .map(|b| format!("B = {b}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut out = vec![];
+        if let (Some(t), false) = (self.settings.target_train_accuracy, missed.is_empty()) {
+            out.push(format!(
+                "† {} did not reach {}% train accuracy within {}: not comparable with the other rows.",
+                list(&missed),
+                t * 100.0,
+                epochs(self.settings.epochs)
+            ));
+        }
+        if !diverged.is_empty() {
+            out.push(format!(
+                "‡ {}: training diverged at this learning rate (no measurements).",
+                list(&diverged)
+            ));
+        }
+        out
+    }
+
     /// The table as Markdown, shaped like the paper's Table 9 (train, test in parentheses).
     pub fn markdown(&self) -> String {
         let mut s = String::from("| Batch | Acc | λ₁^θ | λ₁^x | ‖∂ₓJ‖ | Acc ε=0.2 | Acc ε=0.1 | Epochs (steps) | Train loss |\n|---|---|---|---|---|---|---|---|---|\n");
@@ -445,20 +492,8 @@ impl Table9 {
                 r.final_train_loss
             );
         }
-        if self.rows.iter().any(|r| r.diverged.is_some()) {
-            s += "\n‡ training diverged at this learning rate (no measurements).\n";
-        }
-        if let (Some(t), true) = (
-            self.settings.target_train_accuracy,
-            self.rows
-                .iter()
-                .any(|r| !r.converged && r.diverged.is_none()),
-        ) {
-            s += &format!(
-                "\n† did not reach {}% train accuracy within {} epochs: not comparable with the other rows.\n",
-                t * 100.0,
-                self.settings.epochs
-            );
+        for note in self.footnotes() {
+            s += &format!("\n{note}\n");
         }
         s
     }
@@ -480,4 +515,60 @@ pub fn spectra(
         out.push((sub.len(), curvature::density(&op, opts)?));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row that trained (to the target or not) with made-up measurements.
+    fn row(batch_size: usize, converged: bool) -> Table9Row {
+        Table9Row {
+            converged,
+            diverged: None,
+            train_accuracy: 0.99,
+            epochs: 3,
+            ..Table9Row::diverged(batch_size, 0.02, String::new())
+        }
+    }
+
+    #[test]
+    fn footnotes_name_the_rows_that_missed_the_target_or_diverged_in_table_and_figures() {
+        let mut t = Table9 {
+            rows: vec![
+                row(64, true),
+                row(256, false),
+                Table9Row::diverged(1024, 0.02, "loss NaN".into()),
+                row(2048, false),
+            ],
+            settings: Table9Settings::quick(),
+            seconds: 0.0,
+        };
+        assert_eq!(t.not_comparable(), (vec![256, 2048], vec![1024]));
+        let notes = t.footnotes();
+        assert_eq!(notes.len(), 2);
+        assert!(
+            notes[0].starts_with(
+                "† B = 256, B = 2048 did not reach 99.9% train accuracy within 150 epochs"
+            ),
+            "{notes:?}"
+        );
+        assert!(
+            notes[1].starts_with("‡ B = 1024: training diverged"),
+            "{notes:?}"
+        );
+        let md = t.markdown();
+        assert!(md.contains("| 256 † |") && md.contains("| 1024 ‡ |") && md.contains("| 64 |"));
+        assert!(notes.iter().all(|n| md.contains(n.as_str())), "{md}");
+        for f in crate::reproduce::figures::table9_figures(&t).unwrap() {
+            let c = f.caption.clone().unwrap_or_default();
+            assert!(notes.iter().all(|n| c.contains(n.as_str())), "{c}");
+        }
+        // every row at the target: no marks, no footnotes
+        t.rows = vec![row(64, true), row(128, true)];
+        assert!(t.footnotes().is_empty());
+        assert!(!t.markdown().contains('†') && !t.markdown().contains('‡'));
+        let f = crate::reproduce::figures::table9_figures(&t).unwrap();
+        assert_eq!(f[0].caption.as_deref(), Some(t.settings.caption().as_str()));
+    }
 }
