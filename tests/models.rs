@@ -616,7 +616,8 @@ fn max_pool_gradient_goes_to_the_first_tied_maximum() {
 #[test]
 fn max_pool_matches_brute_force_on_ties_borders_and_wide_rows() {
     // Values from {0, 1, 2, 3} make ties frequent; long rows, strides 1–3 and paddings up to
-    // k/2 clip windows at every border.
+    // k/2 clip windows at every border. 15 planes: a group of 8 scanned on vector lanes and 7
+    // scanned one by one (wide f64 planes: all one by one); f32 and f64.
     for (k, s, p, h, w) in [
         (3, 2, 1, 9, 16),
         (2, 2, 0, 6, 10),
@@ -626,26 +627,34 @@ fn max_pool_matches_brute_force_on_ties_borders_and_wide_rows() {
         (5, 2, 2, 9, 9),
         (3, 2, 1, 5, 150),
         (2, 1, 0, 3, 140),
+        (3, 2, 1, 40, 40),
     ] {
-        let shape = (2, 3, h, w);
-        let vals: Vec<f64> = to_vec(&randn(&[2, 3, h, w], (k * h + w) as u64, DType::F64))
+        let shape = (3, 5, h, w);
+        let vals: Vec<f64> = to_vec(&randn(&[3, 5, h, w], (k * h + w) as u64, DType::F64))
             .iter()
             .map(|v| (1.5 * v.abs()).floor().min(3.0))
             .collect();
-        let x = Var::from_tensor(&Tensor::from_vec(vals.clone(), shape, &Device::Cpu).unwrap())
+        for dt in [DType::F64, DType::F32] {
+            let x = Var::from_tensor(
+                &Tensor::from_vec(vals.clone(), shape, &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dt)
+                    .unwrap(),
+            )
             .unwrap();
-        let y = layers::Kernels::Fused
-            .max_pool2d(x.as_tensor(), k, s, p)
-            .unwrap();
-        let what = format!("k{k} s{s} p{p} {h}×{w}");
-        assert_eq!(
-            max_abs_diff(&to_vec(&y), &brute_max_pool(&vals, shape, k, s, p)),
-            0.0,
-            "{what}"
-        );
-        let g = y.sum_all().unwrap().backward_with_graph(true).unwrap();
-        let gx = to_vec(g.get(x.as_tensor()).unwrap());
-        assert_eq!(gx, brute_first_argmax_grad(&vals, shape, k, s, p), "{what}");
+            let y = layers::Kernels::Fused
+                .max_pool2d(x.as_tensor(), k, s, p)
+                .unwrap();
+            let what = format!("k{k} s{s} p{p} {h}×{w} {dt:?}");
+            assert_eq!(
+                max_abs_diff(&to_vec(&y), &brute_max_pool(&vals, shape, k, s, p)),
+                0.0,
+                "{what}"
+            );
+            let g = y.sum_all().unwrap().backward_with_graph(true).unwrap();
+            let gx = to_vec(g.get(x.as_tensor()).unwrap());
+            assert_eq!(gx, brute_first_argmax_grad(&vals, shape, k, s, p), "{what}");
+        }
     }
 }
 

@@ -393,6 +393,9 @@ pub(crate) fn channel_affine(x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tenso
 // ---------------------------------------------------------------------------------------
 // Max pooling
 
+/// Planes whose windows [`Pool::argmax_lanes`] scans together (one vector lane each).
+const PLANES: usize = 8;
+
 /// Window geometry of a k×k max pool with stride s and −∞ padding p over an h×w map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Pool {
@@ -458,6 +461,60 @@ impl Pool {
             }
         }
     }
+    /// [`Pool::argmax`] for [`PLANES`] planes at once (`x`: that many planes, `idx`: their
+    /// outputs), the same scan, window by window, offset by offset, but on a lane per plane:
+    /// the planes are first transposed into `xt` (pixel-major, [`PLANES`] values per pixel),
+    /// so each compare-and-select of the scan is one vector operation for all of them, and
+    /// the positions (the same in every plane) come back through `bt`. Same results as
+    /// [`Pool::argmax`] on each plane, ties and NaNs included: each lane runs that scan.
+    #[inline(always)]
+    fn argmax_lanes<T: WithDType>(
+        &self,
+        x: &[T],
+        idx: &mut [u32],
+        xt: &mut Vec<[T; PLANES]>,
+        bt: &mut Vec<[u32; PLANES]>,
+    ) {
+        let (oh, ow) = (self.oh(), self.ow());
+        let (k, s, p, h, w) = (self.k, self.s, self.p, self.h, self.w);
+        let (hw, ohw) = (h * w, oh * ow);
+        xt.clear();
+        xt.resize(hw, [T::zero(); PLANES]);
+        for (l, plane) in x.chunks_exact(hw.max(1)).take(PLANES).enumerate() {
+            for (t, &v) in xt.iter_mut().zip(plane) {
+                t[l] = v;
+            }
+        }
+        bt.clear();
+        bt.resize(ohw, [0; PLANES]);
+        // clipped window rows (columns) of output row (column) o: [o·s − p, o·s − p + k) ∩ [0, n)
+        let span = |o: usize, n: usize| ((o * s).saturating_sub(p), (o * s + k - p).min(n));
+        for oi in 0..oh {
+            let (rlo, rhi) = span(oi, h);
+            for oj in 0..ow {
+                let (clo, chi) = span(oj, w);
+                let first = rlo * w + clo;
+                let (mut bv, mut bi) = (xt[first], [first as u32; PLANES]);
+                for r in rlo..rhi {
+                    for (c, v) in xt[r * w + clo..r * w + chi].iter().enumerate() {
+                        // Plane sizes are far below 2³², checked in `max_pool2d`.
+                        let q = (r * w + clo + c) as u32;
+                        for l in 0..PLANES {
+                            let gt = v[l] > bv[l];
+                            bi[l] = if gt { q } else { bi[l] };
+                            bv[l] = if gt { v[l] } else { bv[l] };
+                        }
+                    }
+                }
+                bt[oi * ow + oj] = bi;
+            }
+        }
+        for (l, out) in idx.chunks_exact_mut(ohw.max(1)).take(PLANES).enumerate() {
+            for (o, b) in out.iter_mut().zip(bt.iter()) {
+                *o = b[l];
+            }
+        }
+    }
     fn out_shape(&self, x: &Shape) -> candle_core::Result<Shape> {
         let (n, c, _, _) = x.dims4()?;
         Ok(Shape::from((n, c, self.oh(), self.ow())))
@@ -495,10 +552,43 @@ impl Op1 for PoolArgmax {
         fn go<T: WithDType>(p: Pool, x: &[T], olen: usize) -> Vec<u32> {
             let (hw, ohw) = p.planes();
             let mut idx = vec![0u32; olen];
-            idx.par_chunks_mut(ohw)
-                .zip(x.par_chunks(hw))
-                .with_min_len(min_chunks(hw))
-                .for_each(|(i, x)| p.argmax(x, i));
+            // groups of PLANES planes on lanes (AVX2 where the CPU has it: 8 f32 lanes are one
+            // register); a last, smaller group plane by plane
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            unsafe fn lanes_avx2<T: WithDType>(
+                p: &Pool,
+                x: &[T],
+                i: &mut [u32],
+                (xt, bt): &mut (Vec<[T; PLANES]>, Vec<[u32; PLANES]>),
+            ) {
+                p.argmax_lanes(x, i, xt, bt)
+            }
+            #[cfg(target_arch = "x86_64")]
+            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            // lanes only while the transposed planes fit in L1: beyond it the transposes cost
+            // more than the lanes save (BENCHMARKS.md, sixteenth sitting)
+            let lanes = PLANES * hw * std::mem::size_of::<T>() <= 32 << 10;
+            idx.par_chunks_mut(PLANES * ohw)
+                .zip(x.par_chunks(PLANES * hw))
+                .with_min_len(min_chunks(PLANES * hw))
+                .for_each_init(
+                    || (Vec::new(), Vec::new()),
+                    |sc, (i, x)| {
+                        if x.len() < PLANES * hw || !lanes {
+                            i.chunks_mut(ohw)
+                                .zip(x.chunks(hw))
+                                .for_each(|(i, x)| p.argmax(x, i));
+                            return;
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        if avx2 {
+                            // SAFETY: the CPU has AVX2 (checked above).
+                            return unsafe { lanes_avx2(&p, x, i, sc) };
+                        }
+                        p.argmax_lanes(x, i, &mut sc.0, &mut sc.1)
+                    },
+                );
             idx
         }
         let olen = out.elem_count();
