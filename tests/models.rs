@@ -913,3 +913,88 @@ fn c2_gradient_and_hvp_match_finite_differences_in_eval_mode() {
     let c = check_hvp(&m, &b, 3).unwrap();
     assert!(c.ok, "{c:?}");
 }
+
+/// y = conv(x, W) by its definition, and for L = ⟨y, u⟩ the gradients ∂L/∂x and ∂L/∂W by
+/// theirs (f64 loops; zero padding p, stride s).
+#[allow(clippy::type_complexity)]
+fn brute_conv(
+    x: &[f64],
+    wt: &[f64],
+    u: &[f64],
+    (n, c, h, w): (usize, usize, usize, usize),
+    (co, k, s, p): (usize, usize, usize, usize),
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (oh, ow) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
+    let mut y = vec![0.0; n * co * oh * ow];
+    let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; wt.len()]);
+    for b in 0..n {
+        for o in 0..co {
+            for oi in 0..oh {
+                for oj in 0..ow {
+                    let yi = ((b * co + o) * oh + oi) * ow + oj;
+                    for ci in 0..c {
+                        for di in 0..k {
+                            for dj in 0..k {
+                                let (ii, jj) = (
+                                    (oi * s + di) as isize - p as isize,
+                                    (oj * s + dj) as isize - p as isize,
+                                );
+                                if ii < 0 || jj < 0 || ii >= h as isize || jj >= w as isize {
+                                    continue;
+                                }
+                                let xi = ((b * c + ci) * h + ii as usize) * w + jj as usize;
+                                let wi = ((o * c + ci) * k + di) * k + dj;
+                                y[yi] += wt[wi] * x[xi];
+                                dx[xi] += wt[wi] * u[yi];
+                                dw[wi] += x[xi] * u[yi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, dx, dw)
+}
+
+#[test]
+fn conv_on_batches_large_enough_for_sample_fastest_groups_matches_the_definition() {
+    // 32 and 37 samples: groups of ≥ 8 samples, which the kernels lay out sample-fastest, and
+    // (37) a last, smaller group laid out sample by sample; strides 1–3, windows clipped by
+    // the padding or wholly in it, LeNet's and C1's strided 5×5 layers.
+    for &(n, c, h, w, co, k, s, p) in &[
+        (32, 3, 8, 8, 4, 5, 2, 2),
+        (37, 2, 7, 7, 3, 5, 2, 2),
+        (32, 2, 3, 2, 3, 3, 2, 2),
+        (32, 3, 6, 5, 2, 3, 3, 1),
+        (32, 2, 5, 6, 3, 3, 1, 1),
+        (32, 2, 4, 4, 3, 2, 1, 0),
+        (37, 4, 4, 4, 5, 1, 1, 0),
+    ] {
+        let what = format!("n{n} c{c} {h}×{w} co{co} k{k} s{s} p{p}");
+        let x = Var::from_tensor(&randn(&[n, c, h, w], 31, DType::F64)).unwrap();
+        let wt = Var::from_tensor(&randn(&[co, c, k, k], 32, DType::F64)).unwrap();
+        let y = layers::Kernels::Fused
+            .conv2d(x.as_tensor(), wt.as_tensor(), None, ConvArgs::new(s, p))
+            .unwrap();
+        let u = randn(y.dims(), 33, DType::F64);
+        let g = (&y * &u)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward_with_graph(true)
+            .unwrap();
+        let (y0, dx0, dw0) = brute_conv(
+            &to_vec(x.as_tensor()),
+            &to_vec(wt.as_tensor()),
+            &to_vec(&u),
+            (n, c, h, w),
+            (co, k, s, p),
+        );
+        assert!(rel_err(&to_vec(&y), &y0) < 1e-13, "{what}: value");
+        let dx = to_vec(g.get(x.as_tensor()).unwrap());
+        assert!(rel_err(&dx, &dx0) < 1e-13, "{what}: input gradient");
+        let dw = to_vec(g.get(wt.as_tensor()).unwrap());
+        assert!(rel_err(&dw, &dw0) < 1e-13, "{what}: weight gradient");
+    }
+}

@@ -584,12 +584,20 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core
     let (yl, ckk, l, gs) = (g.y_len(), g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
     let mut y = super::zeros(g.n * yl);
-    // scratch: the group's im2col, then (groups of ≥ 2) the gemm's side-by-side output
+    let lanes = gs >= LANE_SAMPLES;
+    // scratch: the group's im2col, then (groups of ≥ 2) the gemm's side-by-side (or
+    // sample-fastest) output, then (sample-fastest groups) the group's images sample-fastest
     let one = |sc: &mut Vec<T>, (t, yg): (usize, &mut [T]), par: bool| {
         let m = yg.len() / yl.max(1);
         let (col, tmp) = sc.split_at_mut(ckk * gs * l);
+        let (tmp, xt) = tmp.split_at_mut(g.co * gs * l);
         let col = &mut col[..ckk * m * l];
-        im2col_group(x, &idx, t * gs, m, col, g);
+        let lanes = lanes && m >= LANE_SAMPLES;
+        if lanes {
+            im2col_lanes(x, t * gs, m, xt, col, g);
+        } else {
+            im2col_group(x, &idx, t * gs, m, col, g);
+        }
         let out: &mut [T] = if m == 1 { yg } else { &mut tmp[..g.co * m * l] };
         if let Some(b) = ep.bias {
             fill_bias(out, b, m * l);
@@ -604,7 +612,9 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core
             row_major(col, m * l),
             par,
         )?;
-        if m > 1 {
+        if lanes {
+            from_lanes(&tmp[..g.co * m * l], m, yl, yg);
+        } else if m > 1 {
             sample_major(&tmp[..g.co * m * l], yg, m, g.co, l);
         }
         if ep.relu {
@@ -612,22 +622,37 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core
         }
         Ok(())
     };
-    per_group(&mut y, yl, gs, (ckk + g.co) * gs * l, one)?;
+    let extra = if lanes { g.x_len() * gs } else { 0 };
+    per_group(&mut y, yl, gs, (ckk + g.co) * gs * l + extra, one)?;
     Ok(y)
 }
+
+/// Samples per group from which the convolution ops lay a group's columns out sample-fastest
+/// ([`im2col_lanes`], [`col2im_lanes`]): enough for a vector of copies or additions per
+/// column entry. Smaller groups (layers with many output pixels) stay sample by sample.
+const LANE_SAMPLES: usize = 8;
 
 fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
     if let Some(tile) = winograd::choose(g) {
         return winograd::bwd_data(dy, w, g, tile);
     }
-    let (xl, ckk, l, gs) = (g.x_len(), g.ckk(), g.l(), group_size(g));
+    let (xl, yl, ckk, l, gs) = (g.x_len(), g.y_len(), g.ckk(), g.l(), group_size(g));
     let mut dx = super::zeros(g.n * xl);
-    // scratch: the group's column gradient, then (groups of ≥ 2) its dy side by side
+    // scratch: the group's column gradient, then its dy side by side (or sample-fastest),
+    // then (sample-fastest groups) the group's input gradient sample-fastest
+    let lanes = gs >= LANE_SAMPLES;
     let one = |sc: &mut Vec<T>, (t, dxg): (usize, &mut [T]), par: bool| {
         let m = dxg.len() / xl.max(1);
-        let (col, dyg) = sc.split_at_mut(ckk * gs * l);
+        let (col, rest) = sc.split_at_mut(ckk * gs * l);
+        let (dyg, xt) = rest.split_at_mut(g.co * gs * l);
         let col = &mut col[..ckk * m * l];
-        let b = dy_group(dy, t * gs, m, dyg, g);
+        let (i0, lanes) = (t * gs, lanes && m >= LANE_SAMPLES);
+        let b: &[T] = if lanes {
+            to_lanes(&dy[i0 * yl..(i0 + m) * yl], m, yl, dyg);
+            &dyg[..g.co * m * l]
+        } else {
+            dy_group(dy, i0, m, dyg, g)
+        };
         gemm(
             ckk,
             m * l,
@@ -638,13 +663,114 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Ve
             row_major(b, m * l),
             par,
         )?;
-        for j in 0..m {
-            col2im_from(col, m * l, j * l, &mut dxg[j * xl..(j + 1) * xl], g);
+        if lanes {
+            let xt = &mut xt[..xl * m];
+            xt.fill(T::zero());
+            col2im_lanes(col, m, xt, g);
+            from_lanes(xt, m, xl, dxg);
+        } else {
+            col2im_group(col, m, dxg, g);
         }
         Ok(())
     };
-    per_group(&mut dx, xl, gs, (ckk + g.co) * gs * l, one)?;
+    let extra = if lanes { xl * gs } else { 0 };
+    per_group(&mut dx, xl, gs, (ckk + g.co) * gs * l + extra, one)?;
     Ok(dx)
+}
+
+/// xⱼ += col2im(columns `j·L..(j + 1)·L` of `col`) for the `m` samples j of a group side by
+/// side (row stride m·L; `x`: their images one after another): the adjoint of
+/// [`im2col_into`], sample by sample through [`col2im_from`].
+fn col2im_group<T: WithDType>(col: &[T], m: usize, x: &mut [T], g: &Geom) {
+    let (l, xl) = (g.l(), g.x_len());
+    for (j, xj) in x.chunks_exact_mut(xl.max(1)).take(m).enumerate() {
+        col2im_from(col, m * l, j * l, xj, g);
+    }
+}
+
+/// `m` samples of `len` values each (`src`, one after another) → sample-fastest `dst`
+/// (`len` × m): value q of sample j at q·m + j.
+fn to_lanes<T: WithDType>(src: &[T], m: usize, len: usize, dst: &mut [T]) {
+    let dst = &mut dst[..len * m];
+    for (j, sj) in src[..len * m].chunks_exact(len.max(1)).enumerate() {
+        for (d, &v) in dst.iter_mut().skip(j).step_by(m).zip(sj) {
+            *d = v;
+        }
+    }
+}
+
+/// The inverse of [`to_lanes`]: sample-fastest `src` (`len` × m) → `m` samples in `dst`.
+fn from_lanes<T: WithDType>(src: &[T], m: usize, len: usize, dst: &mut [T]) {
+    for (j, dj) in dst[..len * m].chunks_exact_mut(len.max(1)).enumerate() {
+        for (d, &v) in dj.iter_mut().zip(src.iter().skip(j).step_by(m)) {
+            *d = v;
+        }
+    }
+}
+
+/// im2col of samples `i0..i0 + m` with samples fastest: the images go sample-fastest into
+/// `xt` (scratch, c·h·w × m), then `col` (ckk × L·m) gets entry (r, p) of sample j at column
+/// p·m + j — each entry a copy of m contiguous values (one run per output row for stride 1),
+/// where the sample-by-sample gather ([`im2col_into`]) moves one value per index load.
+fn im2col_lanes<T: WithDType>(x: &[T], i0: usize, m: usize, xt: &mut [T], col: &mut [T], g: &Geom) {
+    let (k, s, oh, ow, l, xl) = (g.k, g.s, g.oh(), g.ow(), g.l(), g.x_len());
+    let xt = &mut xt[..xl * m];
+    to_lanes(&x[i0 * xl..(i0 + m) * xl], m, xl, xt);
+    for ci in 0..g.c {
+        for di in 0..k {
+            let (ilo, ihi) = g.valid(di, g.h, oh);
+            for dj in 0..k {
+                let (jlo, jhi) = g.valid(dj, g.w, ow);
+                let row = &mut col[((ci * k + di) * k + dj) * l * m..][..l * m];
+                row[..ilo * ow * m].fill(T::zero());
+                row[ihi * ow * m..].fill(T::zero());
+                for oi in ilo..ihi {
+                    let ii = oi * s + di - g.p;
+                    let orow = &mut row[oi * ow * m..(oi + 1) * ow * m];
+                    orow[..jlo * m].fill(T::zero());
+                    orow[jhi * m..].fill(T::zero());
+                    let xrow = &xt[(ci * g.h + ii) * g.w * m..(ci * g.h + ii + 1) * g.w * m];
+                    if s == 1 {
+                        let j0 = jlo + dj - g.p;
+                        orow[jlo * m..jhi * m].copy_from_slice(&xrow[j0 * m..(j0 + jhi - jlo) * m]);
+                    } else {
+                        for oj in jlo..jhi {
+                            let jj = oj * s + dj - g.p;
+                            orow[oj * m..(oj + 1) * m].copy_from_slice(&xrow[jj * m..(jj + 1) * m]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// col2im of a group with samples fastest: `col` (ckk × L·m) holds entry (r, p) of sample j at
+/// column p·m + j, `x` (c·h·w × m) receives input position q of sample j at q·m + j. Each
+/// column entry becomes m contiguous additions (a vector or two), where sample by sample
+/// ([`col2im_from`]) a layer with few output pixels spends its time on loop overhead and
+/// strided single additions (4×4 and 7×7 outputs in C1 and LeNet). Each sample sees the same
+/// additions in the same order as there.
+fn col2im_lanes<T: WithDType>(col: &[T], m: usize, x: &mut [T], g: &Geom) {
+    let (k, s, ow, l) = (g.k, g.s, g.ow(), g.l());
+    for ci in 0..g.c {
+        for di in 0..k {
+            let (ilo, ihi) = g.valid(di, g.h, g.oh());
+            for dj in 0..k {
+                let (jlo, jhi) = g.valid(dj, g.w, ow);
+                let row = &col[((ci * k + di) * k + dj) * l * m..][..l * m];
+                for oi in ilo..ihi {
+                    let ii = oi * s + di - g.p;
+                    for oj in jlo..jhi {
+                        let jj = oj * s + dj - g.p;
+                        let src = &row[(oi * ow + oj) * m..][..m];
+                        let dst = &mut x[((ci * g.h + ii) * g.w + jj) * m..][..m];
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
@@ -659,12 +785,22 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
     // operand; BENCHMARKS.md); the first layer keeps dW.
     let wt = ckk > g.co;
     // dW += [dy_i …] (co × m·L) · [C_i …]ᵀ (m·L × ckk), group by group (or its transpose)
-    let one = |(acc, col, dyg): &mut (Vec<T>, Vec<T>, Vec<T>), t: usize, par: bool| {
+    // the sum over a group's columns is the same in either order of its columns: sample-fastest
+    // (as the data gradient) where the group is large enough
+    let lanes = gs >= LANE_SAMPLES;
+    let one = |(acc, col, dyg, xt): &mut (Vec<T>, Vec<T>, Vec<T>, Vec<T>), t: usize, par: bool| {
         let i0 = t * gs;
         let m = gs.min(g.n - i0);
         let col = &mut col[..ckk * m * l];
-        im2col_group(x, &idx, i0, m, col, g);
-        let a = dy_group(dy, i0, m, dyg, g);
+        let a = if lanes && m >= LANE_SAMPLES {
+            im2col_lanes(x, i0, m, xt, col, g);
+            let yl = g.y_len();
+            to_lanes(&dy[i0 * yl..(i0 + m) * yl], m, yl, dyg);
+            &dyg[..g.co * m * l]
+        } else {
+            im2col_group(x, &idx, i0, m, col, g);
+            dy_group(dy, i0, m, dyg, g)
+        };
         let (rows, cols, lhs, rhs) = if wt {
             (ckk, g.co, &*col, a)
         } else {
@@ -686,6 +822,7 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
             vec![T::zero(); wl],
             vec![T::zero(); ckk * gs * l],
             vec![T::zero(); g.co * gs * l],
+            vec![T::zero(); if lanes { g.x_len() * gs } else { 0 }],
         )
     };
     let groups = g.n.div_ceil(gs);
