@@ -18,6 +18,10 @@
 //! Memory: each op keeps only its two inputs in the graph (as PyTorch does); the im2col
 //! buffer is per task and group of samples, freed when the op returns.
 //!
+//! Samples share a gemm in groups ([`group_size`]). Groups of at least [`LANE_SAMPLES`] (layers
+//! with few output pixels) keep images and columns sample-fastest, so that im2col and col2im
+//! copy and add runs of the group's samples ([`im2col_lanes`], [`col2im_lanes`]).
+//!
 //! 3×3 stride-1 convolutions with ≥ 16 channels each way and maps of ≥ 16 pixels (C2's and
 //! C3's conv2–4, ResNet18's but the stem) run the same three ops by Winograd's minimal
 //! filtering instead ([`winograd`]): F(4×4, 3×3) on maps of ≥ 8 × 8 pixels, 4× fewer
