@@ -480,6 +480,10 @@ mod simd {
         std::arch::is_x86_feature_detected!("avx")
     }
 
+    pub(super) fn has_avx2() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+
     /// `b` (cols × rows) = `a`ᵀ in 8 × 8 blocks (needs AVX: callers check [`has_avx`]). Block
     /// order by shape (measured on 64…2048 × 8…1024): for wide `a` (rows < cols), 16 × 16
     /// squares, so that each visit reads and writes whole cache lines; otherwise one column
@@ -629,11 +633,39 @@ fn two_sided<T: WithDType>(
     }
 }
 
+/// `fn name<T>(args)`: `body(args)`, compiled with AVX2 where the CPU has it. The tile
+/// transforms vectorise along channels and the crate compiles for the x86-64 baseline (SSE2),
+/// so this doubles their vector width; without FMA the arithmetic, and so every result, is
+/// the same (BENCHMARKS.md, sixteenth sitting).
+macro_rules! with_avx2 {
+    (fn $name:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name<T: WithDType>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if simd::has_avx2() {
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2<T: WithDType>($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                // SAFETY: the CPU has AVX2 (checked above).
+                return unsafe { avx2($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+with_avx2!(fn input_transform = input_transform_body(
+    xt: &[T], g: &Geom, tile: Tile, m: usize, rows: std::ops::Range<usize>, v: &mut [T]
+));
+
 /// V (α² planes of T × c, T = m·tiles) of the group's channel-last inputs `xt` (`m` samples):
 /// V = Bᵀ d B for every tile, the tile of output (m·ti, m·tj) starting at input
 /// (m·ti − p, m·tj − p), zero outside the image. Only the planes of V's rows `rows` (of α),
 /// into `v` from its start.
-fn input_transform<T: WithDType>(
+#[inline(always)]
+fn input_transform_body<T: WithDType>(
     xt: &[T],
     g: &Geom,
     tile: Tile,
@@ -668,10 +700,15 @@ fn input_transform<T: WithDType>(
     }
 }
 
+with_avx2!(fn grad_transform = grad_transform_body(
+    dyt: &[T], g: &Geom, tile: Tile, m: usize, rows: std::ops::Range<usize>, p: &mut [T]
+));
+
 /// P (α² planes of T × co) = A dy Aᵀ for every m×m tile of the group's channel-last output
 /// gradient `dyt` (m × oh·ow × co; positions past the map are 0): the adjoint of
 /// [`output_transform`]'s Aᵀ M A. Only the planes of P's rows `rows`, into `p` from its start.
-fn grad_transform<T: WithDType>(
+#[inline(always)]
+fn grad_transform_body<T: WithDType>(
     dyt: &[T],
     g: &Geom,
     tile: Tile,
@@ -702,10 +739,16 @@ fn grad_transform<T: WithDType>(
     }
 }
 
+with_avx2!(fn output_transform = output_transform_body(
+    mm: &[T], g: &Geom, tile: Tile, m: usize, samples: std::ops::Range<usize>, yt: &mut [T],
+    ep: &Epilogue<T>
+));
+
 /// The outputs channel-last of the group's samples `samples` (of `m`), `yt` (samples × oh·ow ×
 /// co) = Aᵀ M A for each of their tiles in `mm` (α² planes of T × co, T = m·tiles, as the gemms
 /// leave them), cropped to oh × ow, then the epilogue (bias, ReLU).
-fn output_transform<T: WithDType>(
+#[inline(always)]
+fn output_transform_body<T: WithDType>(
     mm: &[T],
     g: &Geom,
     tile: Tile,
