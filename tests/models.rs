@@ -88,6 +88,12 @@ fn seeded_init_is_deterministic_and_pytorch_scaled() {
     assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.01);
 }
 
+/// The input position o·s + d − p of output o's window offset d along an axis of `len`
+/// inputs, or `None` where it falls in the padding.
+fn tap(o: usize, d: usize, s: usize, p: usize, len: usize) -> Option<usize> {
+    (o * s + d).checked_sub(p).filter(|&i| i < len)
+}
+
 fn brute_max_pool(
     x: &[f64],
     (n, c, h, w): (usize, usize, usize, usize),
@@ -105,12 +111,8 @@ fn brute_max_pool(
                     let mut m = f64::NEG_INFINITY;
                     for di in 0..k {
                         for dj in 0..k {
-                            let (r, q) = (
-                                (i * s + di) as isize - p as isize,
-                                (j * s + dj) as isize - p as isize,
-                            );
-                            if r >= 0 && q >= 0 && (r as usize) < h && (q as usize) < w {
-                                m = m.max(x[((ni * c + ci) * h + r as usize) * w + q as usize]);
+                            if let (Some(r), Some(q)) = (tap(i, di, s, p, h), tap(j, dj, s, p, w)) {
+                                m = m.max(x[((ni * c + ci) * h + r) * w + q]);
                             }
                         }
                     }
@@ -675,14 +677,10 @@ fn brute_first_argmax_grad(
                 let mut best: Option<usize> = None;
                 for r in 0..k {
                     for q in 0..k {
-                        let (i, j) = (
-                            (oi * s + r) as isize - p as isize,
-                            (oj * s + q) as isize - p as isize,
-                        );
-                        if i < 0 || j < 0 || i >= h as isize || j >= w as isize {
+                        let (Some(i), Some(j)) = (tap(oi, r, s, p, h), tap(oj, q, s, p, w)) else {
                             continue;
-                        }
-                        let idx = b * h * w + i as usize * w + j as usize;
+                        };
+                        let idx = b * h * w + i * w + j;
                         if best.is_none_or(|bi| x[idx] > x[bi]) {
                             best = Some(idx);
                         }
@@ -935,14 +933,12 @@ fn brute_conv(
                     for ci in 0..c {
                         for di in 0..k {
                             for dj in 0..k {
-                                let (ii, jj) = (
-                                    (oi * s + di) as isize - p as isize,
-                                    (oj * s + dj) as isize - p as isize,
-                                );
-                                if ii < 0 || jj < 0 || ii >= h as isize || jj >= w as isize {
+                                let (Some(ii), Some(jj)) =
+                                    (tap(oi, di, s, p, h), tap(oj, dj, s, p, w))
+                                else {
                                     continue;
-                                }
-                                let xi = ((b * c + ci) * h + ii as usize) * w + jj as usize;
+                                };
+                                let xi = ((b * c + ci) * h + ii) * w + jj;
                                 let wi = ((o * c + ci) * k + di) * k + dj;
                                 y[yi] += wt[wi] * x[xi];
                                 dx[xi] += wt[wi] * u[yi];

@@ -523,8 +523,9 @@ fn im2col_group<T: WithDType>(
     }
 }
 
-/// Output gradients of samples `i0..i0 + m` side by side (co × m·L): a slice of `dy` itself
-/// for one sample, otherwise copied into `buf`.
+/// Output gradients of samples `i0..i0 + m` as a co × m·L matrix: a slice of `dy` itself for
+/// one sample, otherwise copied into `buf`, side by side or (groups of [`LANE_SAMPLES`] or
+/// more) sample-fastest.
 fn dy_group<'a, T: WithDType>(
     dy: &'a [T],
     i0: usize,
@@ -538,7 +539,11 @@ fn dy_group<'a, T: WithDType>(
         return dys;
     }
     let buf = &mut buf[..g.co * m * l];
-    side_by_side(dys, buf, m, g.co, l);
+    if m >= LANE_SAMPLES {
+        to_lanes(dys, m, yl, buf);
+    } else {
+        side_by_side(dys, buf, m, g.co, l);
+    }
     buf
 }
 
@@ -588,7 +593,6 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core
     let (yl, ckk, l, gs) = (g.y_len(), g.ckk(), g.l(), group_size(g));
     let idx = im2col_index(g);
     let mut y = super::zeros(g.n * yl);
-    let lanes = gs >= LANE_SAMPLES;
     // scratch: the group's im2col, then (groups of ≥ 2) the gemm's side-by-side (or
     // sample-fastest) output, then (sample-fastest groups) the group's images sample-fastest
     let one = |sc: &mut Vec<T>, (t, yg): (usize, &mut [T]), par: bool| {
@@ -596,7 +600,7 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core
         let (col, tmp) = sc.split_at_mut(ckk * gs * l);
         let (tmp, xt) = tmp.split_at_mut(g.co * gs * l);
         let col = &mut col[..ckk * m * l];
-        let lanes = lanes && m >= LANE_SAMPLES;
+        let lanes = m >= LANE_SAMPLES;
         if lanes {
             im2col_lanes(x, t * gs, m, xt, col, g);
         } else {
@@ -626,8 +630,13 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core
         }
         Ok(())
     };
-    let extra = if lanes { g.x_len() * gs } else { 0 };
-    per_group(&mut y, yl, gs, (ckk + g.co) * gs * l + extra, one)?;
+    per_group(
+        &mut y,
+        yl,
+        gs,
+        (ckk + g.co) * gs * l + lane_images(g, gs),
+        one,
+    )?;
     Ok(y)
 }
 
@@ -636,27 +645,29 @@ fn fwd<T: WithDType>(x: &[T], w: &[T], g: &Geom, ep: Epilogue<T>) -> candle_core
 /// column entry. Smaller groups (layers with many output pixels) stay sample by sample.
 const LANE_SAMPLES: usize = 8;
 
+/// Scratch for a group's images sample-fastest: none unless groups of `gs` are laid out so.
+fn lane_images(g: &Geom, gs: usize) -> usize {
+    if gs >= LANE_SAMPLES {
+        g.x_len() * gs
+    } else {
+        0
+    }
+}
+
 fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Vec<T>> {
     if let Some(tile) = winograd::choose(g) {
         return winograd::bwd_data(dy, w, g, tile);
     }
-    let (xl, yl, ckk, l, gs) = (g.x_len(), g.y_len(), g.ckk(), g.l(), group_size(g));
+    let (xl, ckk, l, gs) = (g.x_len(), g.ckk(), g.l(), group_size(g));
     let mut dx = super::zeros(g.n * xl);
     // scratch: the group's column gradient, then its dy side by side (or sample-fastest),
     // then (sample-fastest groups) the group's input gradient sample-fastest
-    let lanes = gs >= LANE_SAMPLES;
     let one = |sc: &mut Vec<T>, (t, dxg): (usize, &mut [T]), par: bool| {
         let m = dxg.len() / xl.max(1);
         let (col, rest) = sc.split_at_mut(ckk * gs * l);
         let (dyg, xt) = rest.split_at_mut(g.co * gs * l);
         let col = &mut col[..ckk * m * l];
-        let (i0, lanes) = (t * gs, lanes && m >= LANE_SAMPLES);
-        let b: &[T] = if lanes {
-            to_lanes(&dy[i0 * yl..(i0 + m) * yl], m, yl, dyg);
-            &dyg[..g.co * m * l]
-        } else {
-            dy_group(dy, i0, m, dyg, g)
-        };
+        let b = dy_group(dy, t * gs, m, dyg, g);
         gemm(
             ckk,
             m * l,
@@ -667,29 +678,26 @@ fn bwd_data<T: WithDType>(dy: &[T], w: &[T], g: &Geom) -> candle_core::Result<Ve
             row_major(b, m * l),
             par,
         )?;
-        if lanes {
+        if m >= LANE_SAMPLES {
             let xt = &mut xt[..xl * m];
             xt.fill(T::zero());
             col2im_lanes(col, m, xt, g);
             from_lanes(xt, m, xl, dxg);
         } else {
-            col2im_group(col, m, dxg, g);
+            for (j, dxj) in dxg.chunks_exact_mut(xl.max(1)).enumerate() {
+                col2im_from(col, m * l, j * l, dxj, g);
+            }
         }
         Ok(())
     };
-    let extra = if lanes { xl * gs } else { 0 };
-    per_group(&mut dx, xl, gs, (ckk + g.co) * gs * l + extra, one)?;
+    per_group(
+        &mut dx,
+        xl,
+        gs,
+        (ckk + g.co) * gs * l + lane_images(g, gs),
+        one,
+    )?;
     Ok(dx)
-}
-
-/// xⱼ += col2im(columns `j·L..(j + 1)·L` of `col`) for the `m` samples j of a group side by
-/// side (row stride m·L; `x`: their images one after another): the adjoint of
-/// [`im2col_into`], sample by sample through [`col2im_from`].
-fn col2im_group<T: WithDType>(col: &[T], m: usize, x: &mut [T], g: &Geom) {
-    let (l, xl) = (g.l(), g.x_len());
-    for (j, xj) in x.chunks_exact_mut(xl.max(1)).take(m).enumerate() {
-        col2im_from(col, m * l, j * l, xj, g);
-    }
 }
 
 /// `m` samples of `len` values each (`src`, one after another) → sample-fastest `dst`
@@ -791,20 +799,16 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
     // dW += [dy_i …] (co × m·L) · [C_i …]ᵀ (m·L × ckk), group by group (or its transpose)
     // the sum over a group's columns is the same in either order of its columns: sample-fastest
     // (as the data gradient) where the group is large enough
-    let lanes = gs >= LANE_SAMPLES;
     let one = |(acc, col, dyg, xt): &mut (Vec<T>, Vec<T>, Vec<T>, Vec<T>), t: usize, par: bool| {
         let i0 = t * gs;
         let m = gs.min(g.n - i0);
         let col = &mut col[..ckk * m * l];
-        let a = if lanes && m >= LANE_SAMPLES {
+        if m >= LANE_SAMPLES {
             im2col_lanes(x, i0, m, xt, col, g);
-            let yl = g.y_len();
-            to_lanes(&dy[i0 * yl..(i0 + m) * yl], m, yl, dyg);
-            &dyg[..g.co * m * l]
         } else {
             im2col_group(x, &idx, i0, m, col, g);
-            dy_group(dy, i0, m, dyg, g)
-        };
+        }
+        let a = dy_group(dy, i0, m, dyg, g);
         let (rows, cols, lhs, rhs) = if wt {
             (ckk, g.co, &*col, a)
         } else {
@@ -826,7 +830,7 @@ fn bwd_filter<T: WithDType>(x: &[T], dy: &[T], g: &Geom) -> candle_core::Result<
             vec![T::zero(); wl],
             vec![T::zero(); ckk * gs * l],
             vec![T::zero(); g.co * gs * l],
-            vec![T::zero(); if lanes { g.x_len() * gs } else { 0 }],
+            vec![T::zero(); lane_images(g, gs)],
         )
     };
     let groups = g.n.div_ceil(gs);

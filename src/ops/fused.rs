@@ -25,7 +25,7 @@
 //! except in all-equal windows, where any choice is a valid subgradient).
 
 use super::conv::{binary_op, gemm, out_len, row_major, slice, ternary_op, transposed};
-use super::{if_tracked, op1, op2, op3, Grad1, Grads2, Grads3, In, Op1, Op2, Op3, Out};
+use super::{if_tracked, op1, op2, op3, with_avx2, Grad1, Grads2, Grads3, In, Op1, Op2, Op3, Out};
 use crate::Result;
 use candle_core::{CpuStorage, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -524,6 +524,10 @@ impl Pool {
     }
 }
 
+with_avx2!(fn argmax_lanes = Pool::argmax_lanes(
+    p: &Pool, x: &[T], idx: &mut [u32], xt: &mut Vec<[T; PLANES]>, bt: &mut Vec<[u32; PLANES]>
+));
+
 /// The arg-max of every window of x (u32, output shape, index within the (n, c) plane). It
 /// is computed once per forward, on a detached x, and shared by the pooling's value, its
 /// gradient and every higher derivative: they all route through the same positions, so an
@@ -552,20 +556,8 @@ impl Op1 for PoolArgmax {
         fn go<T: WithDType>(p: Pool, x: &[T], olen: usize) -> Vec<u32> {
             let (hw, ohw) = p.planes();
             let mut idx = vec![0u32; olen];
-            // groups of PLANES planes on lanes (AVX2 where the CPU has it: 8 f32 lanes are one
-            // register); a last, smaller group plane by plane
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2")]
-            unsafe fn lanes_avx2<T: WithDType>(
-                p: &Pool,
-                x: &[T],
-                i: &mut [u32],
-                (xt, bt): &mut (Vec<[T; PLANES]>, Vec<[u32; PLANES]>),
-            ) {
-                p.argmax_lanes(x, i, xt, bt)
-            }
-            #[cfg(target_arch = "x86_64")]
-            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            // groups of PLANES planes on lanes (8 f32 lanes: one AVX2 register); a last,
+            // smaller group plane by plane
             // lanes only while the transposed planes fit in L1: beyond it the transposes cost
             // more than the lanes save (BENCHMARKS.md, sixteenth sitting)
             let lanes = PLANES * hw * std::mem::size_of::<T>() <= 32 << 10;
@@ -581,12 +573,7 @@ impl Op1 for PoolArgmax {
                                 .for_each(|(i, x)| p.argmax(x, i));
                             return;
                         }
-                        #[cfg(target_arch = "x86_64")]
-                        if avx2 {
-                            // SAFETY: the CPU has AVX2 (checked above).
-                            return unsafe { lanes_avx2(&p, x, i, sc) };
-                        }
-                        p.argmax_lanes(x, i, &mut sc.0, &mut sc.1)
+                        argmax_lanes(&p, x, i, &mut sc.0, &mut sc.1)
                     },
                 );
             idx

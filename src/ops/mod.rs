@@ -11,6 +11,31 @@ pub(crate) mod fused;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// `fn name<T>(args)`: `body(args)` (a function or `Type::method` path), compiled with AVX2
+/// where the CPU has it (checked at run time). The crate compiles for the x86-64 baseline
+/// (SSE2); loops that vectorise (Winograd's tile transforms along channels, the max pool's
+/// plane lanes) get twice the vector width. No FMA, so the arithmetic, and every result, is
+/// the same (BENCHMARKS.md, sixteenth sitting).
+macro_rules! with_avx2 {
+    (fn $name:ident = $($body:ident)::+($($arg:ident: $ty:ty),* $(,)?)) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name<T: WithDType>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2<T: WithDType>($($arg: $ty),*) {
+                    $($body)::+($($arg),*)
+                }
+                // SAFETY: the CPU has AVX2 (checked above).
+                return unsafe { avx2($($arg),*) };
+            }
+            $($body)::+($($arg),*)
+        }
+    };
+}
+pub(crate) use with_avx2;
+
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {

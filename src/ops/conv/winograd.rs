@@ -62,6 +62,7 @@
 //! threads, so that each gemm has all the batch's tiles as rows.
 
 use super::{gemm, per_group, row_major, transposed, Epilogue, Geom};
+use crate::ops::with_avx2;
 use candle_core::WithDType;
 use rayon::prelude::*;
 
@@ -480,10 +481,6 @@ mod simd {
         std::arch::is_x86_feature_detected!("avx")
     }
 
-    pub(super) fn has_avx2() -> bool {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-
     /// `b` (cols × rows) = `a`ᵀ in 8 × 8 blocks (needs AVX: callers check [`has_avx`]). Block
     /// order by shape (measured on 64…2048 × 8…1024): for wide `a` (rows < cols), 16 × 16
     /// squares, so that each visit reads and writes whole cache lines; otherwise one column
@@ -631,29 +628,6 @@ fn two_sided<T: WithDType>(
             tile.one_d(side, b, |k| &tmp[n * r + k][..len], &mut out[at..][..len]);
         }
     }
-}
-
-/// `fn name<T>(args)`: `body(args)`, compiled with AVX2 where the CPU has it. The tile
-/// transforms vectorise along channels and the crate compiles for the x86-64 baseline (SSE2),
-/// so this doubles their vector width; without FMA the arithmetic, and so every result, is
-/// the same (BENCHMARKS.md, sixteenth sitting).
-macro_rules! with_avx2 {
-    (fn $name:ident = $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
-        #[allow(clippy::too_many_arguments)]
-        fn $name<T: WithDType>($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            if simd::has_avx2() {
-                #[target_feature(enable = "avx2")]
-                #[allow(clippy::too_many_arguments)]
-                unsafe fn avx2<T: WithDType>($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                // SAFETY: the CPU has AVX2 (checked above).
-                return unsafe { avx2($($arg),*) };
-            }
-            $body($($arg),*)
-        }
-    };
 }
 
 with_avx2!(fn input_transform = input_transform_body(
